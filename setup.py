@@ -1,0 +1,30 @@
+import os
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "dsc_pose_ros"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(include=["dsc_pose_core", "dsc_pose_core.*", "dsc_pose_ros", "dsc_pose_ros.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [os.path.join("resource", PACKAGE)]),
+        (os.path.join("share", PACKAGE), ["package.xml"]),
+        (os.path.join("share", PACKAGE, "launch"), glob("launch/*.py")),
+        (os.path.join("share", PACKAGE, "config"), glob("config/*.yaml") + glob("config/*.xml")),
+    ],
+    install_requires=["setuptools"],
+    zip_safe=False,
+    maintainer="dsc_pose maintainers",
+    maintainer_email="maintainers@dsc-pose.invalid",
+    description="Monocular 6D object pose estimation (DSC-PoseNet, Self6D, DeepIM) for ROS 2",
+    license="Apache-2.0",
+    tests_require=["pytest"],
+    entry_points={
+        "console_scripts": [
+            "dsc-pose-eval = dsc_pose_core.eval.cli:main",
+        ],
+    },
+)

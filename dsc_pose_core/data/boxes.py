@@ -1,0 +1,50 @@
+"""2D boxes: loosening ground-truth boxes as the weak labels of DSC-PoseNet, and clipping.
+
+Boxes are (x, y, w, h) in integer pixels like BOP's bbox_visib, or (x1, y1, x2, y2) pixel-edge
+coordinates (see geometry.camera) where said.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# dsc-posenet sec. 4.1: "randomly expanding them up to 15% of their sizes"
+DEFAULT_MAX_LOOSENING = 0.15
+
+
+def loosen_box_xywh(box_xywh, rng: np.random.Generator, width: int, height: int,
+                    max_fraction: float = DEFAULT_MAX_LOOSENING) -> np.ndarray:
+    """Expand each side of a box independently by U(0, max_fraction) of the box's size on that
+    axis, clipped to the image. Returns an integer (x, y, w, h)."""
+    x, y, w, h = (float(v) for v in box_xywh)
+    left, right = rng.uniform(0.0, max_fraction, 2) * w
+    top, bottom = rng.uniform(0.0, max_fraction, 2) * h
+    x1, y1 = max(0.0, np.floor(x - left)), max(0.0, np.floor(y - top))
+    x2, y2 = min(float(width), np.ceil(x + w + right)), min(float(height), np.ceil(y + h + bottom))
+    return np.array([x1, y1, x2 - x1, y2 - y1], dtype=np.int64)
+
+
+def box_mask(box_xywh, width: int, height: int) -> np.ndarray:
+    """Boolean HxW image, True inside the box."""
+    x, y, w, h = (int(v) for v in box_xywh)
+    mask = np.zeros((height, width), dtype=bool)
+    mask[max(0, y):max(0, y + h), max(0, x):max(0, x + w)] = True
+    return mask
+
+
+def mask_box_xywh(mask: np.ndarray) -> np.ndarray | None:
+    """Tight (x, y, w, h) of a boolean mask, None if empty."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return None
+    return np.array([xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1], dtype=np.int64)
+
+
+def box_iou_xywh(box_a, box_b) -> float:
+    ax, ay, aw, ah = box_a
+    bx, by, bw, bh = box_b
+    inter_w = max(0, min(ax + aw, bx + bw) - max(ax, bx))
+    inter_h = max(0, min(ay + ah, by + bh) - max(ay, by))
+    inter = inter_w * inter_h
+    union = aw * ah + bw * bh - inter
+    return float(inter / union) if union > 0 else 0.0

@@ -10,11 +10,15 @@ LMO ?= ../shared/data/lmo
 
 .PHONY: setup demo test bench clean-venv
 
-setup: $(VENV)/.stamp-package $(VENV)/.stamp-ros
+setup: $(VENV)/.stamp-system $(VENV)/.stamp-package $(VENV)/.stamp-ros
 
 $(VENV)/.stamp-venv:
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "dsc_pose needs Python 3.11, found " + sys.version' 
 	$(PYTHON) -m venv $(VENV)
+	touch $@
+
+$(VENV)/.stamp-system: scripts/check_system.sh $(VENV)/.stamp-venv
+	bash scripts/check_system.sh
 	touch $@
 
 $(VENV)/.stamp-core: requirements.txt $(VENV)/.stamp-venv

@@ -25,6 +25,8 @@ setup(
     entry_points={
         "console_scripts": [
             "dsc-pose-eval = dsc_pose_core.eval.cli:main",
+            "dsc-pose-synth = dsc_pose_core.data.synth_cli:main",
+            "dsc-pose-viz = dsc_pose_core.viz.cli:main",
         ],
     },
 )

@@ -12,7 +12,10 @@ Covered here (see the BOP format description, ``docs/bop_datasets_format.md`` of
 - BOP19 result CSV: ``scene_id,im_id,obj_id,score,R,t,time`` where ``R`` is 9 space-separated
   numbers (row-major), ``t`` 3 numbers in millimetres and ``time`` seconds (-1 if unknown).
 
-Everything returned is in metres; every writer takes metres. Only JSON and CSV are read
+- ``camera.json`` (dataset level): ``cx, cy, fx, fy, width, height, depth_scale``.
+
+Everything returned is in metres; every writer takes metres. Writers replace the file atomically
+(temporary file in the same folder + ``os.replace``), so a reader never sees half a file. Only JSON and CSV are read
 (no pickle). Malformed input raises :class:`BopFormatError` naming the file (and line for CSV).
 """
 
@@ -266,6 +269,125 @@ def load_splits(path: str | os.PathLike) -> dict[str, list[int]]:
         return {str(k): [int(i) for i in v] for k, v in raw.items()}
     except (TypeError, ValueError) as exc:
         raise BopFormatError(f"{path}: malformed split list ({exc})") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Writers (metres in, BOP millimetres out)
+# --------------------------------------------------------------------------------------------
+def _num(v) -> float | int:
+    """A JSON number: integers stay integers, floats keep full precision (repr round-trips)."""
+    f = float(v)
+    return int(f) if f.is_integer() and abs(f) < 2**53 else f
+
+
+def _dump_image_keyed(path: str | os.PathLike, data: dict) -> None:
+    """Write {im_id: value} as BOP does: one image per line, keys in numeric order; atomic."""
+    lines = [f"  {json.dumps(str(int(k)))}: {json.dumps(data[k], separators=(', ', ': '))}"
+             for k in sorted(data, key=int)]
+    atomic_write_text(path, "{\n" + ",\n".join(lines) + ("\n}\n" if lines else "}\n"))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace`` (atomic on POSIX)."""
+    path = os.fspath(path)
+    parent = os.path.dirname(path) or "."
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def camera_to_json(cam: CameraInfo) -> dict:
+    """One ``scene_camera.json`` entry (``t_w2c`` metres -> mm)."""
+    entry: dict = {"cam_K": [_num(v) for v in np.asarray(cam.K, dtype=np.float64).reshape(9)]}
+    if cam.depth_scale is not None:
+        entry["depth_scale"] = _num(cam.depth_scale)
+    if cam.R_w2c is not None and cam.t_w2c is not None:
+        entry["cam_R_w2c"] = [_num(v) for v in np.asarray(cam.R_w2c, dtype=np.float64).reshape(9)]
+        entry["cam_t_w2c"] = [_num(v) for v in np.asarray(cam.t_w2c, dtype=np.float64).reshape(3) * M_TO_MM]
+    return entry
+
+
+def gt_to_json(poses) -> list[dict]:
+    """One image's ``scene_gt.json`` list from [GtPose] (``t`` metres -> ``cam_t_m2c`` mm)."""
+    return [
+        {
+            "cam_R_m2c": [_num(v) for v in np.asarray(p.R, dtype=np.float64).reshape(9)],
+            "cam_t_m2c": [_num(v) for v in np.asarray(p.t, dtype=np.float64).reshape(3) * M_TO_MM],
+            "obj_id": int(p.obj_id),
+        }
+        for p in poses
+    ]
+
+
+def gt_info_to_json(infos) -> list[dict]:
+    """One image's ``scene_gt_info.json`` list from [GtInfo]."""
+    entries = []
+    for g in infos:
+        e: dict = {"bbox_obj": [int(v) for v in g.bbox_obj], "bbox_visib": [int(v) for v in g.bbox_visib]}
+        for key in ("px_count_all", "px_count_valid", "px_count_visib"):
+            value = getattr(g, key)
+            if value is not None:
+                e[key] = int(value)
+        e["visib_fract"] = float(g.visib_fract)
+        entries.append(e)
+    return entries
+
+
+def save_image_keyed_json(path: str | os.PathLike, raw: dict) -> None:
+    """Write already-encoded {im_id: entry} (BOP layout: one image per line, numeric key order)."""
+    _dump_image_keyed(path, raw)
+
+
+def save_scene_camera(path: str | os.PathLike, cameras: dict[int, CameraInfo]) -> None:
+    """Write ``scene_camera.json`` from {im_id: CameraInfo} (``t_w2c`` metres -> mm)."""
+    _dump_image_keyed(path, {int(k): camera_to_json(c) for k, c in cameras.items()})
+
+
+def save_scene_gt(path: str | os.PathLike, scene_gt: dict[int, list[GtPose]]) -> None:
+    """Write ``scene_gt.json`` from {im_id: [GtPose]} (``t`` metres -> ``cam_t_m2c`` mm)."""
+    _dump_image_keyed(path, {int(k): gt_to_json(p) for k, p in scene_gt.items()})
+
+
+def save_scene_gt_info(path: str | os.PathLike, scene_gt_info: dict[int, list[GtInfo]]) -> None:
+    """Write ``scene_gt_info.json`` from {im_id: [GtInfo]} (same instance order as scene_gt)."""
+    _dump_image_keyed(path, {int(k): gt_info_to_json(i) for k, i in scene_gt_info.items()})
+
+
+@dataclass(frozen=True)
+class DatasetCamera:
+    """A dataset-level ``camera.json``: intrinsics, image size and depth scale."""
+
+    K: np.ndarray  # [3,3]
+    width: int
+    height: int
+    depth_scale: float = 1.0
+
+
+def load_camera_json(path: str | os.PathLike) -> DatasetCamera:
+    """Read a BOP ``camera.json`` ({cx, cy, fx, fy, width, height, depth_scale})."""
+    path = os.fspath(path)
+    raw = _load_json(path)
+    try:
+        K = np.array([[float(raw["fx"]), 0.0, float(raw["cx"])], [0.0, float(raw["fy"]), float(raw["cy"])],
+                      [0.0, 0.0, 1.0]])
+        cam = DatasetCamera(K=K, width=int(raw["width"]), height=int(raw["height"]),
+                            depth_scale=float(raw.get("depth_scale", 1.0)))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BopFormatError(f"{path}: camera.json needs cx, cy, fx, fy, width, height ({exc})") from None
+    if not (np.isfinite(K).all() and K[0, 0] > 0 and K[1, 1] > 0 and cam.width > 0 and cam.height > 0):
+        raise BopFormatError(f"{path}: camera.json has non-positive focal length or image size")
+    return cam
+
+
+def save_camera_json(path: str | os.PathLike, camera: DatasetCamera) -> None:
+    K = np.asarray(camera.K, dtype=np.float64)
+    raw = {"cx": _num(K[0, 2]), "cy": _num(K[1, 2]), "depth_scale": _num(camera.depth_scale),
+           "fx": _num(K[0, 0]), "fy": _num(K[1, 1]), "height": int(camera.height), "width": int(camera.width)}
+    atomic_write_text(path, json.dumps(raw, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------------------------

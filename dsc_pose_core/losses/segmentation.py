@@ -15,3 +15,18 @@ def masked_segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torc
     if not certain.any():
         return logits.sum() * 0.0
     return F.binary_cross_entropy_with_logits(logits[certain], labels[certain].to(logits.dtype))
+
+
+def balanced_masked_segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """eq. (2) over the certain pixels, with foreground and background terms averaged separately and
+    weighted equally (an option, not in the paper): counters the drift towards background that
+    self-training shows when certain background outnumbers certain foreground."""
+    certain = labels != IGNORE
+    if not certain.any():
+        return logits.sum() * 0.0
+    per_pixel = F.binary_cross_entropy_with_logits(logits, (labels == 1).to(logits.dtype), reduction="none")
+    terms = []
+    for selected in (certain & (labels == 1), certain & (labels == 0)):
+        if selected.any():
+            terms.append(per_pixel[selected].mean())
+    return torch.stack(terms).mean()

@@ -1,0 +1,58 @@
+"""DeepLabV3+ segmentation network of the weakly-supervised step (dsc-posenet sec. 3.1 and 4.3).
+
+The paper uses DeepLabV3+ with a (GCT-)ResNet-50 backbone. Here the backbone is a configurable
+ResNet (18 / 34 / 50) from segmentation-models-pytorch, always built with ``encoder_weights=None``:
+nothing is downloaded, the network is trained from scratch or from weights this package trained.
+
+One output channel per object of the dataset: for a region of interest around object ``o`` the loss
+and the prediction use channel ``index(o)`` only, so one model serves all objects (see
+:mod:`dsc_pose_core.training.segmentation`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ENCODERS = ("resnet18", "resnet34", "resnet50")
+# DeepLabV3+ runs its encoder at output stride 16: inputs are padded to a multiple of this.
+SIZE_MULTIPLE = 16
+# per-channel normalisation of RGB in [0, 1] (ImageNet statistics, a common convention)
+RGB_MEAN = (0.485, 0.456, 0.406)
+RGB_STD = (0.229, 0.224, 0.225)
+
+
+class RoiSegmenter(nn.Module):
+    """DeepLabV3+ mapping normalised RGB [B,3,H,W] to per-object logits [B,n_objects,H,W].
+
+    Any H, W works: the input is replicate-padded to a multiple of 16 and the logits cropped back.
+    """
+
+    def __init__(self, n_objects: int, encoder: str = "resnet18", decoder_channels: int = 256):
+        super().__init__()
+        if encoder not in ENCODERS:
+            raise ValueError(f"unknown encoder {encoder!r}; choose one of {ENCODERS}")
+        if n_objects < 1:
+            raise ValueError("n_objects must be >= 1")
+        import segmentation_models_pytorch as smp
+
+        self.n_objects = int(n_objects)
+        self.encoder_name = encoder
+        self.net = smp.DeepLabV3Plus(encoder_name=encoder, encoder_weights=None, in_channels=3,
+                                     classes=self.n_objects, decoder_channels=int(decoder_channels))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        height, width = images.shape[-2:]
+        pad_h, pad_w = (-height) % SIZE_MULTIPLE, (-width) % SIZE_MULTIPLE
+        if pad_h or pad_w:
+            images = F.pad(images, (0, pad_w, 0, pad_h), mode="replicate")
+        logits = self.net(images)
+        return logits[..., :height, :width]
+
+
+def normalise_rgb(images_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 or float 0-255 images [B,3,H,W] -> normalised float32."""
+    mean = torch.tensor(RGB_MEAN, device=images_uint8.device).view(1, 3, 1, 1)
+    std = torch.tensor(RGB_STD, device=images_uint8.device).view(1, 3, 1, 1)
+    return (images_uint8.float() / 255.0 - mean) / std

@@ -1,0 +1,69 @@
+"""Regions of interest: square crops around (loosened) 2D boxes and the exact paste-back.
+
+A ROI is a square window centred on the box, of side ``context * max(w, h)`` (context margin so the
+network sees some background around the box), resampled to ``size x size`` with
+:func:`dsc_pose_core.geometry.camera.crop_affine` and ``cv2.warpAffine``. Probabilities predicted on
+the crop go back into the full image with the same affine map and ``WARP_INVERSE_MAP`` (the exact
+inverse: full-image pixel p samples the crop at A p).
+
+Boxes are BOP (x, y, w, h) in integer pixels (pixels x .. x + w - 1); windows are (x1, y1, x2, y2) in
+pixel-edge coordinates (see ``geometry.camera``).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+from ..geometry.camera import crop_affine
+
+
+def box_edges_xyxy(box_xywh) -> np.ndarray:
+    """BOP (x, y, w, h) -> pixel-edge (x1, y1, x2, y2)."""
+    x, y, w, h = (float(v) for v in box_xywh)
+    return np.array([x - 0.5, y - 0.5, x + w - 0.5, y + h - 0.5])
+
+
+def roi_window(box_xywh, context: float = 1.2, shift=(0.0, 0.0), scale: float = 1.0) -> np.ndarray:
+    """Square pixel-edge window (x1, y1, x2, y2) around a box: side ``context * scale * max(w, h)``,
+    centre moved by ``shift`` (fractions of the side). The window may leave the image."""
+    x1, y1, x2, y2 = box_edges_xyxy(box_xywh)
+    side = max(x2 - x1, y2 - y1, 2.0) * float(context) * float(scale)
+    cx = 0.5 * (x1 + x2) + shift[0] * side
+    cy = 0.5 * (y1 + y2) + shift[1] * side
+    return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
+
+
+def window_affine(window_xyxy, size: int) -> np.ndarray:
+    """2x3 float64 map from full-image pixels to crop pixels (``geometry.crop_affine``)."""
+    affine = crop_affine(torch.as_tensor(np.asarray(window_xyxy, dtype=np.float64)), int(size), int(size))
+    return affine[:2].numpy()
+
+
+def crop(image: np.ndarray, window_xyxy, size: int, nearest: bool = False, border_value=0) -> np.ndarray:
+    """Resample the window of ``image`` [H,W(,C)] into [size,size(,C)]; outside the image is
+    ``border_value``. ``nearest`` for label maps."""
+    flags = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    return cv2.warpAffine(image, window_affine(window_xyxy, size), (int(size), int(size)), flags=flags,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=border_value)
+
+
+def paste(crop_values: np.ndarray, window_xyxy, width: int, height: int, nearest: bool = False,
+          border_value: float = 0.0) -> np.ndarray:
+    """Inverse of :func:`crop`: values on the crop [S,S] back into a [height,width] image
+    (bilinear; pixels outside the window get ``border_value``)."""
+    size = crop_values.shape[0]
+    if crop_values.shape[1] != size:
+        raise ValueError(f"crop must be square, got {crop_values.shape}")
+    flags = (cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR) | cv2.WARP_INVERSE_MAP
+    return cv2.warpAffine(crop_values, window_affine(window_xyxy, size), (int(width), int(height)), flags=flags,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=border_value)
+
+
+def window_mask(window_xyxy, width: int, height: int) -> np.ndarray:
+    """Bool [height,width]: pixels whose centre lies inside the window."""
+    x1, y1, x2, y2 = window_xyxy
+    xs = np.arange(width)
+    ys = np.arange(height)
+    return ((ys >= y1) & (ys <= y2))[:, None] & ((xs >= x1) & (xs <= x2))[None, :]

@@ -1,0 +1,733 @@
+"""Weakly-supervised segmentation from 2D boxes (dsc-posenet sec. 3.1): the trainer.
+
+Design: per-ROI segmentation
+----------------------------
+The network (DeepLabV3+, :mod:`dsc_pose_core.models.segmentation`) does not look at whole images.
+For every object with a 2D box, a square window around the (loosened) box with a context margin
+(``model.context`` x the box's longer side) is resampled to ``model.crop_size`` px
+(``geometry.crop_affine`` + ``cv2.warpAffine``, :mod:`dsc_pose_core.segmentation.roi`). The network
+outputs one channel per object of the dataset and the loss and predictions use the channel of the
+ROI's object, so one model serves all objects and learns the *visible* part of that object (other
+objects in the window are background). Predicted probabilities are pasted back into the full image
+with the exact inverse map. Crops keep the CPU cost low (96-128 px instead of 480x640) and give every
+object, small or large, the same resolution.
+
+The loop
+--------
+* Stage 0: supervised training on synthetic renders (BOP dataset written by ``dsc-pose-synth``;
+  generated into ``synthetic.dir`` if missing, resumable and cached) with their ``mask_visib``.
+* Iterations t = 1..T (default T = 5): pseudo-label every ``train_real`` image, for every target
+  object (``test_targets_bop19.json``) with its loosened box (``bbox_visib`` grown by U(0, 15 %) per
+  side, seeded): test-time augmentation (multi-scale + left-right flip, ``tta_probability``), then
+  eq. (1)-(2): everything outside the loosened box is background, pixels with
+  1 - sigma < P < sigma (sigma = 0.7) are ignored. Then fine-tune on synthetic + pseudo-labelled real
+  ROIs (``finetune.real_fraction`` of every batch is real) with the masked loss of eq. (2).
+* Real images contribute only RGB and the loosened boxes; their ground-truth poses are used only to
+  render reference masks that *measure* pseudo-label IoU (never for training).
+
+Outputs (``OUT`` = ``out:`` of the config)
+------------------------------------------
+* ``OUT/checkpoints/seg_iter{t}.pt`` (t = 0 is stage 0) and ``OUT/checkpoints/seg_last.pt``.
+* ``OUT/pseudo/iter_{t}/test/{scene:06d}/mask_visib/{im:06d}_{inst:06d}.png``: pseudo labels as BOP
+  masks, 255 foreground / 0 background (the probability thresholded at 0.5, clipped to the box);
+  ``mask_ignore/{im:06d}_{inst:06d}.png``: 255 where the pixel is uncertain (eq. 1, no loss),
+  ``pseudo_boxes.json``: per image the ``inst`` (index in ``scene_gt.json``), ``obj_id`` and
+  loosened ``bbox_loose`` [x, y, w, h]; ``iou.json``: the measured IoUs.
+* ``OUT/results.json``: per-iteration pseudo-label IoU on train_real (Table 5 protocol), val IoU of
+  the final network, the ablations (Table 4: without boxes, without real images), timings.
+
+Measurement: IoU of the pseudo-label foreground (P >= 0.5 inside the box; uncertain pixels counted
+by their thresholded value) against reference visible masks
+(:mod:`dsc_pose_core.segmentation.reference`); targets whose rendered visible pixel count disagrees
+with ``scene_gt_info`` (the unmodelled bench vise) are excluded and counted. The "without boxes"
+ablation is measured two ways: every iteration also scores the same TTA probabilities *without* box
+clipping (free), and a full loop can be trained that way with ``segmentation.pseudo.box_clip=false``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..data import bop_io
+from ..data.boxes import DEFAULT_MAX_LOOSENING, box_mask, loosen_box_xywh
+from ..losses.segmentation import balanced_masked_segmentation_loss, masked_segmentation_loss
+from ..models.segmentation import ENCODERS, RoiSegmenter, normalise_rgb
+from ..segmentation import roi
+from ..segmentation.pseudo_labels import DEFAULT_CONFIDENCE, IGNORE, mask_iou, pseudo_label, tta_probability
+from ..segmentation.reference import ReferenceMasks, load_mask_png
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import ConfigError, to_dict
+
+CHECKPOINT_FORMAT = "dsc_pose.segmentation/1"
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+@dataclass
+class RealDataConfig:
+    dataset: str = ""  # BOP dataset root; "" = the LM-O data (bop_io.default_lmo_dir())
+    scene_id: int = 2
+    splits_file: str = "splits.json"  # {split name: [im_id, ...]} inside the dataset
+    train_split: str = "train_real"
+    val_split: str = "val"
+    targets_file: str = "test_targets_bop19.json"  # which objects get a box; "" = every annotated one
+    max_loosening: float = DEFAULT_MAX_LOOSENING
+    box_seed: int = 0
+    max_images: int = 0  # use only the first N images of each split (0 = all): smoke runs
+
+
+@dataclass
+class SyntheticDataConfig:
+    dir: str = "out/synth_lmo_seg"  # BOP dataset of dsc-pose-synth; generated here if missing
+    split: str = "train_synt"
+    generate: bool = True
+    models: str = ""  # BOP models folder for generation; "" = <real dataset>/models
+    n_images: int = 400
+    objects_per_image: int = 6
+    distractors: int = 3
+    distance: tuple[float, float] = (0.6, 1.3)
+    elevation: tuple[float, float] = (0.0, 80.0)
+    seed: int = 0
+    rgb_ext: str = "jpg"
+    min_visib_fract: float = 0.1
+    min_px: int = 64
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = "resnet18"
+    decoder_channels: int = 128
+    crop_size: int = 96
+    context: float = 1.25  # window side / longer side of the loosened box
+
+
+@dataclass
+class OptimConfig:
+    steps: int = 100
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    real_fraction: float = 0.5  # share of real pseudo-labelled ROIs per batch (fine-tuning only)
+    balance_classes: bool = False  # foreground/background terms of eq. (2) weighted equally (not measured yet)
+
+
+@dataclass
+class PseudoConfig:
+    confidence: float = DEFAULT_CONFIDENCE  # sigma of eq. (1)
+    tta_scales: tuple[float, ...] = (0.75, 1.0, 1.25)
+    flips: bool = True
+    box_clip: bool = True  # False = the "without 2D boxes" ablation (no clipping to the box)
+    batch_size: int = 32
+    write_png: bool = True
+
+
+@dataclass
+class EvalConfig:
+    tta: bool = True  # val predictions with the same TTA as pseudo labelling
+    flag_tolerance: float = 0.15  # reference masks: see segmentation/reference.py
+
+
+@dataclass
+class AugmentConfig:
+    jitter_shift: float = 0.05  # window centre moves by U(-j, j) x side
+    jitter_scale: float = 0.1  # window side x U(1 - j, 1 + j)
+    flip: bool = True
+    brightness: float = 0.25
+    contrast: float = 0.25
+    color: float = 0.1
+    noise: float = 4.0  # gaussian pixel noise std (0-255 units)
+    blur_prob: float = 0.2
+
+
+@dataclass
+class SegmentationConfig:
+    objects_file: str = "config/objects.yaml"  # registry: meshes for reference masks
+    obj_ids: list[int] = field(default_factory=list)  # output channels; [] = every registry object
+    iterations: int = 5  # T
+    real: RealDataConfig = field(default_factory=RealDataConfig)
+    synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    stage0: OptimConfig = field(default_factory=lambda: OptimConfig(steps=300, real_fraction=0.0))
+    finetune: OptimConfig = field(default_factory=lambda: OptimConfig(steps=60, lr=3e-4))
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    init_checkpoint: str = ""  # start from weights this package trained (same obj_ids)
+
+    def validate(self) -> None:
+        if self.model.encoder not in ENCODERS:
+            raise ConfigError(f"segmentation.model.encoder: {self.model.encoder!r} not in {ENCODERS}")
+        if self.iterations < 0:
+            raise ConfigError("segmentation.iterations must be >= 0")
+        if not 0.5 <= self.pseudo.confidence < 1.0:
+            raise ConfigError("segmentation.pseudo.confidence must be in [0.5, 1)")
+        if self.model.crop_size < 32 or self.model.context < 1.0:
+            raise ConfigError("segmentation.model: crop_size >= 32 and context >= 1 required")
+        for name in ("stage0", "finetune"):
+            opt = getattr(self, name)
+            if opt.steps < 0 or opt.batch_size < 2 or not 0.0 <= opt.real_fraction <= 1.0:
+                raise ConfigError(f"segmentation.{name}: steps >= 0, batch_size >= 2, real_fraction in [0, 1]")
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+def resolve_path(path: str, base: Path | None = None) -> Path:
+    """Relative paths are relative to the repository root (or ``base``)."""
+    p = Path(os.path.expanduser(path))
+    return p if p.is_absolute() else (base or bop_io.repo_root()) / p
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise FileNotFoundError(f"cannot read image {path}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def find_rgb(scene_path: Path, im_id: int) -> Path:
+    for ext in ("png", "jpg", "jpeg"):
+        path = scene_path / "rgb" / f"{im_id:06d}.{ext}"
+        if path.exists():
+            return path
+    raise FileNotFoundError(f"no rgb image {im_id:06d} in {scene_path / 'rgb'}")
+
+
+@dataclass
+class RoiSample:
+    """One object instance in one image: where to read it and its (loosened) box."""
+
+    image_path: Path
+    im_id: int
+    inst: int
+    obj_id: int
+    box: np.ndarray  # (x, y, w, h); for synthetic samples the tight visible box (loosened per draw)
+    mask_path: Path | None = None  # synthetic: mask_visib png
+
+
+class ImageCache:
+    def __init__(self):
+        self._images: dict[str, np.ndarray] = {}
+
+    def get(self, path: Path, loader=read_rgb) -> np.ndarray:
+        key = str(path)
+        if key not in self._images:
+            self._images[key] = loader(path)
+        return self._images[key]
+
+
+def synthetic_samples(cfg: SyntheticDataConfig, obj_ids: list[int]) -> list[RoiSample]:
+    root = resolve_path(cfg.dir)
+    split = root / cfg.split
+    if not split.is_dir():
+        raise FileNotFoundError(f"synthetic dataset split missing: {split}")
+    samples = []
+    for scene_path in sorted(p for p in split.iterdir() if p.is_dir()):
+        gt = bop_io.load_scene_gt(scene_path / "scene_gt.json")
+        info = bop_io.load_scene_gt_info(scene_path / "scene_gt_info.json")
+        for im_id in sorted(gt):
+            try:
+                rgb = find_rgb(scene_path, im_id)
+            except FileNotFoundError:
+                continue
+            for inst, (pose, gi) in enumerate(zip(gt[im_id], info[im_id])):
+                if pose.obj_id not in obj_ids or gi.bbox_visib[2] <= 0:
+                    continue
+                if gi.visib_fract < cfg.min_visib_fract or (gi.px_count_visib or 0) < cfg.min_px:
+                    continue
+                samples.append(RoiSample(rgb, im_id, inst, pose.obj_id, np.asarray(gi.bbox_visib),
+                                         scene_path / "mask_visib" / f"{im_id:06d}_{inst:06d}.png"))
+    if not samples:
+        raise ValueError(f"no usable synthetic samples of objects {obj_ids} in {split}")
+    return samples
+
+
+def ensure_synthetic(cfg: SyntheticDataConfig, obj_ids: list[int], real_root: Path) -> Path:
+    """Generate the synthetic dataset with dsc-pose-synth when it is missing or incomplete
+    (the generator resumes, so an existing complete dataset costs nothing)."""
+    root = resolve_path(cfg.dir)
+    rgb_dir = root / cfg.split / "000000" / "rgb"
+    have = len(list(rgb_dir.glob("*"))) if rgb_dir.is_dir() else 0
+    if have >= cfg.n_images and (root / cfg.split / "000000" / "scene_gt_info.json").exists():
+        return root
+    if not cfg.generate:
+        raise FileNotFoundError(f"synthetic dataset {root} is missing or incomplete and generate is false")
+    models = resolve_path(cfg.models) if cfg.models else real_root / "models"
+    command = [sys.executable, "-m", "dsc_pose_core.data.synth_cli", "--models", str(models),
+               "--obj-ids", ",".join(str(o) for o in obj_ids), "--n-images", str(cfg.n_images),
+               "--out", str(root), "--seed", str(cfg.seed), "--objects-per-image", str(cfg.objects_per_image),
+               "--distractors", str(cfg.distractors), "--distance", f"{cfg.distance[0]},{cfg.distance[1]}",
+               "--elevation", f"{cfg.elevation[0]},{cfg.elevation[1]}", "--rgb-ext", cfg.rgb_ext,
+               "--split", cfg.split]
+    print("generating synthetic data:", " ".join(command), flush=True)
+    subprocess.run(command, check=True)
+    return root
+
+
+@dataclass
+class RealSplit:
+    scene_path: Path
+    im_ids: list[int]
+    targets: dict[int, list[tuple[int, int, np.ndarray]]]  # im_id -> [(inst, obj_id, loose box)]
+    width: int
+    height: int
+
+
+def load_real_split(cfg: RealDataConfig, split: str, obj_ids: list[int]) -> RealSplit:
+    """Images of ``split`` and, per image, the target objects with their seeded loosened boxes.
+
+    Only ``bbox_visib`` (the 2D box) of scene_gt_info and the obj_id order of scene_gt are read;
+    the poses are not used here."""
+    root = resolve_path(cfg.dataset) if cfg.dataset else bop_io.default_lmo_dir()
+    scene_path = bop_io.scene_dir(root, cfg.scene_id)
+    splits = bop_io.load_splits(root / cfg.splits_file)
+    if split not in splits:
+        raise ConfigError(f"split {split!r} not in {root / cfg.splits_file}: {sorted(splits)}")
+    im_ids = list(splits[split])
+    if cfg.max_images:
+        im_ids = im_ids[: cfg.max_images]
+    gt = bop_io.load_scene_gt(scene_path / "scene_gt.json")
+    info = bop_io.load_scene_gt_info(scene_path / "scene_gt_info.json")
+    wanted: dict[int, set[int]] | None = None
+    if cfg.targets_file:
+        wanted = {}
+        for target in bop_io.load_targets(root / cfg.targets_file):
+            if target.scene_id == cfg.scene_id:
+                wanted.setdefault(target.im_id, set()).add(target.obj_id)
+    first = read_rgb(find_rgb(scene_path, im_ids[0]))
+    height, width = first.shape[:2]
+    targets = {}
+    for im_id in im_ids:
+        # one generator per (seed, image): the same box whatever else is loaded
+        rng = np.random.default_rng([cfg.box_seed, cfg.scene_id, im_id])
+        entries = []
+        for inst, (pose, gi) in enumerate(zip(gt[im_id], info[im_id])):
+            loose = loosen_box_xywh(gi.bbox_visib, rng, width, height, cfg.max_loosening)
+            if pose.obj_id not in obj_ids or gi.bbox_visib[2] <= 0 or gi.bbox_visib[3] <= 0:
+                continue
+            if wanted is not None and pose.obj_id not in wanted.get(im_id, ()):
+                continue
+            entries.append((inst, pose.obj_id, loose))
+        targets[im_id] = entries
+    return RealSplit(scene_path, im_ids, targets, width, height)
+
+
+# --------------------------------------------------------------------------------------------
+# Batches
+# --------------------------------------------------------------------------------------------
+def _photometric(crop: np.ndarray, rng: np.random.Generator, aug: AugmentConfig) -> np.ndarray:
+    image = crop.astype(np.float32)
+    mean = image.mean()
+    contrast = 1.0 + rng.uniform(-aug.contrast, aug.contrast)
+    brightness = 1.0 + rng.uniform(-aug.brightness, aug.brightness)
+    gains = 1.0 + rng.uniform(-aug.color, aug.color, 3)
+    image = ((image - mean) * contrast + mean) * brightness * gains
+    if aug.blur_prob > 0 and rng.uniform() < aug.blur_prob:
+        image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.5, 1.2))
+    if aug.noise > 0:
+        image = image + rng.normal(0.0, aug.noise, image.shape).astype(np.float32)
+    return np.clip(image, 0, 255)
+
+
+class RoiBatcher:
+    """Draws training ROIs (synthetic with mask_visib, real with pseudo labels) with augmentation."""
+
+    def __init__(self, cfg: SegmentationConfig, obj_ids: list[int], synthetic: list[RoiSample],
+                 rng: np.random.Generator):
+        self.cfg = cfg
+        self.channel = {o: i for i, o in enumerate(obj_ids)}
+        self.synthetic = synthetic
+        self.real: list[tuple[RoiSample, np.ndarray]] = []  # (sample, label map uint8 [H,W])
+        self.rng = rng
+        self.images = ImageCache()
+        self.masks = ImageCache()
+
+    def set_real(self, real: list[tuple[RoiSample, np.ndarray]]) -> None:
+        self.real = real
+
+    def _window(self, box) -> np.ndarray:
+        aug, rng = self.cfg.augment, self.rng
+        shift = rng.uniform(-aug.jitter_shift, aug.jitter_shift, 2)
+        scale = 1.0 + rng.uniform(-aug.jitter_scale, aug.jitter_scale)
+        return roi.roi_window(box, self.cfg.model.context, shift, scale)
+
+    def _synthetic_item(self, sample: RoiSample):
+        image = self.images.get(sample.image_path)
+        mask = self.masks.get(sample.mask_path, load_mask_png)
+        height, width = image.shape[:2]
+        loose = loosen_box_xywh(sample.box, self.rng, width, height, self.cfg.real.max_loosening)
+        window = self._window(loose)
+        size = self.cfg.model.crop_size
+        crop = roi.crop(image, window, size)
+        label = roi.crop(mask.astype(np.uint8), window, size, nearest=True)
+        return crop, label
+
+    def _real_item(self, sample: RoiSample, labels: np.ndarray):
+        image = self.images.get(sample.image_path)
+        window = self._window(sample.box)
+        size = self.cfg.model.crop_size
+        crop = roi.crop(image, window, size)
+        label = roi.crop(labels, window, size, nearest=True, border_value=0 if self.cfg.pseudo.box_clip else IGNORE)
+        return crop, label
+
+    def batch(self, batch_size: int, real_fraction: float):
+        n_real = int(round(batch_size * real_fraction)) if self.real else 0
+        crops, labels, channels = [], [], []
+        for k in range(batch_size):
+            if k < n_real:
+                sample, label_map = self.real[self.rng.integers(len(self.real))]
+                crop, label = self._real_item(sample, label_map)
+            else:
+                sample = self.synthetic[self.rng.integers(len(self.synthetic))]
+                crop, label = self._synthetic_item(sample)
+            crop = _photometric(crop, self.rng, self.cfg.augment)
+            if self.cfg.augment.flip and self.rng.uniform() < 0.5:
+                crop, label = crop[:, ::-1], label[:, ::-1]
+            crops.append(np.ascontiguousarray(crop))
+            labels.append(np.ascontiguousarray(label))
+            channels.append(self.channel[sample.obj_id])
+        images = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2)
+        return normalise_rgb(images), torch.from_numpy(np.stack(labels)), torch.tensor(channels)
+
+
+def select_channels(logits: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
+    """[B,C,H,W] logits and [B] channel indices -> [B,H,W]."""
+    return logits[torch.arange(len(channels), device=logits.device), channels]
+
+
+# --------------------------------------------------------------------------------------------
+# Training, prediction
+# --------------------------------------------------------------------------------------------
+def train_steps(model: RoiSegmenter, batcher: RoiBatcher, opt_cfg: OptimConfig, device: torch.device,
+                desc: str) -> dict:
+    if opt_cfg.steps == 0:
+        return {"steps": 0, "seconds": 0.0, "final_loss": None}
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay)
+    warmup = max(1, opt_cfg.steps // 10)
+
+    def factor(step: int) -> float:  # linear warm-up, then cosine decay to 5 %
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, opt_cfg.steps - warmup)
+        return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    start = time.time()
+    running = None
+    with tqdm(range(opt_cfg.steps), desc=desc, unit="step", dynamic_ncols=True, mininterval=5.0) as bar:
+        for _ in bar:
+            images, labels, channels = batcher.batch(opt_cfg.batch_size, opt_cfg.real_fraction)
+            logits = select_channels(model(images.to(device)), channels.to(device))
+            loss_fn = balanced_masked_segmentation_loss if opt_cfg.balance_classes else masked_segmentation_loss
+            loss = loss_fn(logits, labels.to(device))  # eq. (2)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
+            bar.set_postfix(loss=f"{running:.4f}")
+    return {"steps": opt_cfg.steps, "seconds": round(time.time() - start, 1), "final_loss": running}
+
+
+@torch.no_grad()
+def predict_rois(model: RoiSegmenter, image: np.ndarray, entries, cfg: SegmentationConfig,
+                 channel: dict[int, int], device: torch.device, tta: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Foreground probability of each (inst, obj_id, box) pasted into the full image, with the
+    ROI window. Returns [(probability float32 [H,W], window xyxy)]."""
+    model.eval()
+    height, width = image.shape[:2]
+    size = cfg.model.crop_size
+    out = []
+    for start in range(0, len(entries), cfg.pseudo.batch_size):
+        chunk = entries[start:start + cfg.pseudo.batch_size]
+        windows = [roi.roi_window(box, cfg.model.context) for _, _, box in chunk]
+        crops = np.stack([roi.crop(image, w, size) for w in windows])
+        images = normalise_rgb(torch.from_numpy(crops).permute(0, 3, 1, 2)).to(device)
+        if tta:
+            probs = tta_probability(model, images, cfg.pseudo.tta_scales, cfg.pseudo.flips)
+        else:
+            probs = torch.sigmoid(model(images))
+        channels = torch.tensor([channel[o] for _, o, _ in chunk], device=device)
+        probs = select_channels(probs, channels).float().cpu().numpy()
+        for prob, window in zip(probs, windows):
+            out.append((roi.paste(prob, window, width, height), window))
+    return out
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    if not cv2.imwrite(str(tmp), image):
+        raise OSError(f"cannot write {path}")
+    os.replace(tmp, path)
+
+
+def summarise(ious: list[dict]) -> dict:
+    """Mean IoU over unflagged targets, per object, and the flagged count."""
+    kept = [r for r in ious if not r["flagged"]]
+    per_object: dict[int, list[float]] = {}
+    for r in kept:
+        per_object.setdefault(r["obj_id"], []).append(r["iou"])
+    return {
+        "mean": float(np.mean([r["iou"] for r in kept])) if kept else None,
+        "mean_no_box": float(np.mean([r["iou_no_box"] for r in kept])) if kept and "iou_no_box" in kept[0] else None,
+        "per_object": {str(o): float(np.mean(v)) for o, v in sorted(per_object.items())},
+        "n_targets": len(ious),
+        "n_flagged": len(ious) - len(kept),
+    }
+
+
+def pseudo_label_split(model, split: RealSplit, cfg: SegmentationConfig, channel, device, refs: ReferenceMasks,
+                       out_dir: Path | None, desc: str):
+    """Pseudo labels (eq. 1-2) for every target of ``split``; returns (training items, IoU records)."""
+    items, records = [], []
+    scene_out = out_dir / "test" / f"{bop_io_scene_id(split):06d}" if out_dir is not None else None
+    boxes_json = {}
+    for im_id in tqdm(split.im_ids, desc=desc, unit="img", dynamic_ncols=True, mininterval=5.0):
+        entries = split.targets[im_id]
+        if not entries:
+            continue
+        image_path = find_rgb(split.scene_path, im_id)
+        image = read_rgb(image_path)
+        predictions = predict_rois(model, image, entries, cfg, channel, device, tta=True)
+        boxes_json[str(im_id)] = []
+        for (inst, obj_id, box), (prob, window) in zip(entries, predictions):
+            prob_t = torch.from_numpy(prob)
+            inside = roi.window_mask(window, split.width, split.height)
+            in_box = box_mask(box, split.width, split.height)
+            if cfg.pseudo.box_clip:
+                labels = pseudo_label(prob_t, torch.from_numpy(in_box), cfg.pseudo.confidence).numpy()
+            else:  # "without 2D boxes": no clipping; outside the ROI window nothing is known
+                labels = pseudo_label(prob_t, torch.from_numpy(inside), cfg.pseudo.confidence).numpy()
+                labels[~inside] = IGNORE
+            foreground_box = (prob >= 0.5) & in_box
+            foreground_free = (prob >= 0.5) & inside
+            ref = refs.get(im_id, inst)
+            records.append({"im_id": im_id, "inst": inst, "obj_id": obj_id, "flagged": ref.flagged,
+                            "iou": mask_iou(foreground_box if cfg.pseudo.box_clip else foreground_free, ref.mask),
+                            "iou_no_box": mask_iou(foreground_free, ref.mask),
+                            "ignored_fraction": float((labels[inside] == IGNORE).mean()) if inside.any() else 0.0})
+            sample = RoiSample(image_path, im_id, inst, obj_id, np.asarray(box))
+            items.append((sample, labels))
+            boxes_json[str(im_id)].append({"inst": inst, "obj_id": obj_id, "bbox_loose": [int(v) for v in box]})
+            if scene_out is not None and cfg.pseudo.write_png:
+                name = f"{im_id:06d}_{inst:06d}.png"
+                _write_png(scene_out / "mask_visib" / name, np.where(labels == 1, 255, 0).astype(np.uint8))
+                _write_png(scene_out / "mask_ignore" / name, np.where(labels == IGNORE, 255, 0).astype(np.uint8))
+    if scene_out is not None:
+        scene_out.mkdir(parents=True, exist_ok=True)
+        bop_io.atomic_write_text(scene_out / "pseudo_boxes.json", json.dumps(boxes_json, indent=1))
+    return items, records
+
+
+def bop_io_scene_id(split: RealSplit) -> int:
+    return int(split.scene_path.name)
+
+
+def evaluate_split(model, split: RealSplit, cfg: SegmentationConfig, channel, device, refs: ReferenceMasks,
+                   desc: str) -> list[dict]:
+    """IoU of the network's masks (P >= 0.5 inside the loosened box) against the references."""
+    records = []
+    for im_id in tqdm(split.im_ids, desc=desc, unit="img", dynamic_ncols=True, mininterval=5.0):
+        entries = split.targets[im_id]
+        if not entries:
+            continue
+        image = read_rgb(find_rgb(split.scene_path, im_id))
+        predictions = predict_rois(model, image, entries, cfg, channel, device, tta=cfg.eval.tta)
+        for (inst, obj_id, box), (prob, window) in zip(entries, predictions):
+            ref = refs.get(im_id, inst)
+            in_box = box_mask(box, split.width, split.height)
+            inside = roi.window_mask(window, split.width, split.height)
+            records.append({"im_id": im_id, "inst": inst, "obj_id": obj_id, "flagged": ref.flagged,
+                            "iou": mask_iou((prob >= 0.5) & in_box, ref.mask),
+                            "iou_no_box": mask_iou((prob >= 0.5) & inside, ref.mask)})
+    return records
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------
+def checkpoint_payload(model: RoiSegmenter, cfg_dict: dict, obj_ids: list[int], iteration: int,
+                       names: dict[int, str]) -> dict:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "config": cfg_dict,
+        "obj_ids": list(obj_ids),
+        "object_names": [names.get(o, str(o)) for o in obj_ids],
+        "encoder": model.encoder_name,
+        "iteration": int(iteration),
+    }
+
+
+def model_from_checkpoint(path: str | os.PathLike, device="cpu") -> tuple[RoiSegmenter, dict]:
+    payload = load_checkpoint(path, map_location=device)
+    if payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a segmentation checkpoint ({payload.get('format')!r})")
+    seg = payload["config"]["segmentation"]
+    model = RoiSegmenter(len(payload["obj_ids"]), seg["model"]["encoder"], seg["model"]["decoder_channels"])
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device), payload
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    return f"{platform.system()} {cpu}, {os.cpu_count()} CPUs, torch {torch.__version__} threads {torch.get_num_threads()}"
+
+
+def _commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=bop_io.repo_root(), capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def run_segmentation(config, out: str | os.PathLike | None = None, resume: str | None = None,
+                     command: str = "") -> dict:
+    """Stage 0 + T pseudo-label/fine-tune iterations; returns the results dict (also written to
+    ``OUT/results.json``). ``config`` is a :class:`TrainConfig` whose ``segmentation`` is set."""
+    cfg: SegmentationConfig = config.segmentation
+    out_dir = resolve_path(out or config.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg_dict = to_dict(config)
+    device = torch.device(config.device)
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    timings: dict[str, float] = {}
+    t_start = time.time()
+
+    registry = None
+    names: dict[int, str] = {}
+    obj_ids = list(cfg.obj_ids)
+    objects_path = resolve_path(cfg.objects_file) if cfg.objects_file else None
+    if objects_path is not None and objects_path.exists():
+        from ..objects.registry import ObjectRegistry
+
+        registry = ObjectRegistry.from_yaml(objects_path)
+        names = {e.obj_id: e.name for e in registry}
+        if not obj_ids:
+            obj_ids = registry.ids
+    if not obj_ids:
+        raise ConfigError("segmentation.obj_ids is empty and no object registry was found")
+    channel = {o: i for i, o in enumerate(obj_ids)}
+
+    train_split = load_real_split(cfg.real, cfg.real.train_split, obj_ids)
+    val_split = load_real_split(cfg.real, cfg.real.val_split, obj_ids)
+    real_root = train_split.scene_path.parents[1]
+    t0 = time.time()
+    ensure_synthetic(cfg.synthetic, obj_ids, real_root)
+    synthetic = synthetic_samples(cfg.synthetic, obj_ids)
+    timings["synthetic_data_s"] = round(time.time() - t0, 1)
+    print(f"synthetic ROIs: {len(synthetic)}; train_real targets: "
+          f"{sum(len(v) for v in train_split.targets.values())} in {len(train_split.im_ids)} images; "
+          f"val targets: {sum(len(v) for v in val_split.targets.values())} in {len(val_split.im_ids)} images",
+          flush=True)
+    refs = ReferenceMasks(train_split.scene_path, train_split.width, train_split.height, registry,
+                          cfg.eval.flag_tolerance)
+
+    model = RoiSegmenter(len(obj_ids), cfg.model.encoder, cfg.model.decoder_channels).to(device)
+    results_path = out_dir / "results.json"
+    results = {"stage": "segmentation", "command": command, "config": cfg_dict, "obj_ids": obj_ids,
+               "train_real_iou_per_iter": [], "train_real_iou_no_box_clip_per_iter": [], "iterations": [],
+               "timings": timings}
+    first_iteration = 1
+    ckpt_dir = out_dir / "checkpoints"
+    if resume:
+        loaded, payload = model_from_checkpoint(resume, device)
+        if payload["obj_ids"] != obj_ids:
+            raise ConfigError(f"{resume}: trained for objects {payload['obj_ids']}, config has {obj_ids}")
+        model = loaded
+        first_iteration = payload["iteration"] + 1
+        if results_path.exists():
+            previous = json.loads(results_path.read_text())
+            for key in ("train_real_iou_per_iter", "train_real_iou_no_box_clip_per_iter", "iterations"):
+                results[key] = previous.get(key, [])[: payload["iteration"]]
+            for key in ("ablation_without_real_images",):
+                if key in previous:
+                    results[key] = previous[key]
+        print(f"resumed from {resume} (iteration {payload['iteration']})", flush=True)
+    elif cfg.init_checkpoint:
+        loaded, payload = model_from_checkpoint(resolve_path(cfg.init_checkpoint), device)
+        if payload["obj_ids"] != obj_ids:
+            raise ConfigError(f"init_checkpoint trained for objects {payload['obj_ids']}, config has {obj_ids}")
+        model = loaded
+
+    batcher = RoiBatcher(cfg, obj_ids, synthetic, rng)
+
+    def save(iteration: int):
+        payload = checkpoint_payload(model, cfg_dict, obj_ids, iteration, names)
+        save_checkpoint(ckpt_dir / f"seg_iter{iteration}.pt", payload)
+        save_checkpoint(ckpt_dir / "seg_last.pt", payload)
+
+    def write_results():
+        results["timings"]["total_s"] = round(time.time() - t_start, 1)
+        bop_io.atomic_write_text(results_path, json.dumps(results, indent=1))
+
+    if first_iteration == 1:
+        t0 = time.time()
+        info = train_steps(model, batcher, cfg.stage0, device, "stage 0 (synthetic)")
+        timings["stage0_s"] = round(time.time() - t0, 1)
+        results["stage0"] = info
+        save(0)
+        # Table 4 "w/o real RGB images": the stage-0 network on val
+        t0 = time.time()
+        val0 = evaluate_split(model, val_split, cfg, channel, device, refs, "val (stage 0)")
+        results["ablation_without_real_images"] = {"val": summarise(val0)}
+        timings["val_stage0_s"] = round(time.time() - t0, 1)
+        write_results()
+
+    for t in range(first_iteration, cfg.iterations + 1):
+        t0 = time.time()
+        items, records = pseudo_label_split(model, train_split, cfg, channel, device, refs,
+                                            out_dir / "pseudo" / f"iter_{t}", f"pseudo labels t={t}")
+        t_label = time.time() - t0
+        summary = summarise(records)
+        bop_io.atomic_write_text(out_dir / "pseudo" / f"iter_{t}" / "iou.json",
+                                 json.dumps({"summary": summary, "targets": records}, indent=0))
+        print(f"iteration {t}: pseudo-label IoU on {cfg.real.train_split} = {summary['mean']:.4f} "
+              f"(without box clipping {summary['mean_no_box']:.4f}; {summary['n_flagged']} of "
+              f"{summary['n_targets']} targets flagged)", flush=True)
+        batcher.set_real(items)
+        t1 = time.time()
+        info = train_steps(model, batcher, cfg.finetune, device, f"fine-tune t={t}")
+        save(t)
+        results["train_real_iou_per_iter"].append(summary["mean"])
+        results["train_real_iou_no_box_clip_per_iter"].append(summary["mean_no_box"])
+        results["iterations"].append({"t": t, "pseudo_label_iou": summary, "finetune": info,
+                                      "pseudo_label_s": round(t_label, 1), "finetune_s": round(time.time() - t1, 1)})
+        write_results()
+
+    t0 = time.time()
+    val = evaluate_split(model, val_split, cfg, channel, device, refs, "val (final)")
+    timings["val_final_s"] = round(time.time() - t0, 1)
+    summary = summarise(val)
+    results["val"] = summary
+    results["val_iou_mean"] = summary["mean"]
+    results["machine"] = _machine()
+    results["commit"] = _commit()
+    refs.close()
+    write_results()
+    print(f"val IoU (final network) = {summary['mean']:.4f} over {summary['n_targets'] - summary['n_flagged']} "
+          f"targets ({summary['n_flagged']} flagged); results in {results_path}", flush=True)
+    return results

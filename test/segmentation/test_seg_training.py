@@ -1,0 +1,170 @@
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from dsc_pose_core.training import checkpoint as ckpt
+from dsc_pose_core.training.cli import main, parse_config
+from dsc_pose_core.training.config import ConfigError
+from dsc_pose_core.training.segmentation import model_from_checkpoint
+
+from dsc_pose_core.data import bop_io
+
+# ---- tiny BOP-format datasets of drawn shapes ----
+
+def write_scene(scene: Path, n_images: int, seed: int, width: int = 160, height: int = 120) -> None:
+    """Images with a red disc (obj 1) and a blue square (obj 2) on noise; mask_visib, scene_gt(_info)."""
+    rng = np.random.default_rng(seed)
+    (scene / "rgb").mkdir(parents=True, exist_ok=True)
+    (scene / "mask_visib").mkdir(parents=True, exist_ok=True)
+    gt, info, cams = {}, {}, {}
+    K = np.array([[200.0, 0, width / 2], [0, 200.0, height / 2], [0, 0, 1]])
+    for im_id in range(n_images):
+        image = rng.integers(0, 120, (height, width, 3)).astype(np.uint8)
+        masks = []
+        disc = np.zeros((height, width), np.uint8)
+        cv2.circle(disc, (int(rng.integers(30, 60)), int(rng.integers(30, 90))), int(rng.integers(14, 22)), 1, -1)
+        square = np.zeros((height, width), np.uint8)
+        x, y = int(rng.integers(90, 120)), int(rng.integers(20, 70))
+        square[y:y + 30, x:x + 26] = 1
+        image[disc > 0] = (230, 40, 40)
+        image[square > 0] = (40, 40, 230)
+        masks = [disc > 0, square > 0]
+        cv2.imwrite(str(scene / "rgb" / f"{im_id:06d}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        poses, infos = [], []
+        for inst, (obj_id, mask) in enumerate(zip((1, 2), masks)):
+            cv2.imwrite(str(scene / "mask_visib" / f"{im_id:06d}_{inst:06d}.png"), mask.astype(np.uint8) * 255)
+            ys, xs = np.nonzero(mask)
+            box = (int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1))
+            poses.append(bop_io.GtPose(obj_id, np.eye(3), np.array([0.0, 0.0, 1.0])))
+            infos.append(bop_io.GtInfo(box, box, int(mask.sum()), int(mask.sum()), int(mask.sum()), 1.0))
+        gt[im_id], info[im_id], cams[im_id] = poses, infos, bop_io.CameraInfo(K)
+    bop_io.save_scene_gt(scene / "scene_gt.json", gt)
+    bop_io.save_scene_gt_info(scene / "scene_gt_info.json", info)
+    bop_io.save_scene_camera(scene / "scene_camera.json", cams)
+
+
+def make_datasets(root: Path) -> tuple[Path, Path]:
+    synthetic = root / "synth"
+    write_scene(synthetic / "train_synt" / "000000", 3, seed=1)
+    real = root / "real"
+    write_scene(real / "test" / "000002", 3, seed=2)
+    (real / "splits.json").write_text(json.dumps({"train_real": [0, 1], "val": [2]}))
+    return synthetic, real
+
+
+def tiny_config(root: Path, synthetic: Path, real: Path) -> dict:
+    return {
+        "stage": "segmentation", "out": str(root / "run"), "seed": 0, "device": "cpu", "threads": 1,
+        "segmentation": {
+            "objects_file": "", "obj_ids": [1, 2], "iterations": 1,
+            "real": {"dataset": str(real), "scene_id": 2, "targets_file": ""},
+            "synthetic": {"dir": str(synthetic), "generate": False, "n_images": 3},
+            "model": {"encoder": "resnet18", "decoder_channels": 16, "crop_size": 32, "context": 1.25},
+            "stage0": {"steps": 2, "batch_size": 4, "lr": 0.001, "real_fraction": 0.0},
+            "finetune": {"steps": 2, "batch_size": 4, "lr": 0.001, "real_fraction": 0.5},
+            "pseudo": {"tta_scales": [1.0], "flips": True, "batch_size": 8},
+        },
+    }
+
+
+def test_checkpoint_round_trip_and_atomic_failure(tmp_path, monkeypatch):
+    path = tmp_path / "c.pt"
+    ckpt.save_checkpoint(path, {"w": torch.ones(3), "iteration": 1, "config": {"a": [1, 2]}})
+    assert ckpt.load_checkpoint(path)["iteration"] == 1
+
+    def broken_save(obj, handle, *a, **k):
+        handle.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        ckpt.save_checkpoint(path, {"w": torch.zeros(3), "iteration": 2})
+    monkeypatch.undo()
+    loaded = ckpt.load_checkpoint(path)
+    assert loaded["iteration"] == 1 and torch.equal(loaded["w"], torch.ones(3))
+    assert sorted(os.listdir(tmp_path)) == ["c.pt"]  # no temporary file left behind
+
+
+def test_config_rejects_unknown_keys_and_applies_overrides(tmp_path, repo_root):
+    cfg = parse_config(repo_root / "config/train/lmo_seg.yaml", ["segmentation.iterations=2", "segmentation.model.encoder=resnet34"])
+    assert cfg.segmentation.iterations == 2 and cfg.segmentation.model.encoder == "resnet34"
+    parse_config(repo_root / "config/train/lmo_seg_gpu.yaml")
+    raw = yaml.safe_load((repo_root / "config/train/lmo_seg.yaml").read_text())
+    raw["segmentation"]["model"]["colour"] = 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="colour"):
+        parse_config(bad)
+    with pytest.raises(ConfigError, match="expected an integer"):
+        parse_config(repo_root / "config/train/lmo_seg.yaml", ["segmentation.iterations=two"])
+    with pytest.raises(ConfigError, match="stage"):
+        parse_config(repo_root / "config/train/lmo_seg.yaml", ["stage=nope"])
+
+
+def test_tiny_end_to_end_loop(tmp_path):
+    synthetic, real = make_datasets(tmp_path)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(tmp_path, synthetic, real)))
+    assert main(["--config", str(config)]) == 0
+    run = tmp_path / "run"
+    scene = run / "pseudo" / "iter_1" / "test" / "000002"
+    for im_id in (0, 1):
+        for inst in (0, 1):
+            label = cv2.imread(str(scene / "mask_visib" / f"{im_id:06d}_{inst:06d}.png"), cv2.IMREAD_UNCHANGED)
+            assert label.shape == (120, 160) and set(np.unique(label)) <= {0, 255}
+            ignore = cv2.imread(str(scene / "mask_ignore" / f"{im_id:06d}_{inst:06d}.png"), cv2.IMREAD_UNCHANGED)
+            assert set(np.unique(ignore)) <= {0, 255}
+            assert not (label.astype(bool) & ignore.astype(bool)).any()
+    boxes = json.loads((scene / "pseudo_boxes.json").read_text())
+    assert {e["obj_id"] for e in boxes["0"]} == {1, 2}
+    results = json.loads((run / "results.json").read_text())
+    assert len(results["train_real_iou_per_iter"]) == 1
+    assert 0.0 <= results["val_iou_mean"] <= 1.0
+    assert "ablation_without_real_images" in results and results["command"].startswith("python training/train.py")
+    model, payload = model_from_checkpoint(run / "checkpoints" / "seg_last.pt")
+    assert payload["obj_ids"] == [1, 2] and payload["iteration"] == 1
+    with torch.no_grad():
+        assert model.eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 2, 32, 32)
+    # resume from stage 0 redoes iteration 1 only
+    assert main(["--config", str(config), "--resume", str(run / "checkpoints" / "seg_iter0.pt")]) == 0
+    assert len(json.loads((run / "results.json").read_text())["train_real_iou_per_iter"]) == 1
+
+
+def test_lmo_train_real_boxes_are_loosened_and_seeded(lmo_root):
+    from dsc_pose_core.training.segmentation import RealDataConfig, load_real_split
+
+    cfg = RealDataConfig(dataset=str(lmo_root))
+    split = load_real_split(cfg, "train_real", [1, 5, 6, 8, 9, 10, 11, 12])
+    again = load_real_split(cfg, "train_real", [1, 5, 6, 8, 9, 10, 11, 12])
+    assert len(split.im_ids) == 100 and (split.width, split.height) == (640, 480)
+    info = bop_io.load_scene_gt_info(split.scene_path / "scene_gt_info.json")
+    n = 0
+    for im_id in split.im_ids:
+        for (inst, obj_id, box), (_, _, box2) in zip(split.targets[im_id], again.targets[im_id]):
+            np.testing.assert_array_equal(box, box2)
+            x, y, w, h = info[im_id][inst].bbox_visib
+            assert box[0] <= x and box[1] <= y and box[0] + box[2] >= x + w and box[1] + box[3] >= y + h
+            assert box[2] <= w * 1.3 + 2 and box[3] <= h * 1.3 + 2
+            n += 1
+    assert n > 500
+
+
+def test_balanced_loss_weighs_foreground_and_background_equally():
+    from dsc_pose_core.losses.segmentation import balanced_masked_segmentation_loss
+    from dsc_pose_core.segmentation.pseudo_labels import IGNORE
+
+    labels = torch.zeros(1, 4, 4, dtype=torch.uint8)
+    labels[0, 0, 0] = 1
+    labels[0, 3, 3] = IGNORE
+    logits = torch.zeros(1, 4, 4)
+    logits[0, 0, 0] = -2.0  # the single foreground pixel is wrong
+    fg = torch.nn.functional.softplus(torch.tensor(2.0))
+    bg = torch.nn.functional.softplus(torch.tensor(0.0))
+    assert torch.isclose(balanced_masked_segmentation_loss(logits, labels), (fg + bg) / 2)
+    assert balanced_masked_segmentation_loss(logits, torch.full((1, 4, 4), IGNORE, dtype=torch.uint8)) == 0

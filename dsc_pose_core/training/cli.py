@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from .config import ConfigError, apply_overrides, from_dict, load_yaml
 from .segmentation import SegmentationConfig, run_segmentation
+from .deepim import DeepImConfig, run_deepim
 
 
 @dataclass
@@ -23,6 +24,7 @@ class TrainConfig:
     device: str = "cpu"
     threads: int = 0  # torch CPU threads (0 = torch's default)
     segmentation: SegmentationConfig | None = None  # stage "segmentation" (dsc-posenet sec. 3.1)
+    deepim: DeepImConfig | None = None  # stage "deepim" (deepim sec. 3)
 
     def validate(self) -> None:
         if self.stage not in STAGES:
@@ -35,8 +37,12 @@ def _segmentation(config: TrainConfig, args, command: str):
     return run_segmentation(config, out=args.out, resume=args.resume, command=command)
 
 
+def _deepim(config: TrainConfig, args, command: str):
+    return run_deepim(config, out=args.out, resume=args.resume, command=command)
+
+
 # stage name -> runner(config, args, command); later issues add their stages here
-STAGES = {"segmentation": _segmentation}
+STAGES = {"segmentation": _segmentation, "deepim": _deepim}
 
 
 def parse_config(path, overrides=()) -> TrainConfig:

@@ -1,0 +1,65 @@
+"""The 8-channel DeepIM input of one object at one pose estimate (deepim sec. 3.1-3.2).
+
+1. The rendered mask's tight box comes from the mesh vertices projected with the current pose (a
+   triangle mesh's silhouette is bounded by its extreme vertices, so this is the box of the rendered
+   mask without a full-image render; unlike a render it is not clipped at the image border).
+2. The observed box: in training the tight box of the ground-truth visible mask, randomly dilated
+   by up to 10 px (sec. 4.1); at test time the rendered mask's box itself (sec. 4.1, Testing: "we
+   use the tightest bounding box of the rendered mask m_rend instead").
+3. The zoom-in window of eq. (6) over both boxes, centred on the projected object origin.
+4. The rendered RGB, mask and depth are rendered at the crop resolution with the cropped K; the
+   observed RGB is resampled with the same affine map; the observed-mask channel is the observed
+   box drawn filled in the crop ("the observed mask m_obs which shows the tightest bounding box of
+   the ground truth segmentation", sec. 4.1).
+
+Images enter the network as RGB / 255 - 0.5, masks as 0 / 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..geometry.camera import crop_intrinsics
+from .zoom import ZoomConfig, box_in_crop, box_mask, crop_image, project_origin, projected_box, zoom_window
+
+
+@dataclass
+class ZoomedInput:
+    tensor: np.ndarray  # float32 [8,h,w]
+    window: np.ndarray  # (x1, y1, x2, y2) in the full image
+    K_crop: np.ndarray  # [3,3]
+    depth_rend: np.ndarray  # float32 [h,w] metres
+    mask_rend: np.ndarray  # bool [h,w]
+
+
+def build_input(renderer, obj_id: int, vertices: np.ndarray, image: np.ndarray, K: np.ndarray, R: np.ndarray,
+                t: np.ndarray, zoom: ZoomConfig, obs_box=None, light=None) -> ZoomedInput:
+    """The zoomed-in input for ``obj_id`` at pose (R, t) in ``image`` (uint8 [H,W,3]).
+
+    ``obs_box`` (pixel-edge x1, y1, x2, y2) is the observed mask's box; None at test time (the
+    rendered mask's box is used, sec. 4.1)."""
+    H, W = image.shape[:2]
+    K = np.asarray(K, dtype=np.float64)
+    rend_box = projected_box(vertices, R, t, K)
+    center = project_origin(t, K)
+    if rend_box is None:  # part of the model behind the camera: a window around the observed box
+        rend_box = obs_box if obs_box is not None else np.array([center[0] - 1, center[1] - 1,
+                                                                 center[0] + 1, center[1] + 1])
+    obs_box = rend_box if obs_box is None else np.asarray(obs_box, dtype=np.float64)
+    window = zoom_window(center, [obs_box, rend_box], W, H, zoom.expand)
+    w, h = zoom.width, zoom.height
+    K_crop = crop_intrinsics(torch.as_tensor(K), torch.as_tensor(window), w, h).numpy()
+    render = renderer.render(K_crop, [(int(obj_id), R, t)], width=w, height=h, light=light)
+    obs = crop_image(image, window, w, h)
+    obs_mask = box_mask(box_in_crop(obs_box, window, w, h), w, h)
+    mask_rend = render.instance > 0
+    tensor = np.concatenate([
+        obs.astype(np.float32).transpose(2, 0, 1) / 255.0 - 0.5,
+        render.rgb.astype(np.float32).transpose(2, 0, 1) / 255.0 - 0.5,
+        obs_mask[None],
+        mask_rend.astype(np.float32)[None],
+    ], axis=0)
+    return ZoomedInput(np.ascontiguousarray(tensor), window, K_crop, render.depth.astype(np.float32), mask_rend)

@@ -1,0 +1,123 @@
+"""DeepIM's zoom-in (deepim sec. 3.1 and appendix A, eq. 6).
+
+The window is centred on (x_c, y_c), the projection of the object origin under the current pose
+estimate, has the aspect ratio r = W / H of the input image and half-extents
+
+    x_dist = max over {l_obs, r_obs, l_rend, r_rend} of |. - x_c|,  y_dist likewise with u, d,
+    width  = max(x_dist, y_dist r) 2 lambda,  height = max(x_dist / r, y_dist) 2 lambda   (eq. 6)
+
+with lambda = 1.4. The maximum over the four boundaries of two boxes equals the maximum over the
+boundaries of their union, so the window is ``geometry.camera.zoom_in_box`` applied to the union
+box (that function implements eq. 6 for one box). Mask boundaries are taken at the pixel *edges*
+(a mask covering columns l..r spans [l - 0.5, r + 0.5] in the continuous convention of
+``geometry.camera``). The window is then resampled to a fixed ``width x height`` (480 x 640 in the
+paper; smaller on a CPU) with the same affine map for the observed image (``cv2.warpAffine``,
+bilinear) and the renderer (cropped intrinsics K' = A K: renders are made at the crop resolution,
+never resampled).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from ..geometry.camera import crop_affine, zoom_in_box
+
+
+@dataclass(frozen=True)
+class ZoomConfig:
+    width: int = 128  # crop size fed to the network (paper: 640 x 480)
+    height: int = 96
+    expand: float = 1.4  # lambda of eq. (6)
+
+    def validate(self) -> None:
+        if self.width <= 0 or self.height <= 0:
+            raise ValueError("zoom: crop size must be positive")
+        if not self.expand > 0:
+            raise ValueError("zoom: expand ratio must be positive")
+
+
+def mask_box(mask: np.ndarray) -> np.ndarray | None:
+    """Tightest box of a boolean mask as pixel-edge coordinates (x1, y1, x2, y2); None when empty."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return None
+    return np.array([xs.min() - 0.5, ys.min() - 0.5, xs.max() + 0.5, ys.max() + 0.5], dtype=np.float64)
+
+
+def union_box(*boxes) -> np.ndarray:
+    boxes = [np.asarray(b, dtype=np.float64) for b in boxes if b is not None]
+    if not boxes:
+        raise ValueError("no box to take the union of")
+    stacked = np.stack(boxes)
+    return np.concatenate([stacked[:, :2].min(0), stacked[:, 2:].max(0)])
+
+
+def zoom_window(center_xy, boxes, image_width: int, image_height: int, expand: float = 1.4) -> np.ndarray:
+    """eq. (6): the zoom-in window (x1, y1, x2, y2) centred on ``center_xy`` enclosing every box in
+    ``boxes`` (observed and rendered mask boxes; None entries are skipped), with the image's aspect ratio."""
+    union = union_box(*boxes)
+    center = torch.as_tensor(np.asarray(center_xy, dtype=np.float64))
+    window = zoom_in_box(center, torch.as_tensor(union), aspect=image_width / image_height, padding=expand)
+    window = window.numpy()
+    # a degenerate box (a one-point silhouette exactly at the centre) still gets a window of >= 2 px
+    if window[2] - window[0] < 2.0:
+        half_w = 1.0
+        half_h = half_w * image_height / image_width
+        window = np.array([center_xy[0] - half_w, center_xy[1] - half_h, center_xy[0] + half_w,
+                           center_xy[1] + half_h])
+    return window
+
+
+def window_affine(window, out_width: int, out_height: int) -> np.ndarray:
+    """The 3x3 pixel map of the window into an out_height x out_width crop (``geometry.crop_affine``)."""
+    return crop_affine(torch.as_tensor(np.asarray(window, dtype=np.float64)), out_width, out_height).numpy()
+
+
+def crop_image(image: np.ndarray, window, out_width: int, out_height: int, nearest: bool = False,
+               border_value=0) -> np.ndarray:
+    """Resample ``image`` inside ``window`` to out_height x out_width with the same map as the crop K."""
+    affine = window_affine(window, out_width, out_height)
+    flags = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    return cv2.warpAffine(image, affine[:2], (out_width, out_height), flags=flags,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=border_value)
+
+
+def box_in_crop(box, window, out_width: int, out_height: int) -> np.ndarray:
+    """A full-image box (pixel edges) mapped into the crop's pixel-edge coordinates."""
+    affine = window_affine(window, out_width, out_height)
+    x1, y1, x2, y2 = np.asarray(box, dtype=np.float64)
+    return np.array([affine[0, 0] * x1 + affine[0, 2], affine[1, 1] * y1 + affine[1, 2],
+                     affine[0, 0] * x2 + affine[0, 2], affine[1, 1] * y2 + affine[1, 2]])
+
+
+def box_mask(box, width: int, height: int) -> np.ndarray:
+    """A filled float mask [H,W] of the pixels whose centres lie inside ``box`` (pixel edges)."""
+    xs = np.arange(width, dtype=np.float64)
+    ys = np.arange(height, dtype=np.float64)
+    inside_x = (xs >= box[0]) & (xs <= box[2])
+    inside_y = (ys >= box[1]) & (ys <= box[3])
+    return (inside_y[:, None] & inside_x[None, :]).astype(np.float32)
+
+
+def projected_box(points: np.ndarray, R: np.ndarray, t: np.ndarray, K: np.ndarray) -> np.ndarray | None:
+    """Box (pixel edges, unclipped) of model points projected with pose (R, t); None when behind the camera.
+
+    For a triangle mesh the extreme projected vertices bound the rendered silhouette, so this is the
+    rendered mask's tight box (up to half a pixel and without clipping at the image border)."""
+    cam = points @ R.T + t
+    z = cam[:, 2]
+    if not (z > 1e-6).all():
+        return None
+    uv = cam @ K.T
+    uv = uv[:, :2] / uv[:, 2:3]
+    return np.array([uv[:, 0].min() - 0.5, uv[:, 1].min() - 0.5, uv[:, 0].max() + 0.5, uv[:, 1].max() + 0.5])
+
+
+def project_origin(t: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """(x_c, y_c): the projection of the object origin (eq. 6)."""
+    uvw = K @ np.asarray(t, dtype=np.float64)
+    return uvw[:2] / uvw[2]

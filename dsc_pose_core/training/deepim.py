@@ -1,0 +1,388 @@
+"""DeepIM trainer (deepim sec. 3.5, 4.1, appendix B): synthetic renders only, iterative training.
+
+Each step draws ``batch_size`` object instances from on-the-fly synthetic scenes
+(``data.synthetic.SyntheticSceneGenerator``: random backgrounds, random lighting, colour
+augmentation, several objects per image so that objects occlude each other as in the LM-O
+synthetic data of appendix B.2), perturbs each ground-truth pose with the noise of appendix B.1
+and runs ``train_iter`` iterations: the network's output, applied with eq. (1)-(3), becomes the next
+iteration's initial pose (detached: no gradient flows through the renderer or between iterations),
+and every iteration is one optimiser update (sec. 4.2: train_iter 1/2/4 keep "the total number of
+updates the same" with 32/16/8 epochs). Loss: eq. (5) with the paper's weights (losses.deepim).
+One network is shared by all objects (the paper's shared setting). No real pose labels are used.
+
+Learning rate: sec. 4.1 uses 1e-4, divided by 10 after 4 and 6 of 8 epochs, i.e. at 50 % and 75 %
+of training (``lr_drops``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import trimesh
+from tqdm import tqdm
+
+from ..data.synthetic import (LMO_K, DistractorConfig, PoseSamplingConfig, SynthConfig,
+                              SyntheticSceneGenerator)
+from ..deepim.flow import flow_from_renders
+from ..deepim.inputs import build_input
+from ..deepim.noise import PoseNoiseConfig, sample_pose_noise
+from ..deepim.zoom import ZoomConfig, crop_image, mask_box
+from ..losses.deepim import DeepImLossWeights, deepim_loss
+from ..models.deepim import DeepImNet
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import ConfigError, to_dict
+
+CHECKPOINT_FORMAT = "dsc_pose.deepim.v1"
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+@dataclass
+class DeepImDataConfig:
+    width: int = 640  # synthetic image size and intrinsics (LM-O's Kinect by default)
+    height: int = 480
+    K: list[float] = field(default_factory=lambda: list(LMO_K))
+    objects_per_image: int = 3  # > 1: occlusions among objects (appendix B.2, Occlusion dataset)
+    distractors: int = 2
+    distance: list[float] = field(default_factory=lambda: [0.5, 1.3])
+    elevation: list[float] = field(default_factory=lambda: [0.0, 80.0])
+    min_visib_fract: float = 0.3  # instances seen less than this are not used
+    obs_box_dilation_px: float = 10.0  # "randomly dilated with no more than 10 pixels" (sec. 4.1), at 640 px
+
+    def validate(self) -> None:
+        if len(self.K) != 9 or len(self.distance) != 2 or len(self.elevation) != 2:
+            raise ConfigError("deepim.data: K needs 9 numbers, distance and elevation 2")
+
+
+@dataclass
+class DeepImModelConfig:
+    width: float = 0.25  # channel multiplier of FlowNetS (1.0 = the paper)
+    fc_dim: int = 256
+    pool: list[int] = field(default_factory=lambda: [3, 4])
+
+
+@dataclass
+class DeepImZoomConfig:
+    width: int = 128
+    height: int = 96
+    expand: float = 1.4  # lambda, appendix A
+
+
+@dataclass
+class DeepImNoiseConfig:
+    rot_std_deg: float = 15.0  # appendix B.1
+    max_rot_deg: float = 45.0
+    trans_std: list[float] = field(default_factory=lambda: [0.01, 0.01, 0.05])
+
+
+@dataclass
+class DeepImLossConfig:
+    pose_weight: float = 0.1  # alpha, eq. (5)
+    flow_weight: float = 0.25  # beta
+    mask_weight: float = 0.03  # gamma
+    n_points: int = 3000  # sec. 3.4
+    flow_depth_tolerance: float = 0.01  # metres
+
+
+@dataclass
+class DeepImOptimConfig:
+    steps: int = 1000  # batches; updates = steps * train_iter
+    batch_size: int = 8
+    lr: float = 1e-4
+    lr_drops: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of training, lr / 10 each
+    weight_decay: float = 0.0
+    grad_clip: float = 10.0  # 0 = off
+    train_iter: int = 4  # sec. 3.5 / Table 1
+
+
+@dataclass
+class DeepImConfig:
+    objects_file: str = "config/objects.yaml"
+    obj_ids: list[int] = field(default_factory=list)  # [] = every registry object
+    data: DeepImDataConfig = field(default_factory=DeepImDataConfig)
+    model: DeepImModelConfig = field(default_factory=DeepImModelConfig)
+    zoom: DeepImZoomConfig = field(default_factory=DeepImZoomConfig)
+    noise: DeepImNoiseConfig = field(default_factory=DeepImNoiseConfig)
+    loss: DeepImLossConfig = field(default_factory=DeepImLossConfig)
+    optim: DeepImOptimConfig = field(default_factory=DeepImOptimConfig)
+    checkpoint_every: int = 200  # steps
+    log_every: int = 20
+
+    def validate(self) -> None:
+        if self.optim.train_iter < 1 or self.optim.batch_size < 1 or self.optim.steps < 0:
+            raise ConfigError("deepim.optim: train_iter and batch_size must be >= 1, steps >= 0")
+        if self.zoom.width <= 0 or self.zoom.height <= 0 or not self.zoom.expand > 0:
+            raise ConfigError("deepim.zoom: sizes and expand must be positive")
+        self.data.validate()
+
+
+# --------------------------------------------------------------------------------------------
+# Objects
+# --------------------------------------------------------------------------------------------
+def sample_model_points(mesh, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` points sampled uniformly on the surface (deepim sec. 3.4: 3,000 random model points)."""
+    tri = trimesh.Trimesh(np.asarray(mesh.vertices), np.asarray(mesh.faces), process=False)
+    points, _ = trimesh.sample.sample_surface(tri, n, seed=seed)
+    return np.asarray(points, dtype=np.float64)
+
+
+def symmetry_tensors(info) -> tuple[torch.Tensor, torch.Tensor] | None:
+    if info is None or not info.is_symmetric:
+        return None
+    from ..objects.symmetry import symmetry_transformations_array
+
+    Rs, ts = symmetry_transformations_array(info)
+    return torch.from_numpy(Rs).float(), torch.from_numpy(ts).float()
+
+
+# --------------------------------------------------------------------------------------------
+# The trainer
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Item:
+    obj_id: int
+    R_gt: np.ndarray
+    t_gt: np.ndarray
+    image: np.ndarray
+    K: np.ndarray
+    mask_visib: np.ndarray
+    obs_box: np.ndarray
+
+
+class DeepImTrainer:
+    """Synthetic data, model, optimiser and the iterative training step. ``meshes`` maps obj_id ->
+    ObjectMesh (metres), ``infos`` obj_id -> ModelInfo (symmetries; may be empty)."""
+
+    def __init__(self, cfg: DeepImConfig, meshes: dict, infos: dict | None = None, seed: int = 0,
+                 device="cpu", models_dir: str = "."):
+        cfg.validate()
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.obj_ids = sorted(int(o) for o in meshes)
+        self.meshes = meshes
+        infos = infos or {}
+        d = cfg.data
+        synth = SynthConfig(
+            models_dir=str(models_dir), obj_ids=tuple(self.obj_ids), width=d.width, height=d.height, K=tuple(d.K),
+            objects_per_image=d.objects_per_image, min_visib_fract=0.05, seed=seed,
+            pose=PoseSamplingConfig(distance=tuple(d.distance), elevation_deg=tuple(d.elevation)),
+            distractors=DistractorConfig(min_count=0, max_count=d.distractors), progress=False)
+        self.generator = SyntheticSceneGenerator(synth, meshes=meshes)
+        self.renderer = self.generator.renderer
+        self.rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(7,)))
+        self.points = {o: torch.from_numpy(sample_model_points(meshes[o], cfg.loss.n_points, seed)).float()
+                       for o in self.obj_ids}
+        self.vertices = {o: np.asarray(meshes[o].vertices, dtype=np.float64) for o in self.obj_ids}
+        self.symmetries = {o: symmetry_tensors(infos.get(o)) for o in self.obj_ids}
+        self.model = DeepImNet(cfg.model.width, cfg.model.fc_dim, tuple(cfg.model.pool)).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr,
+                                          weight_decay=cfg.optim.weight_decay)
+        self.zoom = ZoomConfig(cfg.zoom.width, cfg.zoom.height, cfg.zoom.expand)
+        self.noise = PoseNoiseConfig(cfg.noise.rot_std_deg, cfg.noise.max_rot_deg, tuple(cfg.noise.trans_std))
+        self.weights = DeepImLossWeights(cfg.loss.pose_weight, cfg.loss.flow_weight, cfg.loss.mask_weight)
+        self.step = 0
+
+    def close(self) -> None:
+        self.generator.close()
+
+    # ------------------------------------------------------------ data
+    def draw_items(self, n: int) -> list[Item]:
+        items: list[Item] = []
+        d = self.cfg.data
+        dilation = d.obs_box_dilation_px * d.width / 640.0
+        while len(items) < n:
+            sample = self.generator.sample_from(self.rng)
+            for k, obj_id in enumerate(sample.obj_ids):
+                if sample.infos[k].visib_fract < d.min_visib_fract or len(items) >= n:
+                    continue
+                box = mask_box(sample.masks_visib[k])
+                if box is None:
+                    continue
+                box = box + np.array([-1, -1, 1, 1]) * self.rng.uniform(0, dilation, size=4)
+                items.append(Item(int(obj_id), sample.R[k], sample.t[k], sample.rgb, sample.K,
+                                  sample.masks_visib[k], box))
+        return items
+
+    def make_inputs(self, items: list[Item], R_cur: np.ndarray, t_cur: np.ndarray, with_targets: bool = True):
+        """Network inputs at the current poses plus flow / mask targets (zoomed like the inputs)."""
+        tensors, flows, valids, masks = [], [], [], []
+        for i, it in enumerate(items):
+            z = build_input(self.renderer, it.obj_id, self.vertices[it.obj_id], it.image, it.K, R_cur[i], t_cur[i],
+                            self.zoom, obs_box=it.obs_box)
+            tensors.append(z.tensor)
+            if with_targets:
+                w, h = self.zoom.width, self.zoom.height
+                target = self.renderer.render(z.K_crop, [(it.obj_id, it.R_gt, it.t_gt)], width=w, height=h, rgb=False)
+                visible = crop_image(it.mask_visib.astype(np.uint8), z.window, w, h, nearest=True) > 0
+                flow, valid = flow_from_renders(
+                    torch.from_numpy(z.depth_rend)[None].double(), torch.from_numpy(z.K_crop),
+                    torch.from_numpy(R_cur[i])[None], torch.from_numpy(t_cur[i])[None],
+                    torch.from_numpy(np.asarray(it.R_gt))[None], torch.from_numpy(np.asarray(it.t_gt))[None],
+                    torch.from_numpy(target.depth)[None].double(), self.cfg.loss.flow_depth_tolerance,
+                    torch.from_numpy(visible)[None])
+                flows.append(flow[0].float())
+                valids.append(valid[0])
+                masks.append(torch.from_numpy(visible))
+        batch = torch.from_numpy(np.stack(tensors))
+        if not with_targets:
+            return batch, None, None, None
+        return batch, torch.stack(flows), torch.stack(valids), torch.stack(masks)
+
+    # ------------------------------------------------------------ training
+    def lr_at(self, step: int) -> float:
+        total = max(1, self.cfg.optim.steps)
+        drops = sum(1 for f in self.cfg.optim.lr_drops if step >= f * total)
+        return self.cfg.optim.lr * (0.1 ** drops)
+
+    def initial_poses(self, items: list[Item]) -> tuple[np.ndarray, np.ndarray]:
+        R, t = zip(*(sample_pose_noise(self.rng, it.R_gt, it.t_gt, self.noise) for it in items))
+        return np.stack(R), np.stack(t)
+
+    def train_step(self, items: list[Item] | None = None, train: bool = True, initial=None,
+                   n_iter: int | None = None) -> list[dict]:
+        """One batch, ``train_iter`` iterations (one update each); returns the loss terms per iteration.
+
+        ``initial`` = (R [B,3,3], t [B,3]) fixes the starting poses (else appendix B.1 noise);
+        ``train=False`` evaluates the same losses without updates (``n_iter`` iterations)."""
+        cfg = self.cfg
+        items = items if items is not None else self.draw_items(cfg.optim.batch_size)
+        R_cur, t_cur = self.initial_poses(items) if initial is None else (np.array(initial[0]), np.array(initial[1]))
+        R_gt = torch.from_numpy(np.stack([it.R_gt for it in items])).float().to(self.device)
+        t_gt = torch.from_numpy(np.stack([it.t_gt for it in items])).float().to(self.device)
+        ids = [it.obj_id for it in items]
+        points = {o: p.to(self.device) for o, p in self.points.items()}
+        syms = {o: (None if s is None else (s[0].to(self.device), s[1].to(self.device)))
+                for o, s in self.symmetries.items()}
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.lr_at(self.step)
+        self.model.train(train)
+        log = []
+        for _ in range(cfg.optim.train_iter if n_iter is None else n_iter):
+            batch, flow_gt, valid, mask_gt = self.make_inputs(items, R_cur, t_cur)
+            with torch.set_grad_enabled(train):
+                out = self.model(batch.to(self.device), aux=True)
+                total, terms, (R_new, t_new) = deepim_loss(
+                    out, torch.from_numpy(R_cur).float().to(self.device), torch.from_numpy(t_cur).float().to(self.device),
+                    R_gt, t_gt, ids, points, syms, self.weights, flow_gt.to(self.device), valid.to(self.device),
+                    mask_gt.to(self.device))
+            if train:
+                self.optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                if cfg.optim.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+                self.optimizer.step()
+            log.append({k: float(v) for k, v in terms.items()} | {"total": float(total.detach())})
+            # the output is the next iteration's input (sec. 3.5); no gradient through the renderer
+            R_cur = R_new.detach().double().cpu().numpy()
+            t_cur = t_new.detach().double().cpu().numpy()
+            t_cur[:, 2] = np.maximum(t_cur[:, 2], 0.05)
+        if train:
+            self.step += 1
+        return log
+
+    # ------------------------------------------------------------ checkpoints
+    def payload(self, cfg_dict: dict, names: dict | None = None) -> dict:
+        names = names or {}
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "model": self.model.config_dict(),
+            "zoom": {"width": self.zoom.width, "height": self.zoom.height, "expand": self.zoom.expand},
+            "config": cfg_dict,
+            "obj_ids": list(self.obj_ids),
+            "object_names": [names.get(o, str(o)) for o in self.obj_ids],
+            "step": int(self.step),
+        }
+
+    def load_payload(self, payload: dict) -> None:
+        self.model.load_state_dict(payload["state_dict"])
+        if "optimizer" in payload:
+            self.optimizer.load_state_dict(payload["optimizer"])
+        self.step = int(payload.get("step", 0))
+
+
+def model_from_checkpoint(path: str | os.PathLike, device="cpu") -> tuple[DeepImNet, dict]:
+    """The network (eval mode) and the payload of a DeepIM checkpoint (weights-only load)."""
+    payload = load_checkpoint(path, map_location=device)
+    if payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a DeepIM checkpoint ({payload.get('format')!r})")
+    m = payload["model"]
+    model = DeepImNet(m["width"], m["fc_dim"], tuple(m["pool"]), m.get("aux_heads", True))
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device).eval(), payload
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point (stage "deepim")
+# --------------------------------------------------------------------------------------------
+def _resolve(path: str) -> Path:
+    from ..data import bop_io
+
+    p = Path(path)
+    return p if p.is_absolute() else bop_io.repo_root() / p
+
+
+def run_deepim(config, out: str | os.PathLike | None = None, resume: str | None = None, command: str = "") -> dict:
+    """Train DeepIM from ``config.deepim``; checkpoints in OUT/checkpoints, a log in OUT/results.json."""
+    from ..data import bop_io
+    from ..objects.registry import ObjectRegistry
+
+    cfg: DeepImConfig = config.deepim
+    out_dir = _resolve(str(out or config.out))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    registry = ObjectRegistry.from_yaml(_resolve(cfg.objects_file))
+    obj_ids = list(cfg.obj_ids) or registry.ids
+    meshes = {o: registry[o].mesh for o in obj_ids}
+    infos = {o: registry[o].model_info for o in obj_ids}
+    names = {o: registry[o].name for o in obj_ids}
+    trainer = DeepImTrainer(cfg, meshes, infos, seed=config.seed, device=config.device)
+    cfg_dict = to_dict(config)
+    ckpt_dir = out_dir / "checkpoints"
+    results_path = out_dir / "results.json"
+    results = {"stage": "deepim", "command": command, "config": cfg_dict, "obj_ids": obj_ids, "log": [],
+               "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"}
+    if resume:
+        payload = load_checkpoint(resume)
+        if payload.get("obj_ids") != trainer.obj_ids:
+            raise ConfigError(f"{resume}: trained for objects {payload.get('obj_ids')}, config has {trainer.obj_ids}")
+        trainer.load_payload(payload)
+        if results_path.exists():
+            results["log"] = [r for r in json.loads(results_path.read_text()).get("log", []) if r["step"] <= trainer.step]
+        print(f"resumed from {resume} (step {trainer.step})", flush=True)
+
+    def save():
+        payload = trainer.payload(cfg_dict, names)
+        save_checkpoint(ckpt_dir / f"deepim_step{trainer.step}.pt", payload)
+        save_checkpoint(ckpt_dir / "deepim_last.pt", payload)
+        bop_io.atomic_write_text(results_path, json.dumps(results, indent=1))
+
+    t0 = time.time()
+    running: dict[str, float] = {}
+    with tqdm(range(trainer.step, cfg.optim.steps), desc="deepim", unit="step", dynamic_ncols=True,
+              mininterval=5.0) as bar:
+        for _ in bar:
+            log = trainer.train_step()
+            first, last = log[0], log[-1]
+            for k, v in (("pose_it1", first["pose"]), ("pose_last", last["pose"]), ("total", last["total"])):
+                running[k] = v if k not in running else 0.9 * running[k] + 0.1 * v
+            bar.set_postfix({k: f"{v:.4f}" for k, v in running.items()})
+            if trainer.step % max(1, cfg.log_every) == 0:
+                results["log"].append({"step": trainer.step, "lr": trainer.lr_at(trainer.step - 1),
+                                       "iterations": log, "elapsed_s": round(time.time() - t0, 1)})
+            if trainer.step % max(1, cfg.checkpoint_every) == 0:
+                save()
+    save()
+    trainer.close()
+    return results

@@ -1,0 +1,112 @@
+"""DeepIM network, iterative refinement, a short training run and checkpoints (tiny sizes, CPU)."""
+
+import numpy as np
+import torch
+from scipy.spatial.transform import Rotation
+
+from dsc_pose_core.deepim.refiner import DeepImRefiner
+from dsc_pose_core.deepim.zoom import ZoomConfig
+from dsc_pose_core.geometry.untangled import relative_untangled
+from dsc_pose_core.models.deepim import DeepImNet
+from dsc_pose_core.training.checkpoint import load_checkpoint, save_checkpoint
+from dsc_pose_core.training.deepim import (DeepImConfig, DeepImDataConfig, DeepImModelConfig, DeepImOptimConfig,
+                                           DeepImTrainer, DeepImZoomConfig, model_from_checkpoint)
+
+
+def test_model_shapes_and_identity_init():
+    torch.manual_seed(0)
+    net = DeepImNet(width=0.125, fc_dim=32)
+    x = torch.randn(3, 8, 48, 64)
+    out = net.train()(x)
+    assert out["quat"].shape == (3, 4) and out["rot"].shape == (3, 3, 3) and out["trans"].shape == (3, 3)
+    assert out["flow"].shape == (3, 2, 48, 64) and out["mask"].shape == (3, 1, 48, 64)
+    torch.testing.assert_close(out["rot"], torch.eye(3).expand(3, 3, 3), atol=1e-6, rtol=0)
+    torch.testing.assert_close(out["trans"], torch.zeros(3, 3))
+    out_eval = net.eval()(torch.randn(2, 8, 96, 128))  # other crop sizes work (pooled head)
+    assert "flow" not in out_eval and out_eval["trans"].shape == (2, 3)
+    # gradients reach the encoder once the head has moved
+    loss = net.train()(x)["trans"].sum() + net(x)["flow"].abs().mean()
+    loss.backward()
+    assert net.fc_trans.weight.grad.abs().sum() > 0
+
+
+class _ExactRefiner(DeepImRefiner):
+    """The network replaced by the exact relative transform to the target (eq. 1-3)."""
+
+    def __init__(self, *args, target, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.target = target
+
+    def predict(self, batch, obj_ids, R, t):
+        assert batch.shape[1:] == (8, self.zoom.height, self.zoom.width)
+        R_t, t_t = self.target
+        return relative_untangled(torch.from_numpy(R), torch.from_numpy(t), torch.from_numpy(R_t), torch.from_numpy(t_t))
+
+
+def test_iterative_refinement_applies_untangled_update(renderer, small_K, box_mesh):
+    rng = np.random.default_rng(1)
+    R_gt = Rotation.random(2, random_state=3).as_matrix()
+    t_gt = np.array([[0.02, 0.01, 0.5], [-0.03, -0.01, 0.6]])
+    image = rng.integers(0, 255, size=(120, 160, 3), dtype=np.uint8)
+    initial = [(1, Rotation.from_rotvec([0.3, -0.2, 0.1]).as_matrix() @ R_gt[i], t_gt[i] + [0.01, -0.01, 0.05])
+               for i in range(2)]
+    refiner = _ExactRefiner(None, renderer, {1: box_mesh.vertices}, ZoomConfig(64, 48), target=(R_gt, t_gt))
+    result = refiner.refine(image, small_K, initial, n_iterations=1)
+    np.testing.assert_allclose(result.R, R_gt, atol=1e-9)
+    np.testing.assert_allclose(result.t, t_gt, atol=1e-9)
+    # an untrained network (identity output) leaves the poses unchanged, batched over objects
+    net = DeepImNet(width=0.125, fc_dim=32)
+    plain = DeepImRefiner(net, renderer, {1: box_mesh.vertices}, ZoomConfig(64, 48)).refine(image, small_K, initial, 2)
+    np.testing.assert_allclose(plain.t, np.stack([p[2] for p in initial]), atol=1e-6)
+    assert len(plain.history) == 2
+
+
+def _tiny_config(small_K, steps=30, train_iter=2):
+    return DeepImConfig(
+        data=DeepImDataConfig(width=160, height=120, K=list(small_K.ravel()), objects_per_image=1, distractors=0,
+                              distance=[0.4, 0.6]),
+        zoom=DeepImZoomConfig(64, 48), model=DeepImModelConfig(width=0.125, fc_dim=64),
+        optim=DeepImOptimConfig(steps=steps, batch_size=8, lr=1e-3, lr_drops=[], train_iter=train_iter))
+
+
+def test_short_training_lowers_point_matching_loss(small_K, box_mesh, tmp_path):
+    torch.manual_seed(0)
+    trainer = DeepImTrainer(_tiny_config(small_K), {1: box_mesh}, seed=0)
+    try:
+        items = trainer.draw_items(8)
+        initial = trainer.initial_poses(items)
+        before = trainer.train_step(items, train=False, initial=initial, n_iter=1)[0]
+        for _ in range(30):
+            log = trainer.train_step(items, initial=initial)
+            assert len(log) == 2  # train_iter iterations, one update each
+        after = trainer.train_step(items, train=False, initial=initial, n_iter=1)[0]
+        assert set(before) == {"pose", "flow", "mask", "total"}
+        assert after["pose"] < 0.7 * before["pose"], (before, after)
+        # checkpoint round trip (atomic save, weights-only load)
+        path = save_checkpoint(tmp_path / "deepim.pt", trainer.payload({"stage": "deepim"}))
+        payload = load_checkpoint(path)
+        model, _ = model_from_checkpoint(path)
+        x = torch.randn(2, 8, 48, 64)
+        trainer.model.eval()
+        torch.testing.assert_close(model(x)["rot"], trainer.model(x)["rot"])
+        torch.testing.assert_close(model(x)["trans"], trainer.model(x)["trans"])
+        assert payload["obj_ids"] == [1] and payload["step"] == 30
+        other = DeepImTrainer(_tiny_config(small_K), {1: box_mesh}, seed=1)
+        other.load_payload(payload)
+        assert other.step == 30
+        other.close()
+    finally:
+        trainer.close()
+
+
+def test_training_configs_parse(repo_root):
+    from dsc_pose_core.training.cli import parse_config
+
+    cpu = parse_config(repo_root / "config/train/lmo_deepim_cpu.yaml")
+    gpu = parse_config(repo_root / "config/train/lmo_deepim_gpu.yaml")
+    assert cpu.stage == gpu.stage == "deepim"
+    for c in (cpu, gpu):
+        loss = c.deepim.loss
+        assert (loss.pose_weight, loss.flow_weight, loss.mask_weight) == (0.1, 0.25, 0.03)  # eq. (5)
+        assert c.deepim.zoom.expand == 1.4 and c.deepim.optim.train_iter == 4
+    assert (gpu.deepim.zoom.height, gpu.deepim.zoom.width, gpu.deepim.model.width) == (480, 640, 1.0)

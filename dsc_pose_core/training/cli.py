@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from .config import ConfigError, apply_overrides, from_dict, load_yaml
 from .segmentation import SegmentationConfig, run_segmentation
 from .deepim import DeepImConfig, run_deepim
+from .dsc_posenet import DscPoseNetConfig, run_dsc_posenet
 
 
 @dataclass
@@ -25,6 +26,7 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads (0 = torch's default)
     segmentation: SegmentationConfig | None = None  # stage "segmentation" (dsc-posenet sec. 3.1)
     deepim: DeepImConfig | None = None  # stage "deepim" (deepim sec. 3)
+    dsc_posenet: DscPoseNetConfig | None = None  # stage "dsc_posenet" (dsc-posenet sec. 3.2)
 
     def validate(self) -> None:
         if self.stage not in STAGES:
@@ -41,8 +43,12 @@ def _deepim(config: TrainConfig, args, command: str):
     return run_deepim(config, out=args.out, resume=args.resume, command=command)
 
 
+def _dsc_posenet(config: TrainConfig, args, command: str):
+    return run_dsc_posenet(config, out=args.out, resume=args.resume, command=command)
+
+
 # stage name -> runner(config, args, command); later issues add their stages here
-STAGES = {"segmentation": _segmentation, "deepim": _deepim}
+STAGES = {"segmentation": _segmentation, "deepim": _deepim, "dsc_posenet": _dsc_posenet}
 
 
 def parse_config(path, overrides=()) -> TrainConfig:

@@ -1,0 +1,321 @@
+"""DSC-PoseNet (dsc-posenet sec. 3.2): per-pixel mask, keypoint offsets and keypoint attention.
+
+Network. A ResNet (torchvision ``resnet18/34/50`` built with ``weights=None``: trained from scratch)
+and a light FPN-style decoder (lateral 1x1 convs on the four ResNet stages, top-down upsampling,
+two 3x3 convs) produce, on a grid of stride ``out_stride`` (4) of the input view, per cell m:
+  * 1 mask logit (foreground probability y~_m of the segmentation branch),
+  * 2N keypoint offsets dk_nm (in input pixels: the raw output times the input's longer side, so the
+    same weights serve the 64 px normalised and the 128 px un-normalised views),
+  * N attention logits a_nm.
+N = 9 by default: 8 farthest-point-sampled surface keypoints + the bounding-box centre
+(``ObjectEntry.keypoints()``; the paper uses the 8 FPS points, the centre is added for PnP
+stability). One model per object (the simplest; ``n_objects`` > 1 would give per-object output
+channels selected by object index - kept in the config, only 1 is used so far).
+
+Keypoints by eq. (3): k~_n = sum_m softmax_m(a_nm + log w_m) (p_m + dk_nm), with p_m the centre of
+cell m in input pixels and w_m the foreground weight of cell m. The paper restricts the sum to the
+predicted foreground O; here O is *soft*: w_m = y~_m (the predicted probability, detached, clamped
+at 1e-4), i.e. a softmax over the predicted foreground where probabilities are ~0/1, and still
+defined (a plain attention average) early in training when no pixel is confidently foreground.
+``fg_mode="hard"`` uses w_m = [y~_m > 0.5] (falling back to soft when the mask is empty).
+Both are differentiable w.r.t. offsets and attention; the mask branch is not trained through eq. (3).
+
+Views. The network runs on two views of an image, each an affine resampling M (3x3, image pixels
+-> view pixels) of the full image (``geometry.crop_affine``, plus rotation for augmentation):
+  * un-normalised scale: a *fixed-size* square window of the image (default 320 px side, centred on
+    the object box) resampled to ``unnorm_size`` (128 px on CPU). The object keeps its apparent size
+    (x 0.4), unlike the normalised view; the paper uses the full 480x640 image, ``window_px = 0``
+    selects that (whole image, aspect kept, resized to ``unnorm_size`` on the longer side).
+  * normalised scale N(x) (eq. 6): a square crop of ``norm_context`` x the object box's longer side
+    resampled to D_N x D_N (64 default, 128 option). Boxes: the predicted mask of the un-normalised
+    view at inference; the (pseudo) mask's box in training.
+Keypoints go back to image pixels with M^-1 (``uncrop_pixels`` for a crop), i.e. N^-1 / A^-1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BACKBONES = ("resnet18", "resnet34", "resnet50")
+RGB_MEAN = (0.485, 0.456, 0.406)
+RGB_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class DscModelConfig:
+    backbone: str = "resnet18"
+    decoder_channels: int = 64
+    n_keypoints: int = 9  # 8 FPS + centre
+    n_objects: int = 1  # one model per object (output channels per object: later)
+    out_stride: int = 4  # 4 or 8
+    fg_mode: str = "soft"  # eq. (3) foreground: "soft" (probability) | "hard" (p > 0.5)
+    unnorm_size: int = 128  # un-normalised view, px
+    window_px: float = 320.0  # un-normalised window side in image px (0 = whole image)
+    norm_size: int = 64  # D_N
+    norm_context: float = 1.2  # normalised crop side / box longer side
+
+    def validate(self) -> None:
+        from ..training.config import ConfigError
+
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"model.backbone {self.backbone!r} not in {BACKBONES}")
+        if self.out_stride not in (4, 8):
+            raise ConfigError("model.out_stride must be 4 or 8")
+        if self.fg_mode not in ("soft", "hard"):
+            raise ConfigError("model.fg_mode must be 'soft' or 'hard'")
+        if self.n_keypoints < 4:
+            raise ConfigError("model.n_keypoints must be >= 4 (PnP)")
+        for name in ("unnorm_size", "norm_size"):
+            if getattr(self, name) % 32:
+                raise ConfigError(f"model.{name} must be a multiple of 32")
+
+
+def normalise_rgb(images: torch.Tensor) -> torch.Tensor:
+    """uint8 / 0-255 float images [B,3,H,W] -> ImageNet-normalised float32."""
+    mean = torch.tensor(RGB_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(RGB_STD, device=images.device).view(1, 3, 1, 1)
+    return (images.float() / 255.0 - mean) / std
+
+
+def cell_centres(height: int, width: int, stride: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Centres p_m [H*W,2] (x, y) of the output cells in input pixel coordinates (pixel i centred at
+    i): cell j covers input pixels stride*j .. stride*j + stride - 1."""
+    ys = torch.arange(height, device=device, dtype=dtype) * stride + (stride - 1) / 2.0
+    xs = torch.arange(width, device=device, dtype=dtype) * stride + (stride - 1) / 2.0
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=-1)
+
+
+def attention_keypoints(offsets: torch.Tensor, attention: torch.Tensor, fg_weight: torch.Tensor,
+                        centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. (3), dsc-posenet: k_n = sum_{m in O} e^{a_nm} (p_m + dk_nm) / sum_{m in O} e^{a_nm}.
+
+    offsets [B,N,2,M], attention [B,N,M] logits, fg_weight [B,M] in [0, 1] (the set O, soft),
+    centres [M,2] -> keypoints [B,N,2] and the per-pixel votes k_nm = p_m + dk_nm [B,N,2,M].
+    """
+    votes = centres.t().unsqueeze(0).unsqueeze(0) + offsets  # [B,N,2,M]
+    logits = attention + torch.log(fg_weight.clamp_min(1e-4)).unsqueeze(1)
+    weights = torch.softmax(logits, dim=-1)  # [B,N,M]
+    keypoints = (votes * weights.unsqueeze(2)).sum(-1)
+    return keypoints, votes
+
+
+class DscPoseNet(nn.Module):
+    """Normalised RGB [B,3,H,W] (H, W multiples of 32) -> dict of
+    ``mask_logits`` [B,1,h,w], ``offsets`` [B,N,2,h*w] (input px), ``attention`` [B,N,h*w],
+    ``fg`` [B,h*w] (mask probability), ``keypoints`` [B,N,2] (input px, eq. 3), ``votes``."""
+
+    def __init__(self, config: DscModelConfig | None = None):
+        super().__init__()
+        import torchvision
+
+        self.config = config = config or DscModelConfig()
+        net = getattr(torchvision.models, config.backbone)(weights=None)
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
+        widths = [64, 128, 256, 512] if config.backbone in ("resnet18", "resnet34") else [256, 512, 1024, 2048]
+        first = 0 if config.out_stride == 4 else 1
+        self.first_level = first
+        c = config.decoder_channels
+        self.lateral = nn.ModuleList([nn.Conv2d(w, c, 1) for w in widths[first:]])
+        self.fuse = nn.Sequential(
+            nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+            nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+        )
+        n = config.n_keypoints
+        self.n_keypoints = n
+        self.head = nn.Conv2d(c, config.n_objects * (1 + 3 * n), 1)
+        nn.init.normal_(self.head.weight, std=1e-3)
+        nn.init.zeros_(self.head.bias)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.stem(images)
+        levels = []
+        for stage in self.stages:
+            x = stage(x)
+            levels.append(x)
+        levels = levels[self.first_level:]
+        top = self.lateral[-1](levels[-1])
+        for lateral, level in zip(reversed(self.lateral[:-1]), reversed(levels[:-1])):
+            top = F.interpolate(top, size=level.shape[-2:], mode="bilinear", align_corners=False) + lateral(level)
+        return self.fuse(top)
+
+    def forward(self, images: torch.Tensor, obj_index: torch.Tensor | None = None) -> dict:
+        batch, _, height, width = images.shape
+        out = self.head(self.features(images))
+        n = self.n_keypoints
+        h, w = out.shape[-2:]
+        out = out.view(batch, self.config.n_objects, 1 + 3 * n, h, w)
+        if obj_index is None:
+            out = out[:, 0]
+        else:
+            out = out[torch.arange(batch, device=out.device), obj_index]
+        mask_logits = out[:, :1]
+        scale = float(max(height, width))
+        offsets = out[:, 1:1 + 2 * n].reshape(batch, n, 2, h * w) * scale
+        attention = out[:, 1 + 2 * n:].reshape(batch, n, h * w)
+        prob = torch.sigmoid(mask_logits.detach()).reshape(batch, h * w)
+        if self.config.fg_mode == "hard":
+            hard = (prob > 0.5).float()
+            empty = hard.sum(-1, keepdim=True) == 0
+            fg = torch.where(empty, prob, hard)
+        else:
+            fg = prob
+        centres = cell_centres(h, w, height // h, device=images.device, dtype=offsets.dtype)
+        keypoints, votes = attention_keypoints(offsets, attention, fg, centres)
+        return {"mask_logits": mask_logits, "offsets": offsets, "attention": attention, "fg": fg,
+                "keypoints": keypoints, "votes": votes, "centres": centres}
+
+
+# --------------------------------------------------------------------------------------------
+# View geometry shared by the data pipeline, the losses and the estimator
+# --------------------------------------------------------------------------------------------
+def square_window(center_xy, side: float) -> np.ndarray:
+    """Pixel-edge (x1, y1, x2, y2) square window."""
+    cx, cy = float(center_xy[0]), float(center_xy[1])
+    return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
+
+
+def box_xyxy_edges(box_xywh) -> np.ndarray:
+    x, y, w, h = (float(v) for v in box_xywh)
+    return np.array([x - 0.5, y - 0.5, x + w - 0.5, y + h - 0.5])
+
+
+def unnorm_window(config: DscModelConfig, box_xyxy, image_size: tuple[int, int]) -> np.ndarray:
+    """The un-normalised view's window (pixel edges) for a box [x1,y1,x2,y2] (edges) in an image
+    (width, height): a fixed ``window_px`` square centred on the box (grown to 1.25 x the box when
+    the box does not fit), or the whole image (``window_px = 0``, padded to a square)."""
+    width, height = image_size
+    if config.window_px <= 0:
+        side = float(max(width, height))
+        return square_window(((width - 1) / 2, (height - 1) / 2), side)
+    x1, y1, x2, y2 = box_xyxy
+    side = max(float(config.window_px), 1.25 * max(x2 - x1, y2 - y1))
+    return square_window(((x1 + x2) / 2, (y1 + y2) / 2), side)
+
+
+def norm_window(config: DscModelConfig, box_xyxy) -> np.ndarray:
+    """N of eq. (6): square crop of ``norm_context`` x the box's longer side, centred on the box."""
+    x1, y1, x2, y2 = box_xyxy
+    side = max(x2 - x1, y2 - y1, 4.0) * config.norm_context
+    return square_window(((x1 + x2) / 2, (y1 + y2) / 2), side)
+
+
+def view_matrix(window_xyxy, size: int) -> np.ndarray:
+    """3x3 image -> view map of a square window resampled to size x size (``geometry.crop_affine``)."""
+    from ..geometry.camera import crop_affine
+
+    return crop_affine(torch.as_tensor(np.asarray(window_xyxy, dtype=np.float64)), size, size).numpy()
+
+
+def warp_view(image: np.ndarray, matrix: np.ndarray, size: int, nearest: bool = False, border=0) -> np.ndarray:
+    import cv2
+
+    flags = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    return cv2.warpAffine(image, np.asarray(matrix, np.float64)[:2], (size, size), flags=flags,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=border)
+
+
+def view_to_image(points: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """Points [B,N,2] in view pixels -> image pixels with M^-1 (M [B,3,3] image -> view)."""
+    inverse = torch.linalg.inv(matrix.to(points.dtype))
+    return points @ inverse[:, :2, :2].transpose(1, 2) + inverse[:, None, :2, 2]
+
+
+def image_to_view(points: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    matrix = matrix.to(points.dtype)
+    return points @ matrix[:, :2, :2].transpose(1, 2) + matrix[:, None, :2, 2]
+
+
+def resample_map(values: torch.Tensor, src_matrix: torch.Tensor, src_size: int, dst_matrix: torch.Tensor,
+                 dst_size: int) -> torch.Tensor:
+    """Resample a map [B,C,h,w] defined over a src view (src_size px, image -> view ``src_matrix``)
+    onto the pixels of a dst view (dst_size px): bilinear, zero outside. Differentiable in values."""
+    batch = values.shape[0]
+    ys, xs = torch.meshgrid(torch.arange(dst_size, dtype=torch.float32, device=values.device),
+                            torch.arange(dst_size, dtype=torch.float32, device=values.device), indexing="ij")
+    dst = torch.stack([xs.reshape(-1), ys.reshape(-1)], -1).expand(batch, -1, -1)
+    src = image_to_view(view_to_image(dst, dst_matrix.float()), src_matrix.float())  # src view px
+    grid = (2.0 * (src + 0.5) / src_size - 1.0).view(batch, dst_size, dst_size, 2)
+    return F.grid_sample(values, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Inference
+# --------------------------------------------------------------------------------------------
+@dataclass
+class DscEstimate:
+    R: np.ndarray  # [3,3] object -> camera
+    t: np.ndarray  # [3] metres
+    keypoints: np.ndarray  # [N,2] image px (ensemble of both scales)
+    keypoints_unnorm: np.ndarray
+    keypoints_norm: np.ndarray
+    confidence: float
+    success: bool
+
+
+class DscPoseNetEstimator:
+    """Full image + K + 2D box -> pose (dsc-posenet sec. 4.3, inference).
+
+    1. un-normalised view around the box -> keypoints k_U and the mask probability;
+    2. the normalised crop's box is the box of the predicted mask (p > 0.5) mapped to the image
+       (the detection box when the mask is empty) -> keypoints k_N;
+    3. ensemble: k = (k_U + N^-1 k_N) / 2 in image pixels; PnP (``solve_pnp``, EPnP + LM, optional
+       RANSAC) with the image's own K and the 3D keypoints.
+    Confidence = mean predicted foreground probability over the predicted mask (p > 0.5) of the
+    un-normalised view times exp(-e / (0.1 S)), e the mean reprojection error of the keypoints at the
+    PnP pose and S the box's longer side (1 = confident mask and keypoints that agree with the model).
+    """
+
+    def __init__(self, model: DscPoseNet, keypoints_3d: np.ndarray, ransac: bool = False,
+                 device: str | torch.device = "cpu"):
+        self.model = model.eval().to(device)
+        self.config = model.config
+        self.keypoints_3d = np.asarray(keypoints_3d, dtype=np.float64)
+        self.ransac = ransac
+        self.device = torch.device(device)
+
+    def _run(self, image: np.ndarray, window: np.ndarray, size: int):
+        matrix = view_matrix(window, size)
+        view = warp_view(image, matrix, size)
+        tensor = torch.from_numpy(view).permute(2, 0, 1)[None].to(self.device)
+        with torch.no_grad():
+            out = self.model(normalise_rgb(tensor))
+        m = torch.as_tensor(matrix, dtype=torch.float32)[None]
+        keypoints = view_to_image(out["keypoints"].cpu().float(), m)[0].numpy()
+        return out, matrix, keypoints
+
+    def estimate(self, image: np.ndarray, K: np.ndarray, box_xywh) -> DscEstimate:
+        from ..geometry.pnp import solve_pnp
+
+        cfg = self.config
+        height, width = image.shape[:2]
+        box = box_xyxy_edges(box_xywh)
+        out_u, m_u, k_u = self._run(image, unnorm_window(cfg, box, (width, height)), cfg.unnorm_size)
+        prob = torch.sigmoid(out_u["mask_logits"][0, 0]).cpu()
+        stride = cfg.unnorm_size // prob.shape[-1]
+        fg = prob > 0.5
+        if fg.any():
+            ys, xs = torch.nonzero(fg, as_tuple=True)
+            corners = torch.tensor([[xs.min() * stride - 0.5, ys.min() * stride - 0.5],
+                                    [(xs.max() + 1) * stride - 0.5, (ys.max() + 1) * stride - 0.5]],
+                                   dtype=torch.float32)
+            corners = view_to_image(corners[None], torch.as_tensor(m_u, dtype=torch.float32)[None])[0]
+            mask_box = corners.reshape(-1).numpy()
+            confidence_mask = float(prob[fg].mean())
+        else:
+            mask_box, confidence_mask = box, 0.0
+        _, _, k_n = self._run(image, norm_window(cfg, mask_box), cfg.norm_size)
+        keypoints = 0.5 * (k_u + k_n)
+        result = solve_pnp(self.keypoints_3d, keypoints, K, ransac=self.ransac)
+        cam = self.keypoints_3d @ result.rotation.T + result.translation
+        reproj = (np.asarray(K)[:2, :2] @ (cam[:, :2] / np.clip(cam[:, 2:3], 1e-6, None)).T).T + np.asarray(K)[:2, 2]
+        error = float(np.linalg.norm(reproj - keypoints, axis=1).mean())
+        scale = max(box[2] - box[0], box[3] - box[1], 1.0)
+        confidence = confidence_mask * float(np.exp(-error / (0.1 * scale))) if result.success else 0.0
+        return DscEstimate(result.rotation, result.translation, keypoints, k_u, k_n, confidence, result.success)

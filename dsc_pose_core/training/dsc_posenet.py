@@ -1,0 +1,357 @@
+"""DSC-PoseNet trainer (dsc-posenet sec. 3.2, 4.3): stages ``lb`` and ``self``.
+
+* ``lb`` (lower bound, synthetic only): ``lb.warmup_steps`` of the offset loss (eq. 5, "we use the
+  offset loss to warm up") + mask BCE, then eq. (4) + (5) + mask BCE, at both scales.
+* ``self``: every step one synthetic batch (eq. 4, 5, mask) and one real batch: dual-scale and
+  augmentation consistency (eq. 10-11 through BPnP) and visible silhouette alignment (eq. 12-14,
+  Dice on a ``loss.align_size`` crop with a decimated mesh, soft silhouette at sigma 0.25 px because
+  the 1 px one is 20-26 % larger than the hard mask); total eq. (15).
+  With ``real.mode: with_real_pose_labels`` (the paper's upper bound "with real pose labels") the real
+  batch is supervised like synthetic data with ground-truth keypoints instead.
+
+One model per object (``obj_id``). Checkpoints (atomic, weights-only loadable):
+``OUT/checkpoints/dsc_{stage}.pt`` and ``dsc_last.pt`` with the model weights, optimiser state,
+stage, step, the config, the object id and its 3D keypoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..data import bop_io
+from ..data.dsc_views import (MODES, RealPoseDataset, SyntheticPoseDataset, ViewAugmentConfig, real_instances,
+                              synthetic_instances)
+from ..losses import dsc_posenet as L
+from ..models.dsc_posenet import DscModelConfig, DscPoseNet, normalise_rgb, resample_map, view_to_image
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import ConfigError, to_dict
+from .segmentation import SyntheticDataConfig, ensure_synthetic, resolve_path
+
+CHECKPOINT_FORMAT = "dsc_pose.dsc_posenet/1"
+STAGE_NAMES = ("lb", "self")
+
+
+@dataclass
+class DscRealConfig:
+    dataset: str = ""  # BOP root; "" = LM-O (bop_io.default_lmo_dir())
+    scene_id: int = 2
+    splits_file: str = "splits.json"
+    train_split: str = "train_real"
+    pseudo_dir: str = ""  # OUT/pseudo/iter_t of the segmentation stage (pseudo masks + boxes)
+    mode: str = "pseudo"  # "pseudo" | "with_real_pose_labels" (upper bound: GT keypoints)
+    box_seed: int = 0
+    max_loosening: float = 0.15
+    max_images: int = 0
+
+
+@dataclass
+class DscOptimConfig:
+    steps: int = 100
+    batch_size: int = 8
+    real_batch_size: int = 4  # stage self
+    lr: float = 1e-3
+    lr_min: float = 1e-5
+    decay_factor: float = 0.85  # paper: x0.85 every 5 epochs, from 1e-3 down to 1e-5
+    decay_every: int = 50  # steps
+    warmup_steps: int = 0  # stage lb: offset-only warm-up (eq. 5)
+    grad_clip: float = 10.0
+
+
+@dataclass
+class DscLossConfig:
+    sigma: float = 0.05  # eq. (4): errors divided by sigma * S
+    beta: float = 1.0  # smooth-l1 transition
+    mask_weight: float = 1.0  # segmentation branch BCE on synthetic masks
+    lambda_1: float = 1.0  # eq. (15), L_dual
+    lambda_2: float = 1.0  # eq. (15), L_align
+    dual_stop_gradient: bool = True  # eq. (11) target as a constant
+    align_size: int = 64  # alignment crop (the normalised crop's window), px
+    align_faces: int = 800  # decimated mesh for the differentiable renderer
+    align_sigma_px: float = 0.25
+    align_faces_per_pixel: int = 30
+    real_mask_weight: float = 0.0  # BCE of the mask branch on pseudo masks (not in the paper; 0 = off)
+
+
+@dataclass
+class DscPoseNetConfig:
+    objects_file: str = "config/objects.yaml"
+    models_dir: str = ""  # alternative to objects_file: BOP models folder (obj_XXXXXX.ply, mm)
+    obj_id: int = 1
+    stages: list[str] = field(default_factory=lambda: ["lb", "self"])
+    model: DscModelConfig = field(default_factory=DscModelConfig)
+    synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
+    real: DscRealConfig = field(default_factory=DscRealConfig)
+    augment: ViewAugmentConfig = field(default_factory=ViewAugmentConfig)
+    loss: DscLossConfig = field(default_factory=DscLossConfig)
+    lb: DscOptimConfig = field(default_factory=lambda: DscOptimConfig(steps=300, warmup_steps=50))
+    self_stage: DscOptimConfig = field(default_factory=lambda: DscOptimConfig(steps=100, lr=3e-4))
+    init_checkpoint: str = ""
+    checkpoint_every: int = 100
+
+    def validate(self) -> None:
+        bad = [s for s in self.stages if s not in STAGE_NAMES]
+        if bad or not self.stages:
+            raise ConfigError(f"dsc_posenet.stages: {bad or self.stages} not in {STAGE_NAMES}")
+        if self.real.mode not in MODES:
+            raise ConfigError(f"dsc_posenet.real.mode {self.real.mode!r} not in {MODES}")
+        if self.loss.sigma <= 0 or self.loss.align_sigma_px <= 0:
+            raise ConfigError("dsc_posenet.loss: sigma and align_sigma_px must be > 0")
+        self.model.validate()
+
+
+def _cycle(dataset, batch_size: int, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    epoch = 0
+    while True:
+        dataset.epoch = epoch
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=False,
+                                             generator=generator, num_workers=0)
+        for batch in loader:
+            yield batch
+        epoch += 1
+
+
+def _lr(opt: DscOptimConfig, step: int) -> float:
+    return max(opt.lr * opt.decay_factor ** (step // max(1, opt.decay_every)), opt.lr_min)
+
+
+class DscPoseNetTrainer:
+    """Holds the model, the object's 3D keypoints and (for stage self) the differentiable renderer;
+    ``synthetic_losses`` / ``real_losses`` compute the loss terms of one batch."""
+
+    def __init__(self, cfg: DscPoseNetConfig, keypoints_3d: np.ndarray, mesh=None, device="cpu",
+                 model: DscPoseNet | None = None):
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.model = (model or DscPoseNet(cfg.model)).to(self.device)
+        self.keypoints_3d = torch.as_tensor(np.asarray(keypoints_3d), dtype=torch.float32, device=self.device)
+        self.renderer = None
+        if mesh is not None:
+            from ..render.differentiable import DifferentiableRenderer
+
+            self.renderer = DifferentiableRenderer(cfg.loss.align_faces_per_pixel, cfg.loss.align_sigma_px, self.device)
+            self.renderer.add_object(0, mesh, target_faces=cfg.loss.align_faces)
+
+    def _forward_view(self, images: torch.Tensor, matrix: torch.Tensor) -> dict:
+        out = self.model(normalise_rgb(images.to(self.device)))
+        out["k_image"] = view_to_image(out["keypoints"], matrix.to(self.device))
+        return out
+
+    def _supervised(self, out: dict, matrix, keypoints, scale, mask, ignore=None, offsets_only=False) -> dict:
+        lc = self.cfg.loss
+        h, w = out["mask_logits"].shape[-2:]
+        fg = (L.grid_mask(mask, (h, w)) > 0.5).float().reshape(mask.shape[0], -1)
+        votes = L.views_to_image(out["votes"], matrix)
+        terms = {"off": L.offset_loss(votes, keypoints, scale, fg, lc.sigma, lc.beta),
+                 "mask": L.mask_loss(out["mask_logits"], mask, ignore)}
+        if not offsets_only:
+            terms["key"] = L.keypoint_loss(out["k_image"], keypoints, scale, lc.sigma, lc.beta)
+        return terms
+
+    def synthetic_losses(self, batch: dict, offsets_only: bool = False) -> dict:
+        """Eq. (4), (5) and the mask BCE at both scales (summed over the scales)."""
+        dev = self.device
+        kp, scale = batch["keypoints"].to(dev), batch["scale"].to(dev)
+        terms = {}
+        for tag in ("u", "n"):
+            matrix = batch[f"{tag}_matrix"].to(dev)
+            out = self._forward_view(batch[f"{tag}_image"], matrix)
+            for k, v in self._supervised(out, matrix, kp, scale, batch[f"{tag}_mask"].to(dev),
+                                         offsets_only=offsets_only).items():
+                terms[k] = terms.get(k, 0.0) + v
+        return terms
+
+    def real_losses(self, batch: dict) -> dict:
+        """Eq. (10)-(14) on a real batch (or supervised terms in the upper-bound mode)."""
+        dev, lc = self.device, self.cfg.loss
+        scale, K = batch["scale"].to(dev), batch["K"].to(dev)
+        if "keypoints" in batch:  # with_real_pose_labels: supervised like synthetic data
+            terms = {}
+            for tag in ("a_u", "a_n"):
+                matrix = batch[f"{tag}_matrix"].to(dev)
+                out = self._forward_view(batch[f"{tag}_image"], matrix)
+                for k, v in self._supervised(out, matrix, batch["keypoints"].to(dev), scale,
+                                             batch[f"{tag}_mask"].to(dev), batch[f"{tag}_ignore"].to(dev)).items():
+                    terms[f"real_{k}"] = terms.get(f"real_{k}", 0.0) + v
+            return terms
+        bsz = scale.shape[0]
+        views = {}
+        for tag in ("u", "n"):  # x and A(x) through the network together
+            images = torch.cat([batch[f"x_{tag}_image"], batch[f"a_{tag}_image"]])
+            matrices = torch.cat([batch[f"x_{tag}_matrix"], batch[f"a_{tag}_matrix"]]).to(dev)
+            out = self._forward_view(images, matrices)
+            views[f"x_{tag}"] = {k: v[:bsz] for k, v in out.items() if k != "centres"}
+            views[f"a_{tag}"] = {k: v[bsz:] for k, v in out.items() if k != "centres"}
+        k3d = self.keypoints_3d[None]
+        # eq. (11): target from the un-augmented image at both scales
+        target, valid = L.dual_scale_target(views["x_u"]["k_image"], views["x_n"]["k_image"], k3d, K,
+                                            lc.dual_stop_gradient)
+        # eq. (10): augmented predictions at both scales, mapped back with A^-1 (N^-1)
+        terms = {"dual": L.dual_scale_loss(views["a_u"]["k_image"], views["a_n"]["k_image"], target, scale, valid,
+                                           lc.sigma, lc.beta)}
+        # eq. (12)-(14) at both scales: BPnP pose of that scale's keypoints, rendered on the alignment
+        # crop, times that scale's predicted foreground probability resampled onto the crop
+        align = 0.0
+        if self.renderer is not None:
+            m_align = batch["align_matrix"].to(dev)
+            size = lc.align_size
+            K_align = m_align @ K
+            for tag, view_size in (("x_u", self.cfg.model.unnorm_size), ("x_n", self.cfg.model.norm_size)):
+                _, R, t, ok = L.pnp_reprojection(views[tag]["k_image"], k3d, K)
+                ok = ok & valid
+                R = torch.where(ok[:, None, None], R, torch.eye(3, device=dev).expand_as(R))
+                t = torch.where(ok[:, None], t, torch.tensor([0.0, 0.0, 1.0], device=dev).expand_as(t))
+                rendered = self.renderer.silhouette(K_align, 0, R, t, size, size)
+                prob = torch.sigmoid(views[tag]["mask_logits"])
+                prob = resample_map(prob, batch[f"{tag}_matrix"].to(dev), view_size, m_align, size)[:, 0]
+                align = align + L.visible_silhouette_dice(rendered, prob, batch["align_mask"].to(dev),
+                                                          batch["align_ignore"].to(dev), ok)
+        terms["align"] = align if torch.is_tensor(align) else torch.zeros((), device=dev)
+        if lc.real_mask_weight > 0:
+            terms["real_mask"] = lc.real_mask_weight * (
+                L.mask_loss(views["x_u"]["mask_logits"], batch["x_u_mask"].to(dev), batch["x_u_ignore"].to(dev))
+                + L.mask_loss(views["x_n"]["mask_logits"], batch["x_n_mask"].to(dev), batch["x_n_ignore"].to(dev)))
+        terms["valid_fraction"] = valid.float().mean().detach()
+        return terms
+
+    def total(self, terms: dict) -> torch.Tensor:
+        """Eq. (15) (with the mask terms); entries missing from ``terms`` count 0."""
+        lc = self.cfg.loss
+        get = lambda k: terms.get(k, 0.0)  # noqa: E731
+        extra = lc.mask_weight * get("mask") + get("real_mask") + get("real_key") + get("real_off") \
+            + lc.mask_weight * get("real_mask_sup")
+        return L.total_self_loss(get("key"), get("off"), get("dual"), get("align"), lc.lambda_1, lc.lambda_2, extra)
+
+
+# --------------------------------------------------------------------------------------------
+def load_object(cfg: DscPoseNetConfig):
+    """(mesh, keypoints_3d [9,3] metres) of ``obj_id``."""
+    from ..objects.keypoints import object_keypoints
+    from ..objects.mesh import load_mesh
+
+    if cfg.models_dir:
+        mesh = load_mesh(resolve_path(cfg.models_dir) / f"obj_{cfg.obj_id:06d}.ply", 0.001)
+    else:
+        from ..objects.registry import ObjectRegistry
+
+        mesh = ObjectRegistry.from_yaml(resolve_path(cfg.objects_file))[cfg.obj_id].mesh
+    keypoints = object_keypoints(mesh, cfg.model.n_keypoints - 1)
+    return mesh, keypoints
+
+
+def model_from_checkpoint(path, device="cpu") -> tuple[DscPoseNet, np.ndarray, int]:
+    from .config import from_dict
+
+    payload = load_checkpoint(path, map_location=device)
+    if payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a DSC-PoseNet checkpoint (format {payload.get('format')!r})")
+    model = DscPoseNet(from_dict(DscModelConfig, payload["model_config"], "model_config"))
+    model.load_state_dict(payload["model"])
+    return model.to(device), payload["keypoints_3d"].numpy(), int(payload["obj_id"])
+
+
+def save(path: Path, trainer: DscPoseNetTrainer, optimiser, stage: str, step: int, cfg: DscPoseNetConfig,
+         history: list) -> None:
+    save_checkpoint(path, {
+        "format": CHECKPOINT_FORMAT, "model": trainer.model.state_dict(),
+        "optimizer": optimiser.state_dict() if optimiser is not None else {}, "stage": stage, "step": int(step),
+        "config": to_dict(cfg), "model_config": to_dict(cfg.model), "obj_id": int(cfg.obj_id),
+        "keypoints_3d": trainer.keypoints_3d.cpu(), "history": json.dumps(history[-2000:]),
+    })
+
+
+def train_stage(trainer: DscPoseNetTrainer, stage: str, syn_iter, real_iter, opt: DscOptimConfig, out_dir: Path | None,
+                start_step: int = 0, optimiser=None, history: list | None = None, progress: bool = True):
+    """Run ``opt.steps`` steps of ``stage`` ("lb" | "self"); returns (history, optimiser)."""
+    history = history if history is not None else []
+    model = trainer.model
+    optimiser = optimiser or torch.optim.Adam(model.parameters(), lr=opt.lr)
+    model.train()
+    bar = tqdm(range(start_step, opt.steps), desc=f"dsc_posenet {stage}", disable=not progress)
+    for step in bar:
+        for group in optimiser.param_groups:
+            group["lr"] = _lr(opt, step)
+        warm = stage == "lb" and step < opt.warmup_steps
+        terms = trainer.synthetic_losses(next(syn_iter), offsets_only=warm)
+        if stage == "self":
+            terms.update(trainer.real_losses(next(real_iter)))
+        loss = trainer.total(terms)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        if opt.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), opt.grad_clip)
+        optimiser.step()
+        record = {"stage": stage, "step": step, "loss": loss.item()}
+        record.update({k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()})
+        history.append(record)
+        bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k not in ("stage", "step")})
+        if out_dir is not None and trainer.cfg.checkpoint_every and (step + 1) % trainer.cfg.checkpoint_every == 0:
+            save(out_dir / "checkpoints" / "dsc_last.pt", trainer, optimiser, stage, step + 1, trainer.cfg, history)
+    return history, optimiser
+
+
+def run_dsc_posenet(config, out: str | None = None, resume: str | None = None, command: str = "") -> dict:
+    """Entry point of stage ``dsc_posenet`` (``training/cli.py``): LB then Self, per ``stages``."""
+    cfg: DscPoseNetConfig = config.dsc_posenet
+    torch.manual_seed(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    out_dir = resolve_path(out or config.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    mesh, keypoints_3d = load_object(cfg)
+    real_root = resolve_path(cfg.real.dataset) if cfg.real.dataset else bop_io.default_lmo_dir()
+    syn_root = ensure_synthetic(cfg.synthetic, [cfg.obj_id], real_root)
+    syn = SyntheticPoseDataset(synthetic_instances(syn_root, cfg.obj_id, cfg.synthetic.split,
+                                                   cfg.synthetic.min_visib_fract, cfg.synthetic.min_px),
+                               keypoints_3d, cfg.model, cfg.augment, config.seed)
+    trainer = DscPoseNetTrainer(cfg, keypoints_3d, mesh if "self" in cfg.stages else None, config.device)
+    start_stage, start_step, state = cfg.stages[0], 0, None
+    history: list = []
+    init = resume or cfg.init_checkpoint
+    if init:
+        payload = load_checkpoint(resolve_path(init))
+        trainer.model.load_state_dict(payload["model"])
+        if resume:
+            start_stage, start_step, state = payload["stage"], int(payload["step"]), payload.get("optimizer")
+            history = json.loads(payload.get("history", "[]"))
+    results = {"command": command, "obj_id": cfg.obj_id, "n_synthetic": len(syn), "stages": {}}
+    for stage in cfg.stages[cfg.stages.index(start_stage):]:
+        opt = cfg.lb if stage == "lb" else cfg.self_stage
+        real_iter = None
+        if stage == "self":
+            splits = bop_io.load_splits(real_root / cfg.real.splits_file)
+            im_ids = list(splits[cfg.real.train_split])[: cfg.real.max_images or None]
+            pseudo = resolve_path(cfg.real.pseudo_dir) if cfg.real.pseudo_dir else None
+            real = RealPoseDataset(real_instances(real_root, cfg.real.scene_id, im_ids, cfg.obj_id, pseudo,
+                                                  cfg.real.mode, cfg.real.box_seed, cfg.real.max_loosening),
+                                   keypoints_3d, cfg.model, cfg.augment, cfg.loss.align_size, config.seed)
+            if len(real) == 0:
+                raise ConfigError(f"no real instances of object {cfg.obj_id} (pseudo_dir {pseudo})")
+            results["n_real"] = len(real)
+            real_iter = _cycle(real, opt.real_batch_size, config.seed + 1)
+        optimiser = torch.optim.Adam(trainer.model.parameters(), lr=opt.lr)
+        if state and stage == start_stage:
+            optimiser.load_state_dict(state)
+        t_stage = time.time()
+        history, optimiser = train_stage(trainer, stage, _cycle(syn, opt.batch_size, config.seed), real_iter, opt,
+                                         out_dir, start_step if stage == start_stage else 0, optimiser, history)
+        save(out_dir / "checkpoints" / f"dsc_{stage}.pt", trainer, optimiser, stage, opt.steps, cfg, history)
+        save(out_dir / "checkpoints" / "dsc_last.pt", trainer, optimiser, stage, opt.steps, cfg, history)
+        last = [h for h in history if h["stage"] == stage][-20:]
+        results["stages"][stage] = {"seconds": time.time() - t_stage, "steps": opt.steps,
+                                    "final_mean": {k: float(np.mean([h[k] for h in last if k in h]))
+                                                   for k in last[-1] if k not in ("stage", "step")} if last else {}}
+        start_step = 0
+    results["seconds"] = time.time() - t0
+    bop_io.atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
+    bop_io.atomic_write_text(out_dir / "history.json", json.dumps(history) + "\n")
+    return results

@@ -27,6 +27,7 @@ setup(
             "dsc-pose-eval = dsc_pose_core.eval.cli:main",
             "dsc-pose-synth = dsc_pose_core.data.synth_cli:main",
             "dsc-pose-viz = dsc_pose_core.viz.cli:main",
+            "dsc-pose-predict = dsc_pose_core.predict_cli:main",
         ],
     },
 )

@@ -1,0 +1,371 @@
+"""The pose pipeline (DESIGN "Pipeline"): (RGB image, K, 2D detections) -> 6D poses.
+
+For every detection of a known object: an initial pose from the 2D box, then DeepIM refinement,
+then a confidence. The parts are the existing modules; this file only composes them:
+
+* initialiser ``"dsc"``: ``models.dsc_posenet.DscPoseNetEstimator`` (one network per object, one
+  forward pass pair per detection: the networks differ per object, so there is no batch);
+  ``"box"``: ``deepim.box_init.box_initial_pose`` (pose from the box alone, no network);
+  ``"self6d"``: not implemented yet (a :class:`PipelineConfigError`).
+* refinement: ``deepim.refiner.DeepImRefiner`` with ``refine_iterations`` iterations (0 disables),
+  one network pass per iteration for all detections of the frame (batched). Objects the DeepIM
+  checkpoint was not trained for keep their initial pose (``refined = False``).
+* confidence (``score``): silhouette agreement at box level = IoU between the tight box of the
+  final pose's rendered silhouette (the model vertices projected with the pose, clipped to the
+  image: ``deepim.zoom.projected_box``, the box DeepIM itself uses as the rendered mask's box) and
+  the detection box. It is defined the same way for every initialiser and with or without
+  refinement. DSC-PoseNet's own confidence (mask probability x keypoint reprojection agreement) is
+  kept in ``init_score``.
+
+Per-detection problems never raise: a detection of a class id the pipeline does not know, an empty
+or non-finite box, or a box entirely outside the image gives a :class:`PoseResult` with ``ok``
+False and ``reason`` set (same order as the detections). Bad frames (image not uint8 HxWx3, K not a
+finite 3x3 with positive focal lengths) raise ``ValueError``; bad configuration or checkpoints raise
+:class:`PipelineConfigError` at construction. Checkpoints are read weights-only
+(``training.checkpoint.load_checkpoint``: ``torch.load(weights_only=True)``). No ROS imports.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .data.boxes import box_iou_xywh
+from .deepim.box_init import BoxInitConfig, box_initial_pose
+from .deepim.zoom import projected_box
+from .models.dsc_posenet import box_xyxy_edges
+
+INITIALISERS = ("dsc", "box", "self6d")
+
+
+class PipelineConfigError(ValueError):
+    """Unusable pipeline configuration: unknown initialiser, missing or corrupt checkpoint, ..."""
+
+
+@dataclass
+class Detection:
+    obj_id: int  # the detector's class id = registry id
+    box_xywh: Sequence[float]  # (x, y, w, h) in pixels, like BOP's bbox_visib
+    score: float = 1.0
+
+
+@dataclass
+class PoseResult:
+    """One result per input detection (same order). ``ok`` False: skipped, see ``reason``."""
+
+    obj_id: int
+    box_xywh: np.ndarray  # the detection box as used (clipped to the image)
+    detection_score: float = 1.0
+    R: np.ndarray | None = None  # [3,3] object -> camera
+    t: np.ndarray | None = None  # [3] metres
+    score: float = 0.0  # confidence: IoU(rendered silhouette box at the final pose, detection box)
+    init_R: np.ndarray | None = None
+    init_t: np.ndarray | None = None
+    init_score: float | None = None  # the initialiser's own confidence (DSC-PoseNet); None for "box"
+    refined: bool = False
+    reason: str | None = None  # why the detection was skipped
+    timings: dict = field(default_factory=dict)  # seconds: init (this detection), refine (frame batch), total (frame)
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+
+@dataclass
+class PipelineConfig:
+    init: str = "dsc"  # "dsc" | "box" | "self6d" (not implemented yet)
+    # DSC-PoseNet checkpoints: {obj_id: path} or a directory (see ``find_dsc_checkpoint``); init "dsc" only
+    dsc_checkpoints: Mapping[int, str | os.PathLike] | str | os.PathLike | None = None
+    deepim_checkpoint: str | os.PathLike | None = None  # needed when refine_iterations > 0
+    refine_iterations: int = 2  # DeepIM test iterations (deepim sec. 4: 2-4); 0 disables
+    device: str = "cpu"
+    obj_ids: Sequence[int] | None = None  # objects to serve (default: every registry object)
+    box_templates: int = 0  # box initialiser: viewpoints scored by box IoU (0: canonical rotation)
+    ransac: bool = False  # DSC-PoseNet PnP with RANSAC
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------
+def find_dsc_checkpoint(directory: str | os.PathLike, obj_id: int, name: str | None = None) -> Path | None:
+    """The DSC-PoseNet checkpoint of ``obj_id`` in ``directory`` (or its ``dsc_posenet/`` sub-folder):
+    ``obj_{id:06d}.pt``, ``{name}.pt`` or ``dsc_{name}.pt`` (``name`` = the registry name)."""
+    base = Path(directory)
+    names = [f"obj_{int(obj_id):06d}.pt"]
+    if name:
+        names += [f"{name}.pt", f"dsc_{name}.pt"]
+    for folder in (base / "dsc_posenet", base):
+        for n in names:
+            if (folder / n).is_file():
+                return folder / n
+    return None
+
+
+def _load(loader, path, what: str, device):
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineConfigError(f"{what} checkpoint not found: {path}")
+    try:
+        return loader(path, device=device)
+    except PipelineConfigError:
+        raise
+    except Exception as exc:  # truncated / not a torch file / pickled code / wrong format / shapes
+        raise PipelineConfigError(f"cannot load {what} checkpoint {path}: {type(exc).__name__}: {exc}") from None
+
+
+def _box_xyxy_clipped(box_xywh, width: int, height: int):
+    """(clipped xywh, pixel-edge xyxy) or a reason string."""
+    try:
+        box = np.asarray(box_xywh, dtype=np.float64).reshape(4)
+    except (TypeError, ValueError):
+        return f"malformed box {box_xywh!r} (expected x, y, w, h)"
+    if not np.isfinite(box).all():
+        return f"non-finite box {box.tolist()}"
+    x, y, w, h = box
+    if w <= 0 or h <= 0:
+        return f"empty box {box.tolist()}"
+    x1, y1, x2, y2 = max(x, 0.0), max(y, 0.0), min(x + w, float(width)), min(y + h, float(height))
+    if x2 <= x1 or y2 <= y1:
+        return f"box {box.tolist()} is outside the {width}x{height} image"
+    clipped = np.array([x1, y1, x2 - x1, y2 - y1])
+    return clipped, box_xyxy_edges(clipped)
+
+
+def _check_frame(image, K) -> np.ndarray:
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
+        raise ValueError(f"image must be uint8 HxWx3 RGB, got {image.dtype} {image.shape}")
+    K = np.asarray(K, dtype=np.float64)
+    if K.shape != (3, 3) or not np.isfinite(K).all() or not (K[0, 0] > 0 and K[1, 1] > 0):
+        raise ValueError(f"K must be a finite 3x3 matrix with positive focal lengths, got {K.tolist()}")
+    return K
+
+
+# --------------------------------------------------------------------------------------------
+# The pipeline
+# --------------------------------------------------------------------------------------------
+class PoseEstimator:
+    """``PoseEstimator(registry, config)``; ``estimate(image_rgb, K, detections) -> [PoseResult]``.
+
+    ``registry`` is an ``objects.registry.ObjectRegistry`` (meshes for the box initialiser, the
+    renderer and the confidence). Call :meth:`close` (or use ``with``) to free the renderer."""
+
+    def __init__(self, registry, config: PipelineConfig | None = None):
+        import torch
+
+        self.config = config = config or PipelineConfig()
+        if config.init == "self6d":
+            raise PipelineConfigError("initialiser 'self6d' is not implemented yet; use 'dsc' or 'box'")
+        if config.init not in INITIALISERS:
+            raise PipelineConfigError(f"unknown initialiser {config.init!r}; choose one of {INITIALISERS}")
+        if int(config.refine_iterations) < 0:
+            raise PipelineConfigError("refine_iterations must be >= 0 (0 disables DeepIM)")
+        self.registry = registry
+        obj_ids = [int(o) for o in (config.obj_ids if config.obj_ids is not None else registry.ids)]
+        unknown = [o for o in obj_ids if o not in registry]
+        if unknown:
+            raise PipelineConfigError(f"object ids {unknown} are not in the object registry (known: {registry.ids})")
+        self.obj_ids = obj_ids
+        self.device = torch.device(config.device)
+        self._renderer = None
+        self.refiner = None
+        self.refine_ids: set[int] = set()
+        self.vertices = {}
+        self.diameters = {}
+        for o in obj_ids:
+            entry = registry[o]
+            try:
+                self.vertices[o] = np.asarray(entry.mesh.vertices, dtype=np.float64)
+                self.diameters[o] = float(entry.diameter)
+            except Exception as exc:  # missing / corrupt mesh
+                raise PipelineConfigError(f"object {o} ({entry.name}): cannot load mesh {entry.mesh_path}: {exc}") from None
+        self.dsc = {}
+        if config.init == "dsc":
+            self.dsc = self._load_dsc(config.dsc_checkpoints)
+        if int(config.refine_iterations) > 0:
+            self._load_deepim(config.deepim_checkpoint)
+
+    # ------------------------------------------------------------ loading
+    def _load_dsc(self, spec) -> dict:
+        from .models.dsc_posenet import DscPoseNetEstimator
+        from .training.dsc_posenet import model_from_checkpoint
+
+        if spec is None:
+            raise PipelineConfigError("initialiser 'dsc' needs DSC-PoseNet checkpoints (a directory or {obj_id: path})")
+        paths, missing = {}, []
+        if isinstance(spec, Mapping):
+            given = {int(k): v for k, v in spec.items()}
+            for o in self.obj_ids:
+                if o in given:
+                    paths[o] = Path(given[o])
+                else:
+                    missing.append(o)
+        else:
+            if not Path(spec).is_dir():
+                raise PipelineConfigError(f"DSC-PoseNet checkpoint directory not found: {spec}")
+            for o in self.obj_ids:
+                found = find_dsc_checkpoint(spec, o, self.registry[o].name)
+                if found is None:
+                    missing.append(o)
+                else:
+                    paths[o] = found
+        if missing:
+            where = f"in {spec} (obj_XXXXXX.pt, NAME.pt or dsc_NAME.pt)" if not isinstance(spec, Mapping) else "given"
+            raise PipelineConfigError(f"no DSC-PoseNet checkpoint {where} for objects {missing}; "
+                                      "restrict obj_ids or add the checkpoints")
+        estimators = {}
+        for o, path in paths.items():
+            model, keypoints_3d, ckpt_obj = _load(model_from_checkpoint, path, "DSC-PoseNet", self.device)
+            if ckpt_obj != o:
+                raise PipelineConfigError(f"{path}: DSC-PoseNet checkpoint of object {ckpt_obj}, expected object {o}")
+            estimators[o] = DscPoseNetEstimator(model, keypoints_3d, ransac=self.config.ransac, device=self.device)
+        return estimators
+
+    def _load_deepim(self, path) -> None:
+        from .deepim.refiner import DeepImRefiner
+        from .deepim.zoom import ZoomConfig
+        from .training.deepim import model_from_checkpoint
+
+        if path is None:
+            raise PipelineConfigError("refine_iterations > 0 needs a DeepIM checkpoint (or set refine_iterations to 0)")
+        model, payload = _load(model_from_checkpoint, path, "DeepIM", self.device)
+        z = payload.get("zoom", {})
+        zoom = ZoomConfig(int(z.get("width", 128)), int(z.get("height", 96)), float(z.get("expand", 1.4)))
+        trained = payload.get("obj_ids")
+        self.refine_ids = set(self.obj_ids) if trained is None else {int(o) for o in trained} & set(self.obj_ids)
+        self.refiner = DeepImRefiner(model, None, {o: self.vertices[o] for o in self.refine_ids}, zoom,
+                                     device=self.device)
+        try:
+            _ = self.renderer  # made now: a start-up failure, not one in the first frame
+        except Exception as exc:
+            raise PipelineConfigError(f"DeepIM refinement needs the OpenGL renderer: {exc}") from None
+
+    @property
+    def renderer(self):
+        """The fast renderer of the refined objects' meshes (made at construction when refining)."""
+        if self._renderer is None:
+            from .render import FastRenderer
+
+            zoom = self.refiner.zoom
+            self._renderer = FastRenderer(zoom.width, zoom.height)
+            for o in sorted(self.refine_ids):
+                self._renderer.add_object(o, self.registry[o].mesh)
+            self.refiner.renderer = self._renderer
+        return self._renderer
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ------------------------------------------------------------ inference
+    def _initial(self, image, K, obj_id: int, box_xywh, box_xyxy):
+        """(R, t, own confidence or None)."""
+        if self.config.init == "dsc":
+            est = self.dsc[obj_id].estimate(image, K, box_xywh)
+            if not est.success:
+                raise RuntimeError("DSC-PoseNet keypoints gave no PnP solution")
+            return est.R, est.t, float(est.confidence)
+        R, t = box_initial_pose(box_xyxy, K, self.vertices[obj_id], BoxInitConfig(n_templates=self.config.box_templates),
+                                diameter=self.diameters[obj_id])
+        return R, t, None
+
+    def confidence(self, obj_id: int, R, t, K, box_xyxy, width: int, height: int) -> float:
+        """IoU of the pose's rendered-silhouette box (projected model, clipped to the image) and the box."""
+        if not (np.isfinite(R).all() and np.isfinite(t).all()):
+            return 0.0
+        pb = projected_box(self.vertices[obj_id], np.asarray(R), np.asarray(t), K)
+        if pb is None:
+            return 0.0
+        lo, hi = np.array([-0.5, -0.5]), np.array([width - 0.5, height - 0.5])
+        p1, p2 = np.clip(pb[:2], lo, hi), np.clip(pb[2:], lo, hi)
+        b1, b2 = np.asarray(box_xyxy[:2]), np.asarray(box_xyxy[2:])
+        return box_iou_xywh((*p1, *(p2 - p1)), (*b1, *(b2 - b1)))
+
+    def estimate(self, image_rgb: np.ndarray, K: np.ndarray, detections: Sequence[Detection]) -> list[PoseResult]:
+        t_frame = time.perf_counter()
+        K = _check_frame(image_rgb, K)
+        height, width = image_rgb.shape[:2]
+        results: list[PoseResult] = []
+        todo: list[tuple[PoseResult, np.ndarray]] = []
+        for det in detections:
+            try:
+                obj_id = int(det.obj_id)
+            except (TypeError, ValueError):
+                obj_id = -1
+            try:
+                given = np.asarray(det.box_xywh, dtype=np.float64)
+            except (TypeError, ValueError):
+                given = np.full(4, np.nan)
+            try:
+                det_score = float(det.score)
+            except (TypeError, ValueError):
+                det_score = float("nan")
+            res = PoseResult(obj_id=obj_id, box_xywh=given, detection_score=det_score)
+            results.append(res)
+            if obj_id not in self.vertices:
+                res.reason = f"unknown class id {det.obj_id!r} (known: {self.obj_ids})"
+                continue
+            boxes = _box_xyxy_clipped(det.box_xywh, width, height)
+            if isinstance(boxes, str):
+                res.reason = boxes
+                continue
+            res.box_xywh, box_xyxy = boxes
+            t0 = time.perf_counter()
+            try:
+                R, t, own = self._initial(image_rgb, K, obj_id, res.box_xywh, box_xyxy)
+            except Exception as exc:  # e.g. PnP failure inside the estimator: skip, keep the frame
+                res.reason = f"initial pose failed: {type(exc).__name__}: {exc}"
+                continue
+            res.timings["init"] = time.perf_counter() - t0
+            R, t = np.asarray(R, dtype=np.float64), np.asarray(t, dtype=np.float64).reshape(3)
+            if not (np.isfinite(R).all() and np.isfinite(t).all()):
+                res.reason = "initial pose is not finite"
+                continue
+            res.init_R, res.init_t, res.init_score = R, t, own
+            res.R, res.t = R.copy(), t.copy()
+            todo.append((res, box_xyxy))
+        # DeepIM: one batch of all refinable detections per iteration
+        refine = [(r, b) for r, b in todo if r.obj_id in self.refine_ids]
+        t_refine = 0.0
+        if refine and self.refiner is not None and self.config.refine_iterations > 0:
+            t0 = time.perf_counter()
+            out = self.refiner.refine(image_rgb, K, [(r.obj_id, r.init_R, r.init_t) for r, _ in refine],
+                                      int(self.config.refine_iterations))
+            t_refine = time.perf_counter() - t0
+            for i, (r, _) in enumerate(refine):
+                if np.isfinite(out.R[i]).all() and np.isfinite(out.t[i]).all():
+                    r.R, r.t, r.refined = out.R[i].copy(), out.t[i].copy(), True
+        for r, box_xyxy in todo:
+            r.score = self.confidence(r.obj_id, r.R, r.t, K, box_xyxy, width, height)
+        total = time.perf_counter() - t_frame
+        for r, _ in todo:
+            r.timings.update({"refine": t_refine if r.refined else 0.0, "total": total})
+        return results
+
+
+def load_pose_estimator(registry_path: str | os.PathLike, config: PipelineConfig, models_dir: str | None = None
+                        ) -> PoseEstimator:
+    """Registry YAML + config -> :class:`PoseEstimator` (registry problems as PipelineConfigError)."""
+    from .objects.registry import ObjectRegistry, RegistryError
+
+    try:
+        registry = ObjectRegistry.from_yaml(registry_path, models_dir=models_dir)
+    except RegistryError as exc:
+        raise PipelineConfigError(str(exc)) from None
+    return PoseEstimator(registry, config)
+
+
+__all__ = ["Detection", "PoseResult", "PipelineConfig", "PipelineConfigError", "PoseEstimator",
+           "find_dsc_checkpoint", "load_pose_estimator", "INITIALISERS"]

@@ -1,0 +1,198 @@
+"""``dsc-pose-predict``: run the pose pipeline over the images of a BOP scene, write a BOP results CSV.
+
+Example::
+
+    dsc-pose-predict --dataset ../shared/data/lmo --scene 2 --split val --out results.csv \\
+        --init dsc --checkpoints checkpoints --deepim checkpoints/deepim.pt --refine 2
+    dsc-pose-predict --dataset DIR --scene 0 --out results.csv --init box --refine 0
+
+Detections are the ground-truth visible boxes (``bbox_visib`` of scene_gt_info.json, object ids
+from scene_gt.json) loosened by U(0, 15 %) per side with ``data.boxes.loosen_box_xywh`` and one
+generator per image seeded with (box_seed, scene_id, im_id), drawn for every instance in file order
+(the rule of the segmentation and DSC-PoseNet stages: the same boxes for the same seed); instances
+less than 10 % visible or with an empty box are not detected. Only the boxes and object ids are
+read from the ground truth, never the poses. Nothing is cached: any BOP folder works.
+
+The CSV has one row per estimated pose (``scene_id,im_id,obj_id,score,R,t,time``, millimetres);
+``time`` is the wall time of the pipeline on the image (seconds, same for all rows of the image).
+Checkpoints default to the repository's ``checkpoints/`` folder when it exists
+(``checkpoints/dsc_posenet/obj_XXXXXX.pt`` or ``NAME.pt``, ``checkpoints/deepim.pt``).
+Errors (missing files, bad checkpoints) give one ``error:`` line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+PROG = "dsc-pose-predict"
+MIN_VISIB_FRACT = 0.1
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", required=True, help="BOP dataset folder (test/<scene>/rgb, scene_camera.json, ...)")
+    p.add_argument("--scene", type=int, required=True, help="scene id")
+    p.add_argument("--split-dir", default="test", help="split folder inside the dataset (default: test)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--split", help="image ids from DATASET/splits.json under this name (e.g. val)")
+    which.add_argument("--ids", help="file with image ids (JSON list, or integers separated by spaces/commas/lines)")
+    p.add_argument("--max-images", type=int, default=0, help="at most this many images (0: all)")
+    p.add_argument("--out", required=True, help="results CSV (BOP19 format)")
+    p.add_argument("--init", default="dsc", choices=("dsc", "self6d", "box"), help="initial pose (default: dsc)")
+    p.add_argument("--refine", type=int, default=2, help="DeepIM iterations (0: no refinement; default 2)")
+    p.add_argument("--checkpoints", help="folder with DSC-PoseNet checkpoints per object "
+                   "(default: <repo>/checkpoints when it exists)")
+    p.add_argument("--deepim", help="DeepIM checkpoint (default: <checkpoints>/deepim.pt when it exists)")
+    p.add_argument("--registry", help="object registry YAML (default: <repo>/config/objects.yaml)")
+    p.add_argument("--models-dir", help="override the registry's models_dir")
+    p.add_argument("--obj-ids", type=_int_list, help="only these objects, e.g. 1,5,6 (default: the registry's)")
+    p.add_argument("--box-seed", type=int, default=0, help="seed of the box loosening (default 0)")
+    p.add_argument("--max-loosening", type=float, default=0.15, help="per-side loosening bound (default 0.15)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--box-templates", type=int, default=0, help="box initialiser: viewpoints to score (0: canonical)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def read_id_file(path: str) -> list[int]:
+    text = Path(path).read_text()
+    try:
+        raw = json.loads(text)
+        if isinstance(raw, list):
+            return [int(v) for v in raw]
+    except (json.JSONDecodeError, TypeError, ValueError):
+        pass
+    try:
+        return [int(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise ValueError(f"{path}: expected image ids (JSON list or integers)") from None
+
+
+def gt_detections(scene_gt, scene_gt_info, scene_id: int, im_id: int, width: int, height: int, box_seed: int,
+                  obj_ids=None, max_loosening: float = 0.15):
+    """The detections of one image: loosened visible GT boxes (see the module docstring)."""
+    from .data.boxes import loosen_box_xywh
+    from .pipeline import Detection
+
+    rng = np.random.default_rng([box_seed, scene_id, im_id])  # one generator per image
+    out = []
+    for pose, info in zip(scene_gt.get(im_id, []), scene_gt_info.get(im_id, [])):
+        loose = loosen_box_xywh(info.bbox_visib, rng, width, height, max_loosening)  # drawn for every instance
+        if info.visib_fract < MIN_VISIB_FRACT or info.bbox_visib[2] <= 0 or info.bbox_visib[3] <= 0:
+            continue
+        if loose[2] <= 0 or loose[3] <= 0:
+            continue
+        if obj_ids is not None and pose.obj_id not in obj_ids:
+            continue
+        out.append(Detection(pose.obj_id, loose, 1.0))
+    return out
+
+
+def run(args) -> dict:
+    import torch
+    from tqdm import tqdm
+
+    from .data import bop_io
+    from .data.dsc_views import find_rgb, read_rgb
+    from .pipeline import PipelineConfig, load_pose_estimator
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    dataset = Path(args.dataset)
+    scene_path = bop_io.scene_dir(dataset, args.scene, args.split_dir)
+    if not scene_path.is_dir():
+        raise FileNotFoundError(f"scene folder not found: {scene_path}")
+    cams = bop_io.load_scene_camera(scene_path / "scene_camera.json")
+    scene_gt = bop_io.load_scene_gt(scene_path / "scene_gt.json")
+    scene_info = bop_io.load_scene_gt_info(scene_path / "scene_gt_info.json")
+    if args.split:
+        splits = bop_io.load_splits(dataset / "splits.json")
+        if args.split not in splits:
+            raise ValueError(f"split {args.split!r} not in {dataset / 'splits.json'}: {sorted(splits)}")
+        im_ids = list(splits[args.split])
+    elif args.ids:
+        im_ids = read_id_file(args.ids)
+    else:
+        im_ids = sorted(cams)
+    missing = [i for i in im_ids if i not in cams]
+    if missing:
+        raise ValueError(f"image ids {missing[:10]} are not in {scene_path / 'scene_camera.json'}")
+    if args.max_images > 0:
+        im_ids = im_ids[: args.max_images]
+
+    repo = bop_io.repo_root()
+    ckpt_dir = args.checkpoints or (str(repo / "checkpoints") if (repo / "checkpoints").is_dir() else None)
+    deepim = args.deepim
+    if deepim is None and args.refine > 0 and ckpt_dir and (Path(ckpt_dir) / "deepim.pt").is_file():
+        deepim = str(Path(ckpt_dir) / "deepim.pt")
+    if args.init == "dsc" and ckpt_dir is None:
+        raise ValueError("--init dsc needs --checkpoints DIR (no <repo>/checkpoints folder); "
+                         "or use --init box")
+    if args.refine > 0 and deepim is None:
+        raise ValueError("--refine > 0 needs --deepim CKPT (no checkpoints/deepim.pt found); or pass --refine 0")
+    config = PipelineConfig(init=args.init, dsc_checkpoints=ckpt_dir, deepim_checkpoint=deepim,
+                            refine_iterations=args.refine, device=args.device, obj_ids=args.obj_ids,
+                            box_templates=args.box_templates)
+    registry = args.registry or str(repo / "config" / "objects.yaml")
+    estimates, skipped = [], Counter()
+    n_det, t_pipeline = 0, 0.0
+    t_start = time.perf_counter()
+    with load_pose_estimator(registry, config, models_dir=args.models_dir) as estimator:
+        wanted = set(estimator.obj_ids) if args.obj_ids else None
+        for im_id in tqdm(im_ids, desc=PROG, unit="img", disable=args.quiet, dynamic_ncols=True):
+            image = read_rgb(find_rgb(scene_path, im_id))
+            height, width = image.shape[:2]
+            dets = gt_detections(scene_gt, scene_info, args.scene, im_id, width, height, args.box_seed, wanted,
+                                 args.max_loosening)
+            n_det += len(dets)
+            t0 = time.perf_counter()
+            results = estimator.estimate(image, cams[im_id].K, dets)
+            elapsed = time.perf_counter() - t0
+            t_pipeline += elapsed
+            for r in results:
+                if not r.ok:
+                    skipped[r.reason.split(" (")[0] if r.reason.startswith("unknown class") else r.reason] += 1
+                    continue
+                estimates.append(bop_io.PoseEstimate(args.scene, im_id, r.obj_id, r.score, r.R, r.t, elapsed))
+    bop_io.write_bop_results(args.out, estimates)
+    return {"images": len(im_ids), "detections": n_det, "estimates": len(estimates), "skipped": dict(skipped),
+            "seconds": time.perf_counter() - t_start,
+            "pipeline_seconds": t_pipeline}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from .data.bop_io import BopFormatError
+    from .pipeline import PipelineConfigError
+
+    try:
+        summary = run(args)
+    except (PipelineConfigError, BopFormatError, FileNotFoundError, ValueError, OSError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    per_image = summary["pipeline_seconds"] / max(1, summary["images"])
+    print(f"{PROG}: {summary['estimates']} poses for {summary['detections']} detections in {summary['images']} images "
+          f"(pipeline {per_image:.3f} s/image, {summary['seconds']:.1f} s in all) -> {args.out}")
+    for reason, count in sorted(summary["skipped"].items()):
+        print(f"  skipped {count}: {reason}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -14,7 +14,6 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,31 +23,13 @@ sys.path.insert(0, str(REPO))
 
 from dsc_pose_core.data.bop_io import default_lmo_dir  # noqa: E402
 from dsc_pose_core.eval.bop import evaluate_files  # noqa: E402
+from benchlib import cpu_model, git_commit, write_section  # noqa: E402
 
 START = "<!-- bench_eval:start -->"
 END = "<!-- bench_eval:end -->"
 RESULTS = "reference/cnos-fastsammegapose_lmo-test.csv"
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "uncommitted"
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "uncommitted"
 
 
 def render(dataset: Path, runs: list[float], report: dict) -> str:
@@ -84,17 +65,6 @@ def render(dataset: Path, runs: list[float], report: dict) -> str:
     )
 
 
-def write_section(section: str, path: Path) -> None:
-    text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        _, tail = rest.split(END, 1)
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -115,7 +85,7 @@ def main(argv=None) -> int:
     section = render(dataset, runs, report)
     print(section)
     if not args.no_write:
-        write_section(section, REPO / "docs" / "BENCHMARKS.md")
+        write_section(section, START, END, REPO / "docs" / "BENCHMARKS.md")
     return 0
 
 

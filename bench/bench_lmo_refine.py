@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,20 +23,13 @@ from dsc_pose_core.data.bop_io import default_lmo_dir, load_splits
 from dsc_pose_core.eval.bop import evaluate_files
 from dsc_pose_core.predict_cli import main as predict_main
 
+from benchlib import cpu_model, git_commit, write_section
+
 REPO = Path(__file__).resolve().parents[1]
 METRICS = ("ADD-S_0.1d", "5cm5deg", "proj2d_5px")
 BEGIN, END = "<!-- bench_lmo_refine:start -->", "<!-- bench_lmo_refine:end -->"
 
 
-def _machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    return f"{cpu}, {os.cpu_count()} cores, no GPU"
-
-
-def _commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    return out.stdout.strip() or "uncommitted"
 
 
 def _score(report: dict, obj_ids: list[int]) -> dict:
@@ -90,15 +81,6 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_benchmarks(section: str) -> None:
-    path = REPO / "docs" / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
-
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -112,7 +94,8 @@ def main() -> int:
     lmo = default_lmo_dir()
     val_ids = load_splits(lmo / "splits.json")["val"]
     iterations = [int(v) for v in args.iterations.split(",")]
-    result = {"split": "val", "n_images": len(val_ids), "machine": _machine(), "commit": _commit(),
+    result = {"split": "val", "n_images": len(val_ids), "commit": git_commit(),
+              "machine": f"{cpu_model()}, {os.cpu_count()} cores, no GPU",
               "command": "python bench/bench_lmo_refine.py " + " ".join(sys.argv[1:]),
               "deepim_checkpoint": args.deepim, "deepim_note": args.deepim_note, "rows": {}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -126,7 +109,7 @@ def main() -> int:
     out = REPO / "docs" / "results" / "lmo_deepim.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    write_benchmarks(markdown(result))
+    write_section(markdown(result), BEGIN, END)
     print(f"wrote {out} and docs/BENCHMARKS.md")
     return 0
 

@@ -15,9 +15,7 @@ import datetime
 import json
 import os
 import platform
-import re
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,25 +36,6 @@ NAMES = {1: "ape", 5: "can", 6: "cat", 8: "driller", 9: "duck", 10: "eggbox", 11
 DECIMATED_FACES = 2000
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def git_commit() -> str:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "dsc_pose_core/render"], cwd=REPO,
-                               capture_output=True, text=True).stdout.strip()
-        return commit + (" (+ uncommitted dsc_pose_core/render)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def median_ms(fn, repeats: int, warmup: int = 1) -> float:
@@ -266,20 +245,12 @@ def bench_gradient(scene, meshes, size=64, faces=800, fpp=30, sigma_px=1.0, step
     return rows, dict(size=size, faces=faces, fpp=fpp, sigma_px=sigma_px, steps=steps)
 
 
+RENDER_START, RENDER_END = "<!-- bench_render:start -->", "<!-- bench_render:end -->"
+
+
 def fmt(x, digits=1):
     return "-" if x is None else f"{x:.{digits}f}"
 
-
-def write_section(text: str, path: Path):
-    start, end = "<!-- bench_render:start -->", "<!-- bench_render:end -->"
-    block = f"{start}\n{text.rstrip()}\n{end}\n"
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    if start in old and end in old:
-        new = re.sub(re.escape(start) + r".*?" + re.escape(end) + r"\n?", lambda _: block, old, flags=re.S)
-    else:
-        new = old.rstrip() + "\n\n" + block
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(new)
 
 
 def main():
@@ -395,7 +366,7 @@ def main():
     if args.no_write:
         print(text)
     else:
-        write_section(text, REPO / "docs" / "BENCHMARKS.md")
+        write_section(f"{RENDER_START}\n{text.rstrip()}\n{RENDER_END}", RENDER_START, RENDER_END)
         print(text)
 
 

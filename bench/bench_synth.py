@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_eval import cpu_model, git_commit  # noqa: E402
+from benchlib import cpu_model, git_commit, write_section  # noqa: E402
 from dsc_pose_core.data.bop_io import default_lmo_dir, load_scene_gt_info  # noqa: E402
 from dsc_pose_core.data.synthetic import (  # noqa: E402
     DistractorConfig,
@@ -101,20 +101,9 @@ def main(argv=None) -> int:
     ])
     print(section)
     if not args.no_write:
-        write_section_synth(section, REPO / "docs" / "BENCHMARKS.md")
+        write_section(section, START, END)
     return 0
 
-
-def write_section_synth(section: str, path: Path) -> None:
-    """Replace this benchmark's section of BENCHMARKS.md (or append it), keeping the others."""
-    text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        _, tail = rest.split(END, 1)
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
 
 
 if __name__ == "__main__":

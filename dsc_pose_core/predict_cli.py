@@ -109,7 +109,7 @@ def run(args) -> dict:
     from tqdm import tqdm
 
     from .data import bop_io
-    from .data.dsc_views import find_rgb, read_rgb
+    from .data.bop_io import find_rgb, read_rgb
     from .pipeline import PipelineConfig, load_pose_estimator
 
     if args.threads > 0:

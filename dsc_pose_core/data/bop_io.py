@@ -109,6 +109,25 @@ def scene_dir(dataset_dir: str | os.PathLike, scene_id: int, split: str = "test"
     return Path(dataset_dir) / split / f"{int(scene_id):06d}"
 
 
+def find_rgb(scene_path: str | os.PathLike, im_id: int) -> Path:
+    """The RGB image of ``im_id`` in a BOP scene folder (png, jpg or jpeg, as BOP datasets vary)."""
+    for ext in ("png", "jpg", "jpeg"):
+        path = Path(scene_path) / "rgb" / f"{im_id:06d}.{ext}"
+        if path.exists():
+            return path
+    raise FileNotFoundError(f"no rgb image {im_id:06d} in {Path(scene_path) / 'rgb'}")
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """An image file as uint8 RGB HxWx3."""
+    import cv2
+
+    image = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise FileNotFoundError(f"cannot read image {path}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
 # --------------------------------------------------------------------------------------------
 # JSON helpers
 # --------------------------------------------------------------------------------------------

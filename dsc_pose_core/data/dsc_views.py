@@ -29,6 +29,7 @@ import torch
 from ..models.dsc_posenet import (DscModelConfig, box_xyxy_edges, norm_window, unnorm_window, view_matrix,
                                   warp_view)
 from . import bop_io
+from .bop_io import find_rgb, read_rgb
 from .boxes import loosen_box_xywh
 
 MODES = ("pseudo", "with_real_pose_labels")
@@ -50,26 +51,11 @@ class ViewAugmentConfig:
         return cls(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise FileNotFoundError(f"cannot read image {path}")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
 def read_mask(path: Path) -> np.ndarray:
     mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if mask is None:
         raise FileNotFoundError(f"cannot read mask {path}")
     return mask > 127
-
-
-def find_rgb(scene_path: Path, im_id: int) -> Path:
-    for ext in ("png", "jpg", "jpeg"):
-        path = scene_path / "rgb" / f"{im_id:06d}.{ext}"
-        if path.exists():
-            return path
-    raise FileNotFoundError(f"no rgb image {im_id:06d} in {scene_path / 'rgb'}")
 
 
 def augment_matrix(rng: np.random.Generator | None, center, box_side: float, cfg: ViewAugmentConfig) -> np.ndarray:

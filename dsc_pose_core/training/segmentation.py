@@ -62,6 +62,7 @@ import torch
 from tqdm import tqdm
 
 from ..data import bop_io
+from ..data.bop_io import find_rgb, read_rgb
 from ..data.boxes import DEFAULT_MAX_LOOSENING, box_mask, loosen_box_xywh
 from ..losses.segmentation import balanced_masked_segmentation_loss, masked_segmentation_loss
 from ..models.segmentation import ENCODERS, RoiSegmenter, normalise_rgb
@@ -190,21 +191,6 @@ def resolve_path(path: str, base: Path | None = None) -> Path:
     """Relative paths are relative to the repository root (or ``base``)."""
     p = Path(os.path.expanduser(path))
     return p if p.is_absolute() else (base or bop_io.repo_root()) / p
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise FileNotFoundError(f"cannot read image {path}")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def find_rgb(scene_path: Path, im_id: int) -> Path:
-    for ext in ("png", "jpg", "jpeg"):
-        path = scene_path / "rgb" / f"{im_id:06d}.{ext}"
-        if path.exists():
-            return path
-    raise FileNotFoundError(f"no rgb image {im_id:06d} in {scene_path / 'rgb'}")
 
 
 @dataclass

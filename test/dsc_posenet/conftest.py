@@ -38,8 +38,3 @@ def tiny_dsc_data(tmp_path_factory):
     return {"root": root, "models": models, "synth": root / "synth", "real": root / "real",
             "pseudo": root / "pseudo", "K": K}
 
-
-def tiny_model_config():
-    from dsc_pose_core.models.dsc_posenet import DscModelConfig
-
-    return DscModelConfig(backbone="resnet18", decoder_channels=16, unnorm_size=64, window_px=80.0, norm_size=32)

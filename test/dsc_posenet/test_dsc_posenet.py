@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_model_config
+from dsc_testlib import tiny_model_config
 from dsc_pose_core.data.dsc_views import (RealPoseDataset, SyntheticPoseDataset, ViewAugmentConfig, real_instances,
                                           synthetic_instances)
 from dsc_pose_core.geometry import axis_angle_to_matrix, crop_affine, uncrop_pixels

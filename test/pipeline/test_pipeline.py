@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from dsc_pose_core.data import bop_io
-from dsc_pose_core.data.dsc_views import find_rgb, read_rgb
+from dsc_pose_core.data.bop_io import find_rgb, read_rgb
 from dsc_pose_core.pipeline import Detection, PipelineConfig, PipelineConfigError, PoseEstimator
 from dsc_pose_core.predict_cli import gt_detections, main as predict_main
 

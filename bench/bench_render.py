@@ -26,7 +26,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dsc_pose_core.geometry import axis_angle_to_matrix, crop_intrinsics, rotation_angle_between  # noqa: E402
+from dsc_pose_core.geometry import (axis_angle_to_matrix, crop_intrinsics, nearest_rotation,  # noqa: E402
+                                    rotation_angle_between)
 from dsc_pose_core.objects import load_mesh  # noqa: E402
 from dsc_pose_core.render import DifferentiableRenderer, FastRenderer  # noqa: E402
 from dsc_pose_core.render.fit import fit_pose_to_silhouette  # noqa: E402
@@ -49,14 +50,9 @@ def median_ms(fn, repeats: int, warmup: int = 1) -> float:
     return 1000.0 * statistics.median(times)
 
 
-def nearest_rotation(matrix):
-    u, _, vt = np.linalg.svd(matrix)
-    return u @ np.diag([1.0, 1.0, np.linalg.det(u @ vt)]) @ vt
-
-
 def _rotation(values, orthonormal):
     matrix = np.asarray(values, dtype=np.float64).reshape(3, 3)
-    return nearest_rotation(matrix) if orthonormal else matrix
+    return nearest_rotation(torch.from_numpy(matrix)).numpy() if orthonormal else matrix
 
 
 class Scene:

@@ -47,3 +47,9 @@ def rotation_angle_between(rot_a: torch.Tensor, rot_b: torch.Tensor) -> torch.Te
     relative = rot_a.transpose(-1, -2) @ rot_b
     cos = ((relative.diagonal(dim1=-2, dim2=-1).sum(-1) - 1.0) / 2.0).clamp(-1.0, 1.0)
     return torch.arccos(cos)
+
+
+def nearest_rotation(matrix: torch.Tensor) -> torch.Tensor:
+    """The rotation closest to a 3x3 matrix [...,3,3] in Frobenius norm (special Procrustes), e.g. to
+    clean BOP ground truth, whose rotations are orthonormal only to ~5e-4."""
+    return roma.special_procrustes(matrix)

@@ -2,7 +2,7 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
-from dsc_pose_core.geometry import (axis_angle_to_matrix, compose, invert, matrix_to_axis_angle,
+from dsc_pose_core.geometry import (axis_angle_to_matrix, compose, invert, matrix_to_axis_angle, nearest_rotation,
                                     matrix_to_quaternion, matrix_to_rotation_6d, quaternion_to_matrix,
                                     rotation_6d_to_matrix, rotation_angle_between, to_matrix,
                                     transform_points)
@@ -56,3 +56,13 @@ def test_se3_compose_invert_and_transform():
     homogeneous = torch.cat([points, torch.ones(32, 5, 1, dtype=torch.float64)], -1)
     expected = (homogeneous @ to_matrix(rotation, translation).transpose(-1, -2))[..., :3]
     np.testing.assert_allclose(transform_points(rotation, translation, points).numpy(), expected.numpy(), atol=1e-12)
+
+
+def test_nearest_rotation_is_the_svd_projection():
+    matrices = torch.from_numpy(SCIPY_ROTATIONS.as_matrix()) + 5e-4 * torch.randn(32, 3, 3, dtype=torch.float64)
+    u, _, vt = np.linalg.svd(matrices.numpy())
+    expected = u @ np.diag([1.0, 1.0, 0.0]) @ vt + np.einsum("bi,bj->bij", u[:, :, 2], vt[:, 2]) * np.linalg.det(
+        u @ vt)[:, None, None]
+    cleaned = nearest_rotation(matrices)
+    np.testing.assert_allclose(cleaned.numpy(), expected, atol=1e-10)
+    np.testing.assert_allclose(torch.linalg.det(cleaned).numpy(), 1.0, atol=1e-12)

@@ -7,7 +7,9 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from dsc_pose_core.geometry import nearest_rotation
 from dsc_pose_core.objects import load_mesh
 
 SCENE = "test/000002"
@@ -24,14 +26,9 @@ def _decimated(root: str, obj_id: int, faces: int):
     return _mesh(root, obj_id).decimated(faces)
 
 
-def nearest_rotation(matrix: np.ndarray) -> np.ndarray:
-    u, _, vt = np.linalg.svd(matrix)
-    return u @ np.diag([1.0, 1.0, np.linalg.det(u @ vt)]) @ vt
-
-
 def _rotation(values, orthonormal):
     matrix = np.asarray(values, dtype=np.float64).reshape(3, 3)
-    return nearest_rotation(matrix) if orthonormal else matrix
+    return nearest_rotation(torch.from_numpy(matrix)).numpy() if orthonormal else matrix
 
 
 class LmoScene:

@@ -49,6 +49,7 @@ RGB_STD = (0.229, 0.224, 0.225)
 @dataclass
 class DscModelConfig:
     backbone: str = "resnet18"
+    backbone_stages: int = 4  # ResNet stages used; 3 drops layer4 (resnet18: 11.3M -> 2.8M parameters)
     decoder_channels: int = 64
     n_keypoints: int = 9  # 8 FPS + centre
     n_objects: int = 1  # one model per object (output channels per object: later)
@@ -64,6 +65,8 @@ class DscModelConfig:
 
         if self.backbone not in BACKBONES:
             raise ConfigError(f"model.backbone {self.backbone!r} not in {BACKBONES}")
+        if self.backbone_stages not in (3, 4):
+            raise ConfigError("model.backbone_stages must be 3 or 4")
         if self.out_stride not in (4, 8):
             raise ConfigError("model.out_stride must be 4 or 8")
         if self.fg_mode not in ("soft", "hard"):
@@ -117,8 +120,9 @@ class DscPoseNet(nn.Module):
         self.config = config = config or DscModelConfig()
         net = getattr(torchvision.models, config.backbone)(weights=None)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
-        self.stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
-        widths = [64, 128, 256, 512] if config.backbone in ("resnet18", "resnet34") else [256, 512, 1024, 2048]
+        stages = config.backbone_stages
+        self.stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4][:stages])
+        widths = ([64, 128, 256, 512] if config.backbone in ("resnet18", "resnet34") else [256, 512, 1024, 2048])[:stages]
         first = 0 if config.out_stride == 4 else 1
         self.first_level = first
         c = config.decoder_channels

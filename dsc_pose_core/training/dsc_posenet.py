@@ -95,6 +95,7 @@ class DscPoseNetConfig:
     self_stage: DscOptimConfig = field(default_factory=lambda: DscOptimConfig(steps=100, lr=3e-4))
     init_checkpoint: str = ""
     checkpoint_every: int = 100
+    workers: int = 0  # DataLoader worker processes: 0 on the 2-core CPU, several beside a GPU
 
     def validate(self) -> None:
         bad = [s for s in self.stages if s not in STAGE_NAMES]
@@ -107,13 +108,13 @@ class DscPoseNetConfig:
         self.model.validate()
 
 
-def _cycle(dataset, batch_size: int, seed: int):
+def _cycle(dataset, batch_size: int, seed: int, workers: int = 0):
     generator = torch.Generator().manual_seed(seed)
     epoch = 0
     while True:
         dataset.epoch = epoch
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=False,
-                                             generator=generator, num_workers=0)
+                                             generator=generator, num_workers=workers)
         for batch in loader:
             yield batch
         epoch += 1
@@ -255,7 +256,7 @@ def model_from_checkpoint(path, device="cpu") -> tuple[DscPoseNet, np.ndarray, i
         raise ValueError(f"{path}: not a DSC-PoseNet checkpoint (format {payload.get('format')!r})")
     model = DscPoseNet(from_dict(DscModelConfig, payload["model_config"], "model_config"))
     model.load_state_dict(payload["model"])
-    return model.to(device), payload["keypoints_3d"].numpy(), int(payload["obj_id"])
+    return model.to(device), payload["keypoints_3d"].cpu().numpy(), int(payload["obj_id"])
 
 
 def save(path: Path, trainer: DscPoseNetTrainer, optimiser, stage: str, step: int, cfg: DscPoseNetConfig,
@@ -313,7 +314,9 @@ def run_dsc_posenet(config, out: str | None = None, resume: str | None = None, c
     syn = SyntheticPoseDataset(synthetic_instances(syn_root, cfg.obj_id, cfg.synthetic.split,
                                                    cfg.synthetic.min_visib_fract, cfg.synthetic.min_px),
                                keypoints_3d, cfg.model, cfg.augment, config.seed)
-    trainer = DscPoseNetTrainer(cfg, keypoints_3d, mesh if "self" in cfg.stages else None, config.device)
+    # the differentiable renderer only serves the alignment term (eq. 12-14): none without it
+    needs_renderer = "self" in cfg.stages and cfg.real.mode == "pseudo" and cfg.loss.lambda_2 > 0
+    trainer = DscPoseNetTrainer(cfg, keypoints_3d, mesh if needs_renderer else None, config.device)
     start_stage, start_step, state = cfg.stages[0], 0, None
     history: list = []
     init = resume or cfg.init_checkpoint
@@ -337,12 +340,12 @@ def run_dsc_posenet(config, out: str | None = None, resume: str | None = None, c
             if len(real) == 0:
                 raise ConfigError(f"no real instances of object {cfg.obj_id} (pseudo_dir {pseudo})")
             results["n_real"] = len(real)
-            real_iter = _cycle(real, opt.real_batch_size, config.seed + 1)
+            real_iter = _cycle(real, opt.real_batch_size, config.seed + 1, cfg.workers)
         optimiser = torch.optim.Adam(trainer.model.parameters(), lr=opt.lr)
         if state and stage == start_stage:
             optimiser.load_state_dict(state)
         t_stage = time.time()
-        history, optimiser = train_stage(trainer, stage, _cycle(syn, opt.batch_size, config.seed), real_iter, opt,
+        history, optimiser = train_stage(trainer, stage, _cycle(syn, opt.batch_size, config.seed, cfg.workers), real_iter, opt,
                                          out_dir, start_step if stage == start_stage else 0, optimiser, history)
         save(out_dir / "checkpoints" / f"dsc_{stage}.pt", trainer, optimiser, stage, opt.steps, cfg, history)
         save(out_dir / "checkpoints" / "dsc_last.pt", trainer, optimiser, stage, opt.steps, cfg, history)

@@ -246,9 +246,11 @@ def ensure_synthetic(cfg: SyntheticDataConfig, obj_ids: list[int], real_root: Pa
     """Generate the synthetic dataset with dsc-pose-synth when it is missing or incomplete
     (the generator resumes, so an existing complete dataset costs nothing)."""
     root = resolve_path(cfg.dir)
-    rgb_dir = root / cfg.split / "000000" / "rgb"
-    have = len(list(rgb_dir.glob("*"))) if rgb_dir.is_dir() else 0
-    if have >= cfg.n_images and (root / cfg.split / "000000" / "scene_gt_info.json").exists():
+    # a dataset may hold several scenes (e.g. shards rendered in parallel, one scene id each)
+    split_dir = root / cfg.split
+    scenes = sorted(p for p in split_dir.iterdir() if p.is_dir()) if split_dir.is_dir() else []
+    have = sum(len(list((s / "rgb").glob("*"))) for s in scenes if (s / "rgb").is_dir())
+    if scenes and have >= cfg.n_images and all((s / "scene_gt_info.json").exists() for s in scenes):
         return root
     if not cfg.generate:
         raise FileNotFoundError(f"synthetic dataset {root} is missing or incomplete and generate is false")

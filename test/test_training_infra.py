@@ -1,0 +1,84 @@
+"""Training infrastructure shared by the stages: compact float16 checkpoints, multi-scene synthetic
+datasets (parallel shards), every shipped training config parses, the 3-stage DSC backbone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dsc_pose_core.models.dsc_posenet import DscModelConfig, DscPoseNet
+from dsc_pose_core.training.checkpoint import compact_payload, load_checkpoint, main as checkpoint_main, save_checkpoint
+
+
+def test_three_stage_backbone_is_small_and_keeps_the_output_grid():
+    torch.manual_seed(0)
+    full = DscPoseNet(DscModelConfig(backbone_stages=4))
+    small = DscPoseNet(DscModelConfig(backbone_stages=3))
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(small) < 3.0e6 < count(full)
+    out = small(torch.zeros(2, 3, 64, 64))
+    assert out["mask_logits"].shape == (2, 1, 16, 16) and out["keypoints"].shape == (2, 9, 2)
+
+
+def test_compact_checkpoint_is_float16_weights_only_and_loads_into_float32(tmp_path):
+    torch.manual_seed(0)
+    model = DscPoseNet(DscModelConfig(backbone_stages=3, unnorm_size=64, norm_size=64)).eval()
+    optimiser = torch.optim.Adam(model.parameters())
+    model(torch.randn(1, 3, 64, 64))["keypoints"].sum().backward()
+    optimiser.step()
+    src = save_checkpoint(tmp_path / "full.pt", {"format": "x", "model": model.state_dict(),
+                                                 "optimizer": optimiser.state_dict(), "history": "[]", "obj_id": 5})
+    assert checkpoint_main([str(src), str(tmp_path / "compact.pt")]) == 0
+    compact = load_checkpoint(tmp_path / "compact.pt")
+    assert "optimizer" not in compact and "history" not in compact and compact["obj_id"] == 5
+    floats = [v for v in compact["model"].values() if v.is_floating_point()]
+    assert floats and all(v.dtype == torch.float16 for v in floats)
+    assert (tmp_path / "compact.pt").stat().st_size < 0.3 * src.stat().st_size
+    again = DscPoseNet(DscModelConfig(backbone_stages=3, unnorm_size=64, norm_size=64)).eval()
+    again.load_state_dict(compact["model"])
+    assert next(again.parameters()).dtype == torch.float32
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(model(x)["keypoints"], again(x)["keypoints"], atol=0.05)
+    assert compact_payload({"state_dict": {"w": torch.ones(2)}})["state_dict"]["w"].dtype == torch.float16
+
+
+def test_checkpoint_cli_reports_a_bad_file(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert checkpoint_main([str(bad), str(tmp_path / "out.pt")]) == 2
+    assert "error" in capsys.readouterr().err and not (tmp_path / "out.pt").exists()
+
+
+def _fake_scene(scene: Path, n: int, with_info: bool = True):
+    (scene / "rgb").mkdir(parents=True)
+    for i in range(n):
+        (scene / "rgb" / f"{i:06d}.jpg").write_bytes(b"x")
+    if with_info:
+        (scene / "scene_gt_info.json").write_text(json.dumps({}))
+
+
+def test_ensure_synthetic_counts_images_over_all_scenes(tmp_path):
+    from dsc_pose_core.training.segmentation import SyntheticDataConfig, ensure_synthetic
+
+    root = tmp_path / "synth"
+    for k in range(3):  # three shards rendered in parallel, one scene each
+        _fake_scene(root / "train_synt" / f"{k:06d}", 4)
+    cfg = SyntheticDataConfig(dir=str(root), n_images=12, generate=False)
+    assert ensure_synthetic(cfg, [1], tmp_path) == root
+    with pytest.raises(FileNotFoundError):  # 13 wanted, 12 there, generation off
+        ensure_synthetic(SyntheticDataConfig(dir=str(root), n_images=13, generate=False), [1], tmp_path)
+    _fake_scene(root / "train_synt" / "000003", 4, with_info=False)  # a shard still being written
+    with pytest.raises(FileNotFoundError):
+        ensure_synthetic(SyntheticDataConfig(dir=str(root), n_images=12, generate=False), [1], tmp_path)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "config" / "train").glob("*.yaml")))
+def test_every_training_config_parses(repo_root, name):
+    from dsc_pose_core.training.cli import parse_config
+
+    config = parse_config(repo_root / "config" / "train" / name)
+    assert config.stage in ("segmentation", "deepim", "dsc_posenet")

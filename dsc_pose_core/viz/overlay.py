@@ -125,3 +125,19 @@ def draw_poses(image: np.ndarray, K, poses: Sequence[tuple[int, np.ndarray, np.n
                 cv2.putText(image, str(int(obj_id)), _pt(uv[0] + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.45, color, 1,
                             cv2.LINE_AA)
     return silhouettes
+
+
+def draw_axes(image: np.ndarray, K, R, t, length: float, thickness: int = 2) -> bool:
+    """Object axes (x red, y green, z blue; ``length`` in metres) at pose (R, t) over ``image``
+    (uint8 RGB, in place). False when the origin is behind the camera."""
+    R = np.asarray(R, dtype=np.float64)
+    t = np.asarray(t, dtype=np.float64).reshape(3)
+    if t[2] <= 0 or not (np.isfinite(R).all() and np.isfinite(t).all()):
+        return False
+    points = np.array([[0, 0, 0], [length, 0, 0], [0, length, 0], [0, 0, length]], dtype=np.float64)
+    uv, z = project_points(points, K, R, t)
+    if (z <= 0).any() or not np.isfinite(uv).all():
+        return False
+    for end, color in zip(uv[1:], ((255, 0, 0), (0, 255, 0), (0, 0, 255))):
+        cv2.line(image, _pt(uv[0]), _pt(end), color, thickness, cv2.LINE_AA)
+    return True

@@ -28,6 +28,9 @@ setup(
             "dsc-pose-synth = dsc_pose_core.data.synth_cli:main",
             "dsc-pose-viz = dsc_pose_core.viz.cli:main",
             "dsc-pose-predict = dsc_pose_core.predict_cli:main",
+            "dsc-pose-bag = dsc_pose_ros.bag:main",
+            "dsc-pose-node = dsc_pose_ros.node:main",
+            "pose_node = dsc_pose_ros.node:main",
         ],
     },
 )

@@ -34,9 +34,9 @@ $(VENV)/.stamp-package: setup.py setup.cfg package.xml $(VENV)/.stamp-core
 	touch $@
 
 demo: setup
-	@echo "== dsc_pose demo: until the pose pipeline demo lands, this scores a bundled BOP result"
-	@echo "== (a public MegaPose submission on LM-O scene 2) with the package's BOP evaluator."
-	$(VENV)/bin/dsc-pose-eval --dataset $(LMO) --results $(LMO)/reference/cnos-fastsammegapose_lmo-test.csv
+	@echo "== dsc_pose demo: the pose node on the embedded demo object (generated), fed a rosbag of a"
+	@echo "== synthetic scene it renders itself; prints accuracy and latency, writes overlays to out/demo/"
+	$(VENV)/bin/dsc-pose-demo
 
 test: setup
 	$(VPY) -m pytest test -q

@@ -31,6 +31,7 @@ setup(
             "dsc-pose-bag = dsc_pose_ros.bag:main",
             "dsc-pose-node = dsc_pose_ros.node:main",
             "pose_node = dsc_pose_ros.node:main",
+            "dsc-pose-demo = dsc_pose_ros.demo:main",
         ],
     },
 )

@@ -220,8 +220,13 @@ class DeepImTrainer:
             tensors.append(z.tensor)
             if with_targets:
                 w, h = self.zoom.width, self.zoom.height
-                target = self.renderer.render(z.K_crop, [(it.obj_id, it.R_gt, it.t_gt)], width=w, height=h, rgb=False)
                 visible = crop_image(it.mask_visib.astype(np.uint8), z.window, w, h, nearest=True) > 0
+                masks.append(torch.from_numpy(visible))
+                if self.weights.flow <= 0:  # no flow term (eq. 5 with beta = 0): skip the target render
+                    flows.append(torch.zeros(2, h, w))
+                    valids.append(torch.zeros(h, w, dtype=torch.bool))
+                    continue
+                target = self.renderer.render(z.K_crop, [(it.obj_id, it.R_gt, it.t_gt)], width=w, height=h, rgb=False)
                 flow, valid = flow_from_renders(
                     torch.from_numpy(z.depth_rend)[None].double(), torch.from_numpy(z.K_crop),
                     torch.from_numpy(R_cur[i])[None], torch.from_numpy(t_cur[i])[None],
@@ -230,7 +235,6 @@ class DeepImTrainer:
                     torch.from_numpy(visible)[None])
                 flows.append(flow[0].float())
                 valids.append(valid[0])
-                masks.append(torch.from_numpy(visible))
         batch = torch.from_numpy(np.stack(tensors))
         if not with_targets:
             return batch, None, None, None

@@ -115,26 +115,10 @@ def run(args) -> dict:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     dataset = Path(args.dataset)
-    scene_path = bop_io.scene_dir(dataset, args.scene, args.split_dir)
-    if not scene_path.is_dir():
-        raise FileNotFoundError(f"scene folder not found: {scene_path}")
-    cams = bop_io.load_scene_camera(scene_path / "scene_camera.json")
-    scene_gt = bop_io.load_scene_gt(scene_path / "scene_gt.json")
-    scene_info = bop_io.load_scene_gt_info(scene_path / "scene_gt_info.json")
-    if args.split:
-        splits = bop_io.load_splits(dataset / "splits.json")
-        if args.split not in splits:
-            raise ValueError(f"split {args.split!r} not in {dataset / 'splits.json'}: {sorted(splits)}")
-        im_ids = list(splits[args.split])
-    elif args.ids:
-        im_ids = read_id_file(args.ids)
-    else:
-        im_ids = sorted(cams)
-    missing = [i for i in im_ids if i not in cams]
-    if missing:
-        raise ValueError(f"image ids {missing[:10]} are not in {scene_path / 'scene_camera.json'}")
-    if args.max_images > 0:
-        im_ids = im_ids[: args.max_images]
+    scene = bop_io.select_scene_images(dataset, args.scene, args.split_dir, args.split,
+                                       None if args.split or not args.ids else read_id_file(args.ids), args.max_images)
+    scene_path, cams, scene_gt, scene_info, im_ids = (scene.scene_path, scene.cameras, scene.gt, scene.gt_info,
+                                                      scene.im_ids)
 
     repo = bop_io.repo_root()
     ckpt_dir = args.checkpoints or (str(repo / "checkpoints") if (repo / "checkpoints").is_dir() else None)

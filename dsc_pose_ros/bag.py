@@ -184,27 +184,16 @@ def make_bag(args) -> dict:
     if args.rate <= 0:
         raise BagError(f"--rate must be > 0, got {args.rate}")
     dataset = Path(args.dataset)
-    scene_path = bop_io.scene_dir(dataset, args.scene, args.split_dir)
-    if not scene_path.is_dir():
-        raise BagError(f"scene folder not found: {scene_path}")
     out = Path(args.out)
     if out.exists():
         raise BagError(f"output already exists: {out} (rosbag2 writes a new folder)")
-    cams = bop_io.load_scene_camera(scene_path / "scene_camera.json")
-    scene_gt = bop_io.load_scene_gt(scene_path / "scene_gt.json")
-    scene_info = bop_io.load_scene_gt_info(scene_path / "scene_gt_info.json")
-    if args.split:
-        splits = bop_io.load_splits(dataset / "splits.json")
-        if args.split not in splits:
-            raise BagError(f"split {args.split!r} not in {dataset / 'splits.json'}: {sorted(splits)}")
-        im_ids = list(splits[args.split])
-    else:
-        im_ids = sorted(cams)
-    missing = [i for i in im_ids if i not in cams]
-    if missing:
-        raise BagError(f"image ids {missing[:10]} are not in {scene_path / 'scene_camera.json'}")
-    if args.max_images > 0:
-        im_ids = im_ids[: args.max_images]
+    try:
+        scene = bop_io.select_scene_images(dataset, args.scene, args.split_dir, args.split,
+                                           max_images=args.max_images)
+    except (FileNotFoundError, ValueError) as exc:
+        raise BagError(str(exc)) from None
+    scene_path, cams, scene_gt, scene_info, im_ids = (scene.scene_path, scene.cameras, scene.gt, scene.gt_info,
+                                                      scene.im_ids)
     if not im_ids:
         raise BagError("no images to write")
 

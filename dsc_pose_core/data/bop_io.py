@@ -109,6 +109,45 @@ def scene_dir(dataset_dir: str | os.PathLike, scene_id: int, split: str = "test"
     return Path(dataset_dir) / split / f"{int(scene_id):06d}"
 
 
+@dataclass
+class SceneSelection:
+    """A BOP scene's annotation files and the image ids chosen from it (see :func:`select_scene_images`)."""
+    scene_path: Path
+    cameras: dict
+    gt: dict
+    gt_info: dict
+    im_ids: list[int]
+
+
+def select_scene_images(dataset_dir: str | os.PathLike, scene_id: int, split_dir: str = "test",
+                        split: str | None = None, im_ids=None, max_images: int = 0) -> SceneSelection:
+    """Load a scene's scene_camera / scene_gt / scene_gt_info and choose its images: the ids listed
+    under ``split`` in ``dataset_dir/splits.json``, else ``im_ids``, else every image of the scene;
+    at most ``max_images`` (0 = all). Raises FileNotFoundError / ValueError with one clear sentence."""
+    dataset = Path(dataset_dir)
+    scene_path = scene_dir(dataset, scene_id, split_dir)
+    if not scene_path.is_dir():
+        raise FileNotFoundError(f"scene folder not found: {scene_path}")
+    cameras = load_scene_camera(scene_path / "scene_camera.json")
+    gt = load_scene_gt(scene_path / "scene_gt.json")
+    gt_info = load_scene_gt_info(scene_path / "scene_gt_info.json")
+    if split:
+        splits = load_splits(dataset / "splits.json")
+        if split not in splits:
+            raise ValueError(f"split {split!r} not in {dataset / 'splits.json'}: {sorted(splits)}")
+        ids = list(splits[split])
+    elif im_ids is not None:
+        ids = [int(i) for i in im_ids]
+    else:
+        ids = sorted(cameras)
+    missing = [i for i in ids if i not in cameras]
+    if missing:
+        raise ValueError(f"image ids {missing[:10]} are not in {scene_path / 'scene_camera.json'}")
+    if max_images > 0:
+        ids = ids[:max_images]
+    return SceneSelection(scene_path, cameras, gt, gt_info, ids)
+
+
 def find_rgb(scene_path: str | os.PathLike, im_id: int) -> Path:
     """The RGB image of ``im_id`` in a BOP scene folder (png, jpg or jpeg, as BOP datasets vary)."""
     for ext in ("png", "jpg", "jpeg"):

@@ -11,6 +11,7 @@ converted here with numpy, encodings per REP 118 / sensor_msgs/image_encodings).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable, Sequence
 
 import numpy as np
@@ -145,6 +146,11 @@ class EstimateOut:
     size_xyz: Sequence[float]  # model extents (metres), the Detection3D box size
     detection_id: str = ""
 
+    @cached_property
+    def pose(self):
+        """geometry_msgs/Pose, built once and shared by every message of this estimate."""
+        return pose_msg(self.R, self.t)
+
 
 def detection3d_array(header, estimates: Sequence[EstimateOut], class_id_names: bool = False):
     """vision_msgs/Detection3DArray: one Detection3D per estimate, one hypothesis with the pose."""
@@ -159,9 +165,9 @@ def detection3d_array(header, estimates: Sequence[EstimateOut], class_id_names: 
         hyp = ObjectHypothesisWithPose()
         hyp.hypothesis.class_id = est.name if class_id_names else str(est.obj_id)
         hyp.hypothesis.score = float(est.score)
-        hyp.pose.pose = pose_msg(est.R, est.t)
+        hyp.pose.pose = est.pose
         det.results.append(hyp)
-        det.bbox.center = pose_msg(est.R, est.t)
+        det.bbox.center = est.pose
         det.bbox.size.x, det.bbox.size.y, det.bbox.size.z = (float(v) for v in est.size_xyz)
         out.detections.append(det)
     return out
@@ -172,7 +178,7 @@ def pose_stamped(header, est: EstimateOut):
 
     msg = PoseStamped()
     msg.header = header
-    msg.pose = pose_msg(est.R, est.t)
+    msg.pose = est.pose
     return msg
 
 
@@ -183,7 +189,7 @@ def transform_stamped(header, child_frame: str, est: EstimateOut):
     msg = TransformStamped()
     msg.header = header
     msg.child_frame_id = child_frame
-    pose = pose_msg(est.R, est.t)
+    pose = est.pose
     msg.transform.translation.x = pose.position.x
     msg.transform.translation.y = pose.position.y
     msg.transform.translation.z = pose.position.z

@@ -266,8 +266,6 @@ class PoseNode:
     def _markers(self, header, estimates):
         from visualization_msgs.msg import Marker, MarkerArray
 
-        from .conversions import pose_msg
-
         out = MarkerArray()
         clear = Marker()
         clear.header = header
@@ -281,7 +279,7 @@ class PoseNode:
             m.id = i
             m.type = Marker.MESH_RESOURCE
             m.action = Marker.ADD
-            m.pose = pose_msg(est.R, est.t)
+            m.pose = est.pose
             m.scale.x = m.scale.y = m.scale.z = float(entry.unit_scale)
             m.mesh_resource = "file://" + os.path.abspath(entry.mesh_path)
             m.mesh_use_embedded_materials = True

@@ -11,6 +11,7 @@ uint8 RGB [H,W,3]; the same generator state gives the same bytes.
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -22,6 +23,8 @@ PHOTO_NAMES = (
     "cell", "horse", "clock", "logo", "colorwheel",
 )
 BACKGROUND_KINDS = ("photo", "noise", "gradient", "stripes", "checker")
+FOLDER_KIND = "folder"  # photographs from a directory given to the generator (e.g. a dataset's unlabeled frames)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 @lru_cache(maxsize=1)
@@ -54,9 +57,25 @@ def photo_bank() -> tuple[np.ndarray, ...]:
     return tuple(out)
 
 
-def photo_background(rng: np.random.Generator, width: int, height: int, max_zoom: float = 2.5) -> np.ndarray:
-    """A random crop of a random sample photograph, scaled to cover width x height, maybe flipped."""
-    bank = photo_bank()
+@lru_cache(maxsize=2)
+def folder_bank(directory: str) -> tuple[np.ndarray, ...]:
+    """Every image of ``directory`` (png / jpg, sorted by name) as uint8 RGB, loaded once."""
+    paths = sorted(p for p in Path(directory).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    images = []
+    for path in paths:
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if img is not None and min(img.shape[:2]) >= 64:
+            images.append(np.ascontiguousarray(img[..., ::-1]))
+    if not images:
+        raise FileNotFoundError(f"no usable background images (png/jpg, >= 64 px) in {directory}")
+    return tuple(images)
+
+
+def photo_background(rng: np.random.Generator, width: int, height: int, max_zoom: float = 2.5,
+                     bank: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
+    """A random crop of a random photograph (the scikit-image samples unless ``bank`` is given),
+    scaled to cover width x height, maybe flipped."""
+    bank = bank or photo_bank()
     img = bank[int(rng.integers(len(bank)))]
     h, w = img.shape[:2]
     scale = max(width / w, height / h) * float(rng.uniform(1.0, max_zoom))
@@ -138,18 +157,25 @@ _MAKERS = {
 
 def random_background(rng: np.random.Generator, width: int, height: int,
                       kinds: tuple[str, ...] = BACKGROUND_KINDS,
-                      weights: tuple[float, ...] | None = None) -> tuple[np.ndarray, str]:
-    """Draw a kind (by ``weights``, default: photographs half of the time) and make a background."""
+                      weights: tuple[float, ...] | None = None, folder: str = "") -> tuple[np.ndarray, str]:
+    """Draw a kind (by ``weights``, default: photographs - the samples and ``folder``'s together -
+    half of the time) and make a background. Kind ``folder`` needs ``folder``, a directory of images."""
     kinds = tuple(kinds)
-    unknown = [k for k in kinds if k not in _MAKERS]
+    unknown = [k for k in kinds if k not in _MAKERS and k != FOLDER_KIND]
     if unknown or not kinds:
-        raise ValueError(f"unknown background kinds {unknown}; choose from {BACKGROUND_KINDS}")
+        raise ValueError(f"unknown background kinds {unknown}; choose from {BACKGROUND_KINDS + (FOLDER_KIND,)}")
+    if FOLDER_KIND in kinds and not folder:
+        raise ValueError(f"background kind {FOLDER_KIND!r} needs a folder of images")
     if weights is None:
-        weights = tuple(0.5 if k == "photo" else 1.0 for k in kinds)
-        if "photo" in kinds and len(kinds) > 1:
-            others = len(kinds) - 1
-            weights = tuple(0.5 if k == "photo" else 0.5 / others for k in kinds)
+        photos = [k for k in kinds if k in ("photo", FOLDER_KIND)]
+        others = len(kinds) - len(photos)
+        if photos and others:
+            weights = tuple(0.5 / len(photos) if k in photos else 0.5 / others for k in kinds)
+        else:
+            weights = tuple(1.0 for _ in kinds)
     p = np.asarray(weights, dtype=np.float64)
     p = p / p.sum()
     kind = kinds[int(rng.choice(len(kinds), p=p))]
+    if kind == FOLDER_KIND:
+        return photo_background(rng, width, height, bank=folder_bank(str(folder))), kind
     return _MAKERS[kind](rng, width, height), kind

@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--elevation", type=_range, default=(-15.0, 90.0), help="elevation range MIN,MAX (deg)")
     p.add_argument("--no-augment", action="store_true", help="no colour jitter, blur or pixel noise")
     p.add_argument("--backgrounds", default="photo,noise,gradient,stripes,checker",
-                   help="background kinds to draw from")
+                   help="background kinds to draw from (add 'folder' to use --background-dir)")
+    p.add_argument("--background-dir", default="", help="folder of png/jpg photographs for background kind 'folder'")
     p.add_argument("--rgb-ext", choices=("png", "jpg"), default="png")
     p.add_argument("--split", default=DEFAULT_SPLIT, help="split folder name")
     p.add_argument("--scene-id", type=int, default=0)
@@ -92,7 +93,7 @@ def config_from_args(args) -> "SynthConfig":
         pose=PoseSamplingConfig(distance=tuple(args.distance), elevation_deg=tuple(args.elevation)),
         distractors=DistractorConfig(min_count=0, max_count=max(0, args.distractors)),
         augment=AugmentConfig.off() if args.no_augment else AugmentConfig(),
-        background_kinds=tuple(k for k in args.backgrounds.split(",") if k),
+        background_kinds=tuple(k for k in args.backgrounds.split(",") if k), background_dir=str(args.background_dir),
         rgb_ext=args.rgb_ext, split=args.split, scene_id=args.scene_id, progress=not args.no_progress)
 
 

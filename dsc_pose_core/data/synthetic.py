@@ -141,6 +141,7 @@ class SynthConfig:
     lighting: LightingConfig = LightingConfig()
     augment: AugmentConfig = AugmentConfig()
     background_kinds: tuple[str, ...] = BACKGROUND_KINDS
+    background_dir: str = ""  # images for background kind "folder"
     edge_blend: bool = True  # soften the inner edge of silhouettes when compositing
     mesh_unit_scale: float = 0.001  # BOP meshes are millimetres
     split: str = DEFAULT_SPLIT
@@ -488,7 +489,7 @@ class SyntheticSceneGenerator:
             distractors.append(self._place(rng, DISTRACTOR_ID_BASE - k, self.distractors[k][2],
                                            objects + distractors, random_rot=True))
         light = self._light(rng)
-        background, bg_kind = random_background(rng, W, H, cfg.background_kinds)
+        background, bg_kind = random_background(rng, W, H, cfg.background_kinds, folder=cfg.background_dir)
         post_rng = np.random.default_rng(rng.integers(2**63))  # augmentation and depth noise
 
         sil: list = [None] * len(objects)

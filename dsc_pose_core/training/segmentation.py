@@ -106,6 +106,10 @@ class SyntheticDataConfig:
     rgb_ext: str = "jpg"
     min_visib_fract: float = 0.1
     min_px: int = 64
+    # backgrounds: "" = the generator's kinds; real_backgrounds: the real training split's RGB frames
+    # (no labels) become background photographs (kind "folder", half of the images)
+    backgrounds: str = ""
+    real_backgrounds: bool = False
 
 
 @dataclass
@@ -242,9 +246,12 @@ def synthetic_samples(cfg: SyntheticDataConfig, obj_ids: list[int]) -> list[RoiS
     return samples
 
 
-def ensure_synthetic(cfg: SyntheticDataConfig, obj_ids: list[int], real_root: Path) -> Path:
+def ensure_synthetic(cfg: SyntheticDataConfig, obj_ids: list[int], real_root: Path,
+                     background_images: list[Path] | None = None) -> Path:
     """Generate the synthetic dataset with dsc-pose-synth when it is missing or incomplete
-    (the generator resumes, so an existing complete dataset costs nothing)."""
+    (the generator resumes, so an existing complete dataset costs nothing). With
+    ``cfg.real_backgrounds``, ``background_images`` (unlabeled real frames) are linked into
+    ``<dir>/backgrounds/`` and used as background photographs."""
     root = resolve_path(cfg.dir)
     # a dataset may hold several scenes (e.g. shards rendered in parallel, one scene id each)
     split_dir = root / cfg.split
@@ -261,6 +268,20 @@ def ensure_synthetic(cfg: SyntheticDataConfig, obj_ids: list[int], real_root: Pa
                "--distractors", str(cfg.distractors), "--distance", f"{cfg.distance[0]},{cfg.distance[1]}",
                "--elevation", f"{cfg.elevation[0]},{cfg.elevation[1]}", "--rgb-ext", cfg.rgb_ext,
                "--split", cfg.split]
+    kinds = cfg.backgrounds
+    if cfg.real_backgrounds:
+        if not background_images:
+            raise ConfigError("synthetic.real_backgrounds needs the real training images")
+        folder = root / "backgrounds"
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in background_images:
+            link = folder / f"{path.parent.parent.name}_{path.name}"
+            if not link.exists():
+                link.symlink_to(path.resolve())
+        kinds = kinds or "folder,noise,gradient,stripes,checker"
+        command += ["--background-dir", str(folder)]
+    if kinds:
+        command += ["--backgrounds", kinds]
     print("generating synthetic data:", " ".join(command), flush=True)
     subprocess.run(command, check=True)
     return root
@@ -624,7 +645,9 @@ def run_segmentation(config, out: str | os.PathLike | None = None, resume: str |
     val_split = load_real_split(cfg.real, cfg.real.val_split, obj_ids)
     real_root = train_split.scene_path.parents[1]
     t0 = time.time()
-    ensure_synthetic(cfg.synthetic, obj_ids, real_root)
+    backgrounds = ([find_rgb(train_split.scene_path, i) for i in train_split.im_ids]
+                   if cfg.synthetic.real_backgrounds else None)
+    ensure_synthetic(cfg.synthetic, obj_ids, real_root, backgrounds)
     synthetic = synthetic_samples(cfg.synthetic, obj_ids)
     timings["synthetic_data_s"] = round(time.time() - t0, 1)
     print(f"synthetic ROIs: {len(synthetic)}; train_real targets: "

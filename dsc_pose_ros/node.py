@@ -335,7 +335,10 @@ def main(argv=None) -> int:
         # local-only discovery and the loopback Fast DDS profile unless the caller opts out
         from .ros_env import apply_ros_env
 
+        had_domain = bool(os.environ.get("ROS_DOMAIN_ID", "").strip())
         apply_ros_env()
+        if not had_domain:  # ROS's default domain, where the camera driver and detector run
+            os.environ.pop("ROS_DOMAIN_ID", None)
     argv = list(sys.argv if argv is None else argv)
     rclpy.init(args=argv)
     pose_node = None

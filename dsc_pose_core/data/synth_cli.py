@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backgrounds", default="photo,noise,gradient,stripes,checker",
                    help="background kinds to draw from (add 'folder' to use --background-dir)")
     p.add_argument("--background-dir", default="", help="folder of png/jpg photographs for background kind 'folder'")
+    p.add_argument("--object-jitter", type=float, default=0.0,
+                   help="per-object colour randomisation strength (0 = off; e.g. 0.3)")
     p.add_argument("--rgb-ext", choices=("png", "jpg"), default="png")
     p.add_argument("--split", default=DEFAULT_SPLIT, help="split folder name")
     p.add_argument("--scene-id", type=int, default=0)
@@ -94,6 +96,7 @@ def config_from_args(args) -> "SynthConfig":
         distractors=DistractorConfig(min_count=0, max_count=max(0, args.distractors)),
         augment=AugmentConfig.off() if args.no_augment else AugmentConfig(),
         background_kinds=tuple(k for k in args.backgrounds.split(",") if k), background_dir=str(args.background_dir),
+        object_jitter=float(args.object_jitter),
         rgb_ext=args.rgb_ext, split=args.split, scene_id=args.scene_id, progress=not args.no_progress)
 
 

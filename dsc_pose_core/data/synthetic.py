@@ -142,6 +142,10 @@ class SynthConfig:
     augment: AugmentConfig = AugmentConfig()
     background_kinds: tuple[str, ...] = BACKGROUND_KINDS
     background_dir: str = ""  # images for background kind "folder"
+    # per-object appearance randomisation before compositing (0 = off): colour gains per channel in
+    # [1 - s, 1 + s], a brightness offset in [-s/2, s/2] x 255 and a saturation factor in [1 - s, 1 + s],
+    # drawn per rendered instance, so mesh colours need not match the photographs
+    object_jitter: float = 0.0
     edge_blend: bool = True  # soften the inner edge of silhouettes when compositing
     mesh_unit_scale: float = 0.001  # BOP meshes are millimetres
     split: str = DEFAULT_SPLIT
@@ -373,6 +377,20 @@ class _Placed:
     radius: float
 
 
+def jitter_instances(rgb: np.ndarray, instance: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """Independent colour gain, brightness and saturation change for each instance id > 0 of
+    ``instance`` in the float RGB render ``rgb`` (a new array, values clipped to 0-255)."""
+    out = rgb.copy()
+    for inst in np.unique(instance):
+        if inst <= 0:
+            continue
+        m = instance == inst
+        region = out[m] * rng.uniform(1.0 - strength, 1.0 + strength, 3) + rng.uniform(-0.5, 0.5) * strength * 255.0
+        grey = region.mean(axis=1, keepdims=True)
+        out[m] = grey + (region - grey) * rng.uniform(1.0 - strength, 1.0 + strength)
+    return np.clip(out, 0.0, 255.0)
+
+
 class SyntheticSceneGenerator:
     """Renders synthetic samples of the configured objects (one OpenGL renderer, meshes loaded once).
 
@@ -522,7 +540,11 @@ class SyntheticSceneGenerator:
         alpha = any_mask.astype(np.float32)
         if cfg.edge_blend:
             alpha = np.minimum(cv2.GaussianBlur(alpha, (3, 3), 0.8), alpha)
-        rgb = render.rgb.astype(np.float32) * alpha[..., None] + background.astype(np.float32) * (1 - alpha[..., None])
+        foreground = render.rgb.astype(np.float32)
+        if cfg.object_jitter > 0:
+            foreground = jitter_instances(foreground, render.instance, np.random.default_rng(post_rng.integers(2**63)),
+                                          cfg.object_jitter)
+        rgb = foreground * alpha[..., None] + background.astype(np.float32) * (1 - alpha[..., None])
         rgb = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
         rgb = augment_rgb(rgb, post_rng, cfg.augment)
         depth_clean = render.depth.astype(np.float32)

@@ -110,6 +110,7 @@ class SyntheticDataConfig:
     # (no labels) become background photographs (kind "folder", half of the images)
     backgrounds: str = ""
     real_backgrounds: bool = False
+    object_jitter: float = 0.0  # per-object colour randomisation of the renders (dsc-pose-synth --object-jitter)
 
 
 @dataclass
@@ -282,6 +283,8 @@ def ensure_synthetic(cfg: SyntheticDataConfig, obj_ids: list[int], real_root: Pa
         command += ["--background-dir", str(folder)]
     if kinds:
         command += ["--backgrounds", kinds]
+    if cfg.object_jitter > 0:
+        command += ["--object-jitter", str(cfg.object_jitter)]
     print("generating synthetic data:", " ".join(command), flush=True)
     subprocess.run(command, check=True)
     return root

@@ -82,3 +82,32 @@ def test_every_training_config_parses(repo_root, name):
 
     config = parse_config(repo_root / "config" / "train" / name)
     assert config.stage in ("segmentation", "deepim", "dsc_posenet")
+
+
+def test_config_inherits_from_bases_and_saves_the_resolved_config(tmp_path, capsys):
+    import yaml
+
+    from dsc_pose_core.training.cli import parse_config, save_resolved_config
+    from dsc_pose_core.training.config import ConfigError
+
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "machine.yaml").write_text("seed: 3\ndevice: cpu\nthreads: 1\n")
+    (tmp_path / "base" / "deepim.yaml").write_text(
+        "base: machine.yaml\nstage: deepim\ndeepim:\n  optim: {steps: 7, batch_size: 4}\n  zoom: {width: 64, height: 48}\n")
+    run = tmp_path / "run.yaml"
+    run.write_text("base: [base/deepim.yaml]\nthreads: 2\nout: out/x\ndeepim:\n  optim: {steps: 9}\n")
+    config = parse_config(run, ["deepim.optim.lr=0.01"])
+    assert (config.seed, config.device, config.threads, config.stage) == (3, "cpu", 2, "deepim")
+    # mappings merge key by key: the base's batch size stays, this file's steps win, overrides win last
+    assert (config.deepim.optim.steps, config.deepim.optim.batch_size, config.deepim.optim.lr) == (9, 4, 0.01)
+    assert (config.deepim.zoom.width, config.deepim.zoom.height) == (64, 48)
+    path = save_resolved_config(config, str(tmp_path / "out"), "python training/train.py --config run.yaml")
+    saved = yaml.safe_load(path.read_text())
+    assert saved["deepim"]["optim"]["steps"] == 9 and saved["threads"] == 2 and "base" not in saved
+    assert "steps: 9" in capsys.readouterr().out
+    (tmp_path / "base" / "machine.yaml").write_text("base: ../run.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        parse_config(run)
+    (tmp_path / "bad.yaml").write_text("base: no_such.yaml\nstage: deepim\n")
+    with pytest.raises(ConfigError, match="not found"):
+        parse_config(tmp_path / "bad.yaml")

@@ -10,6 +10,7 @@ import argparse
 import shlex
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from .config import ConfigError, apply_overrides, from_dict, load_yaml
 from .segmentation import SegmentationConfig, run_segmentation
@@ -74,5 +75,23 @@ def main(argv=None) -> int:
         print(f"train.py: config error: {exc}", file=sys.stderr)
         return 2
     command = "python training/train.py " + " ".join(shlex.quote(a) for a in argv)
+    save_resolved_config(config, args.out or config.out, command)
     STAGES[config.stage](config, args, command)
     return 0
+
+
+def save_resolved_config(config: TrainConfig, out: str, command: str) -> Path:
+    """Print the fully resolved configuration (bases, defaults and overrides applied) and keep it as
+    ``OUT/config.resolved.yaml``, so every run records exactly what it ran."""
+    import yaml
+
+    from ..data.bop_io import atomic_write_text
+    from .config import to_dict
+    from .segmentation import resolve_path
+
+    text = f"# {command}\n" + yaml.safe_dump(to_dict(config), sort_keys=False)
+    print(text, flush=True)
+    path = resolve_path(out) / "config.resolved.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, text)
+    return path

@@ -128,8 +128,20 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def load_yaml(path: str | Path) -> dict:
+def merge(base: dict, child: dict) -> dict:
+    """``child`` over ``base``: mappings merge key by key, anything else (lists too) is replaced."""
+    out = dict(base)
+    for key, value in child.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """A training YAML with its ``base:`` chain resolved: ``base: cpu_small.yaml`` (a path relative to
+    this file, or a list of them, applied in order) supplies defaults that this file overrides."""
     path = Path(path)
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: base configs form a cycle: {' -> '.join(str(p) for p in _seen + (path,))}")
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
@@ -138,4 +150,12 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
-    return raw
+    bases = raw.pop("base", None)
+    if bases is None:
+        return raw
+    resolved: dict = {}
+    for base in [bases] if isinstance(bases, str) else list(bases):
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: base must be a file name or a list of them, got {base!r}")
+        resolved = merge(resolved, load_yaml(path.parent / base, _seen + (path.resolve(),)))
+    return merge(resolved, raw)

@@ -10,7 +10,7 @@ import yaml
 
 from dsc_pose_core.training import checkpoint as ckpt
 from dsc_pose_core.training.cli import main, parse_config
-from dsc_pose_core.training.config import ConfigError
+from dsc_pose_core.training.config import ConfigError, load_yaml
 from dsc_pose_core.training.segmentation import model_from_checkpoint
 
 from dsc_pose_core.data import bop_io
@@ -95,7 +95,7 @@ def test_config_rejects_unknown_keys_and_applies_overrides(tmp_path, repo_root):
     cfg = parse_config(repo_root / "config/train/lmo_seg.yaml", ["segmentation.iterations=2", "segmentation.model.encoder=resnet34"])
     assert cfg.segmentation.iterations == 2 and cfg.segmentation.model.encoder == "resnet34"
     parse_config(repo_root / "config/train/lmo_seg_gpu.yaml")
-    raw = yaml.safe_load((repo_root / "config/train/lmo_seg.yaml").read_text())
+    raw = load_yaml(repo_root / "config/train/lmo_seg.yaml")  # bases resolved: the copy stands alone
     raw["segmentation"]["model"]["colour"] = 1
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(raw))

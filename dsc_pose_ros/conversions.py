@@ -18,7 +18,7 @@ import numpy as np
 
 from dsc_pose_core.geometry.se3 import matrix_to_quaternion_xyzw
 
-# encoding -> (channels, how to reach RGB)
+# encoding -> channels per pixel
 IMAGE_ENCODINGS = {"rgb8": 3, "bgr8": 3, "mono8": 1, "rgba8": 4, "bgra8": 4}
 
 

@@ -81,8 +81,7 @@ def main(argv=None) -> int:
     _run([py, "-m", "dsc_pose_core.viz.cli", "--dataset", str(scene), "--scene", str(SCENE_ID),
           "--results", str(report / "results.csv"), "--max-images", str(args.overlays), "--out", str(overlays)])
     summary = json.loads((report / "report.json").read_text())
-    acc = summary.get("accuracy", {})
-    overall = acc.get("overall", acc) if isinstance(acc, dict) else {}
+    overall = summary.get("accuracy") or {}
     lat = summary.get("latency_ms", {})
     frames = summary.get("frames", {})
     print("\n== dsc_pose demo", flush=True)

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 import yaml
 
 from dsc_pose_core.objects.demo_object import write_demo_models, write_demo_registry
@@ -63,5 +62,5 @@ def test_sigkill_then_resume_finishes_from_the_last_good_checkpoint(tmp_path, re
     assert f"resumed from {last} (step {killed_at})" in resumed.stdout + resumed.stderr
     final = load_checkpoint(last)
     assert int(final["step"]) == STEPS
-    with pytest.raises(Exception):
-        load_checkpoint(last.parent / ".deepim_last.pt.crash.tmp")
+    for checkpoint in last.parent.glob("*.pt"):  # no stray file became a checkpoint; every one loads
+        assert int(load_checkpoint(checkpoint)["step"]) <= STEPS

@@ -1,7 +1,9 @@
-"""``python training/train.py --config FILE [--out DIR] [--resume CKPT] [key=value ...]``.
+"""``python training/train.py --config FILE [--out DIR] [--resume [CKPT]] [--stages a,b] [key=value ...]``.
 
 Loads the YAML (``yaml.safe_load``), applies ``key.sub=value`` overrides, validates it against
-:class:`TrainConfig` (unknown keys are errors) and runs the trainer named by ``stage:``.
+:class:`TrainConfig` (unknown keys are errors) and runs the trainer named by ``stage:``; a config
+with ``stages:`` instead runs the stage chain (``training/chain.py``). Started by
+``torchrun --nproc_per_node=K``, every process joins one DDP group (``training/distributed.py``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import distributed
 from .config import ConfigError, apply_overrides, from_dict, load_yaml
 from .segmentation import SegmentationConfig, run_segmentation
 from .deepim import DeepImConfig, run_deepim
@@ -53,15 +56,26 @@ STAGES = {"segmentation": _segmentation, "deepim": _deepim, "dsc_posenet": _dsc_
 
 
 def parse_config(path, overrides=()) -> TrainConfig:
+    """A single-stage :class:`TrainConfig`, or a ``ChainConfig`` (a subclass) when it has ``stages:``."""
     raw = apply_overrides(load_yaml(path), list(overrides))
+    if "stages" in raw:
+        from .chain import parse_chain
+
+        return parse_chain(raw)
     return from_dict(TrainConfig, raw, "config")
+
+
+RESUME_LATEST = "<latest>"  # ``--resume`` without a path: a chain finds each stage's last checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="train.py", description="dsc_pose training entry point")
     p.add_argument("--config", required=True, help="training YAML (see config/train/)")
     p.add_argument("--out", help="output folder (overrides out:)")
-    p.add_argument("--resume", help="checkpoint to continue from")
+    p.add_argument("--resume", nargs="?", const=RESUME_LATEST,
+                   help="continue: a single stage from checkpoint CKPT; a chain (no CKPT) from each "
+                        "interrupted stage's last checkpoint. Put key=value overrides before --resume")
+    p.add_argument("--stages", help="chain configs: run only these stages, e.g. dsc_posenet,eval")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides (value parsed as YAML)")
     return p
 
@@ -69,14 +83,37 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    command = "python training/train.py " + " ".join(shlex.quote(a) for a in argv)
     try:
         config = parse_config(args.config, args.overrides)
+        chain = bool(getattr(config, "stages", None))
+        if args.stages and not chain:
+            raise ConfigError("--stages needs a chain config (stages: [...]); this one has stage: " + config.stage)
+        if chain and args.resume not in (None, RESUME_LATEST):
+            raise ConfigError(f"--resume takes no checkpoint with a chain config (got {args.resume!r}); "
+                              "put key=value overrides before --resume")
+        if not chain and args.resume == RESUME_LATEST:
+            raise ConfigError("--resume needs the checkpoint to continue from, e.g. OUT/checkpoints/seg_last.pt")
     except ConfigError as exc:
         print(f"train.py: config error: {exc}", file=sys.stderr)
         return 2
-    command = "python training/train.py " + " ".join(shlex.quote(a) for a in argv)
-    save_resolved_config(config, args.out or config.out, command)
-    STAGES[config.stage](config, args, command)
+    config.device = distributed.init_from_env(config.device)
+    try:
+        if distributed.is_main():
+            save_resolved_config(config, args.out or config.out, command)
+        if chain:
+            from .chain import run_chain
+
+            only = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
+            try:
+                run_chain(config, args.out, only, args.resume is not None, command)
+            except ConfigError as exc:
+                print(f"train.py: config error: {exc}", file=sys.stderr)
+                return 2
+        else:
+            STAGES[config.stage](config, args, command)
+    finally:
+        distributed.shutdown()
     return 0
 
 

@@ -36,8 +36,10 @@ from ..deepim.noise import PoseNoiseConfig, sample_pose_noise
 from ..deepim.zoom import ZoomConfig, crop_image, mask_box
 from ..losses.deepim import DeepImLossWeights, deepim_loss
 from ..models.deepim import DeepImNet
+from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ConfigError, to_dict
+from .tensorboard_log import TrainLogger, mask_overlay, tile
 
 CHECKPOINT_FORMAT = "dsc_pose.deepim.v1"
 
@@ -114,7 +116,8 @@ class DeepImConfig:
     loss: DeepImLossConfig = field(default_factory=DeepImLossConfig)
     optim: DeepImOptimConfig = field(default_factory=DeepImOptimConfig)
     checkpoint_every: int = 200  # steps
-    log_every: int = 20
+    log_every: int = 20  # results.json and TensorBoard scalars (losses, lr) every N steps
+    image_every: int = 100  # TensorBoard sample picture every N steps (0 = never)
 
     def validate(self) -> None:
         if self.optim.train_iter < 1 or self.optim.batch_size < 1 or self.optim.steps < 0:
@@ -162,27 +165,31 @@ class DeepImTrainer:
     ObjectMesh (metres), ``infos`` obj_id -> ModelInfo (symmetries; may be empty)."""
 
     def __init__(self, cfg: DeepImConfig, meshes: dict, infos: dict | None = None, seed: int = 0,
-                 device="cpu", models_dir: str = "."):
+                 device="cpu", models_dir: str = ".", data_seed: int | None = None):
         cfg.validate()
         self.cfg = cfg
         self.device = torch.device(device)
         self.obj_ids = sorted(int(o) for o in meshes)
         self.meshes = meshes
         infos = infos or {}
+        # DDP ranks draw different scenes (data_seed) but sample the same model points (seed)
+        data_seed = seed if data_seed is None else data_seed
         d = cfg.data
         synth = SynthConfig(
             models_dir=str(models_dir), obj_ids=tuple(self.obj_ids), width=d.width, height=d.height, K=tuple(d.K),
-            objects_per_image=d.objects_per_image, min_visib_fract=0.05, seed=seed,
+            objects_per_image=d.objects_per_image, min_visib_fract=0.05, seed=data_seed,
             pose=PoseSamplingConfig(distance=tuple(d.distance), elevation_deg=tuple(d.elevation)),
             distractors=DistractorConfig(min_count=0, max_count=d.distractors), progress=False)
         self.generator = SyntheticSceneGenerator(synth, meshes=meshes)
         self.renderer = self.generator.renderer
-        self.rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(7,)))
+        self.rng = np.random.default_rng(np.random.SeedSequence(data_seed, spawn_key=(7,)))
         self.points = {o: torch.from_numpy(sample_model_points(meshes[o], cfg.loss.n_points, seed)).float()
                        for o in self.obj_ids}
         self.vertices = {o: np.asarray(meshes[o].vertices, dtype=np.float64) for o in self.obj_ids}
         self.symmetries = {o: symmetry_tensors(infos.get(o)) for o in self.obj_ids}
         self.model = DeepImNet(cfg.model.width, cfg.model.fc_dim, tuple(cfg.model.pool)).to(self.device)
+        self.net = distributed.wrap(self.model)  # the forward pass (DDP averages gradients over ranks)
+        self.first_inputs = self.last_inputs = None  # network inputs of the latest batch (pictures)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr,
                                           weight_decay=cfg.optim.weight_decay)
         self.zoom = ZoomConfig(cfg.zoom.width, cfg.zoom.height, cfg.zoom.expand)
@@ -269,10 +276,14 @@ class DeepImTrainer:
             g["lr"] = self.lr_at(self.step)
         self.model.train(train)
         log = []
-        for _ in range(cfg.optim.train_iter if n_iter is None else n_iter):
+        n_iter = cfg.optim.train_iter if n_iter is None else n_iter
+        for iteration in range(n_iter):
             batch, flow_gt, valid, mask_gt = self.make_inputs(items, R_cur, t_cur)
+            if iteration == 0:
+                self.first_inputs = batch
+            self.last_inputs = batch
             with torch.set_grad_enabled(train):
-                out = self.model(batch.to(self.device), aux=True)
+                out = self.net(batch.to(self.device), aux=True)
                 total, terms, (R_new, t_new) = deepim_loss(
                     out, torch.from_numpy(R_cur).float().to(self.device), torch.from_numpy(t_cur).float().to(self.device),
                     R_gt, t_gt, ids, points, syms, self.weights, flow_gt.to(self.device), valid.to(self.device),
@@ -314,6 +325,19 @@ class DeepImTrainer:
         self.step = int(payload.get("step", 0))
 
 
+    def sample_picture(self, count: int = 4) -> np.ndarray | None:
+        """The latest batch's zoomed observed crops, tinted red where the object was rendered at the
+        batch's initial pose and green at the pose the last iteration started from."""
+        if self.first_inputs is None:
+            return None
+        pictures = []
+        for first, last in zip(self.first_inputs[:count], self.last_inputs[:count]):
+            observed = ((first[:3].permute(1, 2, 0).numpy() + 0.5) * 255).clip(0, 255).astype(np.uint8)
+            picture = mask_overlay(observed, first[7].numpy() > 0.5, (255, 0, 0), 0.35)
+            pictures.append(mask_overlay(picture, last[7].numpy() > 0.5, (0, 255, 0), 0.35))
+        return tile(pictures)
+
+
 def model_from_checkpoint(path: str | os.PathLike, device="cpu") -> tuple[DeepImNet, dict]:
     """The network (eval mode) and the payload of a DeepIM checkpoint (weights-only load)."""
     payload = load_checkpoint(path, map_location=device)
@@ -351,7 +375,9 @@ def run_deepim(config, out: str | os.PathLike | None = None, resume: str | None 
     meshes = {o: registry[o].mesh for o in obj_ids}
     infos = {o: registry[o].model_info for o in obj_ids}
     names = {o: registry[o].name for o in obj_ids}
-    trainer = DeepImTrainer(cfg, meshes, infos, seed=config.seed, device=config.device)
+    trainer = DeepImTrainer(cfg, meshes, infos, seed=config.seed, device=config.device,
+                            data_seed=distributed.rank_seed(config.seed))
+    logger = TrainLogger(out_dir / "tb", cfg.log_every, cfg.image_every)
     cfg_dict = to_dict(config)
     ckpt_dir = out_dir / "checkpoints"
     results_path = out_dir / "results.json"
@@ -367,6 +393,9 @@ def run_deepim(config, out: str | os.PathLike | None = None, resume: str | None 
         print(f"resumed from {resume} (step {trainer.step})", flush=True)
 
     def save():
+        distributed.sync_buffers(trainer.model)  # every rank keeps the model rank 0 saves
+        if not distributed.is_main():
+            return
         payload = trainer.payload(cfg_dict, names)
         save_checkpoint(ckpt_dir / f"deepim_step{trainer.step}.pt", payload)
         save_checkpoint(ckpt_dir / "deepim_last.pt", payload)
@@ -375,18 +404,25 @@ def run_deepim(config, out: str | os.PathLike | None = None, resume: str | None 
     t0 = time.time()
     running: dict[str, float] = {}
     with tqdm(range(trainer.step, cfg.optim.steps), desc="deepim", unit="step", dynamic_ncols=True,
-              mininterval=5.0) as bar:
+              mininterval=5.0, disable=not distributed.is_main()) as bar:
         for _ in bar:
             log = trainer.train_step()
             first, last = log[0], log[-1]
             for k, v in (("pose_it1", first["pose"]), ("pose_last", last["pose"]), ("total", last["total"])):
                 running[k] = v if k not in running else 0.9 * running[k] + 0.1 * v
             bar.set_postfix({k: f"{v:.4f}" for k, v in running.items()})
+            if logger.wants_scalars(trainer.step):
+                logger.scalars(trainer.step, {f"{k}_it1": v for k, v in first.items()}, "loss")
+                logger.scalars(trainer.step, {f"{k}_last": v for k, v in last.items()}, "loss")
+                logger.scalars(trainer.step, {"lr": trainer.lr_at(trainer.step - 1)})
+            if logger.wants_image(trainer.step):
+                logger.image("sample/initial_red_refined_green", trainer.step, trainer.sample_picture())
             if trainer.step % max(1, cfg.log_every) == 0:
                 results["log"].append({"step": trainer.step, "lr": trainer.lr_at(trainer.step - 1),
                                        "iterations": log, "elapsed_s": round(time.time() - t0, 1)})
             if trainer.step % max(1, cfg.checkpoint_every) == 0:
                 save()
     save()
+    logger.close()
     trainer.close()
     return results

@@ -30,9 +30,12 @@ from ..data import bop_io
 from ..data.dsc_views import (MODES, RealPoseDataset, SyntheticPoseDataset, ViewAugmentConfig, real_instances,
                               synthetic_instances)
 from ..losses import dsc_posenet as L
-from ..models.dsc_posenet import DscModelConfig, DscPoseNet, normalise_rgb, resample_map, view_to_image
+from ..models.dsc_posenet import (DscModelConfig, DscPoseNet, image_to_view, normalise_rgb, resample_map,
+                                  view_to_image)
+from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ConfigError, to_dict
+from .tensorboard_log import TrainLogger, tile
 from .segmentation import SyntheticDataConfig, ensure_synthetic, resolve_path
 
 CHECKPOINT_FORMAT = "dsc_pose.dsc_posenet/1"
@@ -96,6 +99,8 @@ class DscPoseNetConfig:
     init_checkpoint: str = ""
     checkpoint_every: int = 100
     workers: int = 0  # DataLoader worker processes: 0 on the 2-core CPU, several beside a GPU
+    log_every: int = 10  # TensorBoard scalars (loss terms, lr) every N steps (0 = never)
+    image_every: int = 100  # TensorBoard keypoint picture every N steps (0 = never)
 
     def validate(self) -> None:
         bad = [s for s in self.stages if s not in STAGE_NAMES]
@@ -133,6 +138,8 @@ class DscPoseNetTrainer:
         self.cfg = cfg
         self.device = torch.device(device)
         self.model = (model or DscPoseNet(cfg.model)).to(self.device)
+        self.net = distributed.wrap(self.model)  # the forward pass (DDP averages gradients over ranks)
+        self.last_synthetic = None  # (view images, predicted and true keypoints in view px) for pictures
         self.keypoints_3d = torch.as_tensor(np.asarray(keypoints_3d), dtype=torch.float32, device=self.device)
         self.renderer = None
         if mesh is not None:
@@ -142,7 +149,7 @@ class DscPoseNetTrainer:
             self.renderer.add_object(0, mesh, target_faces=cfg.loss.align_faces)
 
     def _forward_view(self, images: torch.Tensor, matrix: torch.Tensor) -> dict:
-        out = self.model(normalise_rgb(images.to(self.device)))
+        out = self.net(normalise_rgb(images.to(self.device)))
         out["k_image"] = view_to_image(out["keypoints"], matrix.to(self.device))
         return out
 
@@ -168,7 +175,28 @@ class DscPoseNetTrainer:
             for k, v in self._supervised(out, matrix, kp, scale, batch[f"{tag}_mask"].to(dev),
                                          offsets_only=offsets_only).items():
                 terms[k] = terms.get(k, 0.0) + v
+            if tag == "u":
+                self.last_synthetic = (batch["u_image"][:4], out["keypoints"][:4].detach().cpu(),
+                                       image_to_view(kp[:4], matrix[:4]).detach().cpu())
         return terms
+
+    def sample_picture(self) -> np.ndarray | None:
+        """The latest synthetic un-normalised views with the true keypoints (green) and the predicted
+        ones (red), joined by a line where the prediction is off."""
+        if self.last_synthetic is None:
+            return None
+        import cv2
+
+        images, predicted, true = self.last_synthetic
+        pictures = []
+        for image, pred, gt in zip(images, predicted, true):
+            picture = np.ascontiguousarray(image.permute(1, 2, 0).numpy().astype(np.uint8))
+            for (px, py), (gx, gy) in zip(pred.numpy(), gt.numpy()):
+                cv2.line(picture, (int(gx), int(gy)), (int(px), int(py)), (255, 255, 0), 1)
+                cv2.circle(picture, (int(gx), int(gy)), 2, (0, 255, 0), -1)
+                cv2.circle(picture, (int(px), int(py)), 2, (255, 0, 0), -1)
+            pictures.append(picture)
+        return tile(pictures)
 
     def real_losses(self, batch: dict) -> dict:
         """Eq. (10)-(14) on a real batch (or supervised terms in the upper-bound mode)."""
@@ -261,6 +289,10 @@ def model_from_checkpoint(path, device="cpu") -> tuple[DscPoseNet, np.ndarray, i
 
 def save(path: Path, trainer: DscPoseNetTrainer, optimiser, stage: str, step: int, cfg: DscPoseNetConfig,
          history: list) -> None:
+    """Called on every rank: rank 0's buffers go to all ranks, then rank 0 alone writes."""
+    distributed.sync_buffers(trainer.model)
+    if not distributed.is_main():
+        return
     save_checkpoint(path, {
         "format": CHECKPOINT_FORMAT, "model": trainer.model.state_dict(),
         "optimizer": optimiser.state_dict() if optimiser is not None else {}, "stage": stage, "step": int(step),
@@ -270,13 +302,17 @@ def save(path: Path, trainer: DscPoseNetTrainer, optimiser, stage: str, step: in
 
 
 def train_stage(trainer: DscPoseNetTrainer, stage: str, syn_iter, real_iter, opt: DscOptimConfig, out_dir: Path | None,
-                start_step: int = 0, optimiser=None, history: list | None = None, progress: bool = True):
-    """Run ``opt.steps`` steps of ``stage`` ("lb" | "self"); returns (history, optimiser)."""
+                start_step: int = 0, optimiser=None, history: list | None = None, progress: bool = True,
+                logger: TrainLogger | None = None):
+    """Run ``opt.steps`` steps of ``stage`` ("lb" | "self"); returns (history, optimiser).
+    TensorBoard steps count on across stages (``lb.steps`` + step in stage ``self``)."""
     history = history if history is not None else []
     model = trainer.model
     optimiser = optimiser or torch.optim.Adam(model.parameters(), lr=opt.lr)
     model.train()
-    bar = tqdm(range(start_step, opt.steps), desc=f"dsc_posenet {stage}", disable=not progress)
+    global_offset = trainer.cfg.lb.steps if stage == "self" and "lb" in trainer.cfg.stages else 0
+    bar = tqdm(range(start_step, opt.steps), desc=f"dsc_posenet {stage}",
+               disable=not progress or not distributed.is_main())
     for step in bar:
         for group in optimiser.param_groups:
             group["lr"] = _lr(opt, step)
@@ -294,6 +330,13 @@ def train_stage(trainer: DscPoseNetTrainer, stage: str, syn_iter, real_iter, opt
         record.update({k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()})
         history.append(record)
         bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k not in ("stage", "step")})
+        if logger is not None:
+            done = global_offset + step + 1
+            if logger.wants_scalars(done):
+                logger.scalars(done, {k: v for k, v in record.items() if k not in ("stage", "step")}, f"loss_{stage}")
+                logger.scalars(done, {"lr": optimiser.param_groups[0]["lr"]})
+            if logger.wants_image(done):
+                logger.image("sample/keypoints_true_green_predicted_red", done, trainer.sample_picture())
         if out_dir is not None and trainer.cfg.checkpoint_every and (step + 1) % trainer.cfg.checkpoint_every == 0:
             save(out_dir / "checkpoints" / "dsc_last.pt", trainer, optimiser, stage, step + 1, trainer.cfg, history)
     return history, optimiser
@@ -311,9 +354,10 @@ def run_dsc_posenet(config, out: str | None = None, resume: str | None = None, c
     mesh, keypoints_3d = load_object(cfg)
     real_root = resolve_path(cfg.real.dataset) if cfg.real.dataset else bop_io.default_lmo_dir()
     syn_root = ensure_synthetic(cfg.synthetic, [cfg.obj_id], real_root)
+    data_seed = distributed.rank_seed(config.seed)  # DDP: every rank draws its own batches
     syn = SyntheticPoseDataset(synthetic_instances(syn_root, cfg.obj_id, cfg.synthetic.split,
                                                    cfg.synthetic.min_visib_fract, cfg.synthetic.min_px),
-                               keypoints_3d, cfg.model, cfg.augment, config.seed)
+                               keypoints_3d, cfg.model, cfg.augment, data_seed)
     # the differentiable renderer only serves the alignment term (eq. 12-14): none without it
     needs_renderer = "self" in cfg.stages and cfg.real.mode == "pseudo" and cfg.loss.lambda_2 > 0
     trainer = DscPoseNetTrainer(cfg, keypoints_3d, mesh if needs_renderer else None, config.device)
@@ -327,6 +371,7 @@ def run_dsc_posenet(config, out: str | None = None, resume: str | None = None, c
             start_stage, start_step, state = payload["stage"], int(payload["step"]), payload.get("optimizer")
             history = json.loads(payload.get("history", "[]"))
     results = {"command": command, "obj_id": cfg.obj_id, "n_synthetic": len(syn), "stages": {}}
+    logger = TrainLogger(out_dir / "tb", cfg.log_every, cfg.image_every)
     for stage in cfg.stages[cfg.stages.index(start_stage):]:
         opt = cfg.lb if stage == "lb" else cfg.self_stage
         real_iter = None
@@ -336,17 +381,18 @@ def run_dsc_posenet(config, out: str | None = None, resume: str | None = None, c
             pseudo = resolve_path(cfg.real.pseudo_dir) if cfg.real.pseudo_dir else None
             real = RealPoseDataset(real_instances(real_root, cfg.real.scene_id, im_ids, cfg.obj_id, pseudo,
                                                   cfg.real.mode, cfg.real.box_seed, cfg.real.max_loosening),
-                                   keypoints_3d, cfg.model, cfg.augment, cfg.loss.align_size, config.seed)
+                                   keypoints_3d, cfg.model, cfg.augment, cfg.loss.align_size, data_seed)
             if len(real) == 0:
                 raise ConfigError(f"no real instances of object {cfg.obj_id} (pseudo_dir {pseudo})")
             results["n_real"] = len(real)
-            real_iter = _cycle(real, opt.real_batch_size, config.seed + 1, cfg.workers)
+            real_iter = _cycle(real, opt.real_batch_size, data_seed + 1, cfg.workers)
         optimiser = torch.optim.Adam(trainer.model.parameters(), lr=opt.lr)
         if state and stage == start_stage:
             optimiser.load_state_dict(state)
         t_stage = time.time()
-        history, optimiser = train_stage(trainer, stage, _cycle(syn, opt.batch_size, config.seed, cfg.workers), real_iter, opt,
-                                         out_dir, start_step if stage == start_stage else 0, optimiser, history)
+        history, optimiser = train_stage(trainer, stage, _cycle(syn, opt.batch_size, data_seed, cfg.workers), real_iter,
+                                         opt, out_dir, start_step if stage == start_stage else 0, optimiser, history,
+                                         logger=logger)
         save(out_dir / "checkpoints" / f"dsc_{stage}.pt", trainer, optimiser, stage, opt.steps, cfg, history)
         save(out_dir / "checkpoints" / "dsc_last.pt", trainer, optimiser, stage, opt.steps, cfg, history)
         last = [h for h in history if h["stage"] == stage][-20:]
@@ -355,6 +401,8 @@ def run_dsc_posenet(config, out: str | None = None, resume: str | None = None, c
                                                    for k in last[-1] if k not in ("stage", "step")} if last else {}}
         start_step = 0
     results["seconds"] = time.time() - t0
-    bop_io.atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
-    bop_io.atomic_write_text(out_dir / "history.json", json.dumps(history) + "\n")
+    logger.close()
+    if distributed.is_main():
+        bop_io.atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
+        bop_io.atomic_write_text(out_dir / "history.json", json.dumps(history) + "\n")
     return results

@@ -69,8 +69,10 @@ from ..models.segmentation import ENCODERS, RoiSegmenter, normalise_rgb
 from ..segmentation import roi
 from ..segmentation.pseudo_labels import DEFAULT_CONFIDENCE, IGNORE, mask_iou, pseudo_label, tta_probability
 from ..segmentation.reference import ReferenceMasks, load_mask_png
+from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ConfigError, to_dict
+from .tensorboard_log import TrainLogger, mask_overlay, tile
 
 CHECKPOINT_FORMAT = "dsc_pose.segmentation/1"
 
@@ -173,6 +175,8 @@ class SegmentationConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     init_checkpoint: str = ""  # start from weights this package trained (same obj_ids)
+    log_every: int = 10  # TensorBoard scalars (loss, lr) every N training steps (0 = never)
+    image_every: int = 100  # TensorBoard picture of predicted and target masks every N steps (0 = never)
 
     def validate(self) -> None:
         if self.model.encoder not in ENCODERS:
@@ -285,8 +289,10 @@ def ensure_synthetic(cfg: SyntheticDataConfig, obj_ids: list[int], real_root: Pa
         command += ["--backgrounds", kinds]
     if cfg.object_jitter > 0:
         command += ["--object-jitter", str(cfg.object_jitter)]
-    print("generating synthetic data:", " ".join(command), flush=True)
-    subprocess.run(command, check=True)
+    if distributed.is_main():  # DDP: one rank renders, the others wait for the finished dataset
+        print("generating synthetic data:", " ".join(command), flush=True)
+        subprocess.run(command, check=True)
+    distributed.barrier()
     return root
 
 
@@ -424,11 +430,30 @@ def select_channels(logits: torch.Tensor, channels: torch.Tensor) -> torch.Tenso
 # --------------------------------------------------------------------------------------------
 # Training, prediction
 # --------------------------------------------------------------------------------------------
+def _sample_picture(images: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, count: int = 4) -> np.ndarray:
+    """Top row: ROI crops with the predicted foreground (P >= 0.5) in green; bottom row: the training
+    target (foreground red, ignored pixels of eq. 2 blue)."""
+    from ..models.segmentation import RGB_MEAN, RGB_STD
+
+    mean = torch.tensor(RGB_MEAN).view(3, 1, 1)
+    std = torch.tensor(RGB_STD).view(3, 1, 1)
+    top, bottom = [], []
+    for image, logit, label in zip(images[:count].cpu(), logits[:count].detach().cpu(), labels[:count].cpu()):
+        rgb = ((image * std + mean) * 255).clamp(0, 255).permute(1, 2, 0).numpy().astype(np.uint8)
+        top.append(mask_overlay(rgb, (torch.sigmoid(logit) >= 0.5).numpy()))
+        target = mask_overlay(rgb, (label == 1).numpy(), (255, 0, 0))
+        bottom.append(mask_overlay(target, (label == IGNORE).numpy(), (0, 0, 255)))
+    return tile(top + bottom, columns=len(top))
+
+
 def train_steps(model: RoiSegmenter, batcher: RoiBatcher, opt_cfg: OptimConfig, device: torch.device,
-                desc: str) -> dict:
+                desc: str, logger: TrainLogger | None = None, step_offset: int = 0) -> dict:
+    """``opt_cfg.steps`` updates; TensorBoard steps are ``step_offset`` + 1, 2, ... (stage 0 and the
+    fine-tuning rounds count on)."""
     if opt_cfg.steps == 0:
         return {"steps": 0, "seconds": 0.0, "final_loss": None}
     model.train()
+    net = distributed.wrap(model)  # DDP averages gradients; every rank draws its own ROIs
     optimizer = torch.optim.AdamW(model.parameters(), lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay)
     warmup = max(1, opt_cfg.steps // 10)
 
@@ -441,10 +466,11 @@ def train_steps(model: RoiSegmenter, batcher: RoiBatcher, opt_cfg: OptimConfig, 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     start = time.time()
     running = None
-    with tqdm(range(opt_cfg.steps), desc=desc, unit="step", dynamic_ncols=True, mininterval=5.0) as bar:
-        for _ in bar:
+    with tqdm(range(opt_cfg.steps), desc=desc, unit="step", dynamic_ncols=True, mininterval=5.0,
+              disable=not distributed.is_main()) as bar:
+        for step in bar:
             images, labels, channels = batcher.batch(opt_cfg.batch_size, opt_cfg.real_fraction)
-            logits = select_channels(model(images.to(device)), channels.to(device))
+            logits = select_channels(net(images.to(device)), channels.to(device))
             loss_fn = balanced_masked_segmentation_loss if opt_cfg.balance_classes else masked_segmentation_loss
             loss = loss_fn(logits, labels.to(device))  # eq. (2)
             optimizer.zero_grad(set_to_none=True)
@@ -453,6 +479,13 @@ def train_steps(model: RoiSegmenter, batcher: RoiBatcher, opt_cfg: OptimConfig, 
             schedule.step()
             running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
             bar.set_postfix(loss=f"{running:.4f}")
+            if logger is not None:
+                done = step_offset + step + 1
+                if logger.wants_scalars(done):
+                    logger.scalars(done, {"loss/segmentation": loss.item(), "lr": optimizer.param_groups[0]["lr"]})
+                if logger.wants_image(done):
+                    logger.image("sample/predicted_green_target_red_ignored_blue", done,
+                                 _sample_picture(images, logits, labels))
     return {"steps": opt_cfg.steps, "seconds": round(time.time() - start, 1), "final_loss": running}
 
 
@@ -510,7 +543,8 @@ def pseudo_label_split(model, split: RealSplit, cfg: SegmentationConfig, channel
     items, records = [], []
     scene_out = out_dir / "test" / f"{bop_io_scene_id(split):06d}" if out_dir is not None else None
     boxes_json = {}
-    for im_id in tqdm(split.im_ids, desc=desc, unit="img", dynamic_ncols=True, mininterval=5.0):
+    for im_id in tqdm(split.im_ids, desc=desc, unit="img", dynamic_ncols=True, mininterval=5.0,
+                      disable=not distributed.is_main()):
         entries = split.targets[im_id]
         if not entries:
             continue
@@ -555,7 +589,8 @@ def evaluate_split(model, split: RealSplit, cfg: SegmentationConfig, channel, de
                    desc: str) -> list[dict]:
     """IoU of the network's masks (P >= 0.5 inside the loosened box) against the references."""
     records = []
-    for im_id in tqdm(split.im_ids, desc=desc, unit="img", dynamic_ncols=True, mininterval=5.0):
+    for im_id in tqdm(split.im_ids, desc=desc, unit="img", dynamic_ncols=True, mininterval=5.0,
+                      disable=not distributed.is_main()):
         entries = split.targets[im_id]
         if not entries:
             continue
@@ -625,7 +660,8 @@ def run_segmentation(config, out: str | os.PathLike | None = None, resume: str |
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(distributed.rank_seed(config.seed))  # DDP: per-rank ROI draws
+    logger = TrainLogger(out_dir / "tb", cfg.log_every, cfg.image_every)
     timings: dict[str, float] = {}
     t_start = time.time()
 
@@ -690,17 +726,21 @@ def run_segmentation(config, out: str | os.PathLike | None = None, resume: str |
     batcher = RoiBatcher(cfg, obj_ids, synthetic, rng)
 
     def save(iteration: int):
+        distributed.sync_buffers(model)  # every rank keeps the model rank 0 saves
+        if not distributed.is_main():
+            return
         payload = checkpoint_payload(model, cfg_dict, obj_ids, iteration, names)
         save_checkpoint(ckpt_dir / f"seg_iter{iteration}.pt", payload)
         save_checkpoint(ckpt_dir / "seg_last.pt", payload)
 
     def write_results():
         results["timings"]["total_s"] = round(time.time() - t_start, 1)
-        bop_io.atomic_write_text(results_path, json.dumps(results, indent=1))
+        if distributed.is_main():
+            bop_io.atomic_write_text(results_path, json.dumps(results, indent=1))
 
     if first_iteration == 1:
         t0 = time.time()
-        info = train_steps(model, batcher, cfg.stage0, device, "stage 0 (synthetic)")
+        info = train_steps(model, batcher, cfg.stage0, device, "stage 0 (synthetic)", logger)
         timings["stage0_s"] = round(time.time() - t0, 1)
         results["stage0"] = info
         save(0)
@@ -713,18 +753,22 @@ def run_segmentation(config, out: str | os.PathLike | None = None, resume: str |
 
     for t in range(first_iteration, cfg.iterations + 1):
         t0 = time.time()
+        # DDP: every rank labels (the same model gives the same labels); rank 0 writes them
         items, records = pseudo_label_split(model, train_split, cfg, channel, device, refs,
-                                            out_dir / "pseudo" / f"iter_{t}", f"pseudo labels t={t}")
+                                            out_dir / "pseudo" / f"iter_{t}" if distributed.is_main() else None,
+                                            f"pseudo labels t={t}")
         t_label = time.time() - t0
         summary = summarise(records)
-        bop_io.atomic_write_text(out_dir / "pseudo" / f"iter_{t}" / "iou.json",
-                                 json.dumps({"summary": summary, "targets": records}, indent=0))
+        if distributed.is_main():
+            bop_io.atomic_write_text(out_dir / "pseudo" / f"iter_{t}" / "iou.json",
+                                     json.dumps({"summary": summary, "targets": records}, indent=0))
         print(f"iteration {t}: pseudo-label IoU on {cfg.real.train_split} = {summary['mean']:.4f} "
               f"(without box clipping {summary['mean_no_box']:.4f}; {summary['n_flagged']} of "
               f"{summary['n_targets']} targets flagged)", flush=True)
         batcher.set_real(items)
         t1 = time.time()
-        info = train_steps(model, batcher, cfg.finetune, device, f"fine-tune t={t}")
+        info = train_steps(model, batcher, cfg.finetune, device, f"fine-tune t={t}", logger,
+                           cfg.stage0.steps + (t - 1) * cfg.finetune.steps)
         save(t)
         results["train_real_iou_per_iter"].append(summary["mean"])
         results["train_real_iou_no_box_clip_per_iter"].append(summary["mean_no_box"])
@@ -741,6 +785,7 @@ def run_segmentation(config, out: str | os.PathLike | None = None, resume: str |
     results["machine"] = _machine()
     results["commit"] = _commit()
     refs.close()
+    logger.close()
     write_results()
     print(f"val IoU (final network) = {summary['mean']:.4f} over {summary['n_targets'] - summary['n_flagged']} "
           f"targets ({summary['n_flagged']} flagged); results in {results_path}", flush=True)

@@ -6,7 +6,8 @@ then a confidence. The parts are the existing modules; this file only composes t
 * initialiser ``"dsc"``: ``models.dsc_posenet.DscPoseNetEstimator`` (one network per object, one
   forward pass pair per detection: the networks differ per object, so there is no batch);
   ``"box"``: ``deepim.box_init.box_initial_pose`` (pose from the box alone, no network);
-  ``"self6d"``: not implemented yet (a :class:`PipelineConfigError`).
+  ``"self6d"``: ``models.self6d.Self6dEstimator`` (one ROI regression network per object: rotation,
+  image-space centre and depth, the pose built with the frame's own K).
 * refinement: ``deepim.refiner.DeepImRefiner`` with ``refine_iterations`` iterations (0 disables),
   one network pass per iteration for all detections of the frame (batched). Objects the DeepIM
   checkpoint was not trained for keep their initial pose (``refined = False``).
@@ -78,9 +79,11 @@ class PoseResult:
 
 @dataclass
 class PipelineConfig:
-    init: str = "dsc"  # "dsc" | "box" | "self6d" (not implemented yet)
+    init: str = "dsc"  # "dsc" | "box" | "self6d"
     # DSC-PoseNet checkpoints: {obj_id: path} or a directory (see ``find_dsc_checkpoint``); init "dsc" only
     dsc_checkpoints: Mapping[int, str | os.PathLike] | str | os.PathLike | None = None
+    # Self6D checkpoints: {obj_id: path} or a directory (see ``find_self6d_checkpoint``); init "self6d" only
+    self6d_checkpoints: Mapping[int, str | os.PathLike] | str | os.PathLike | None = None
     deepim_checkpoint: str | os.PathLike | None = None  # needed when refine_iterations > 0
     refine_iterations: int = 2  # DeepIM test iterations (deepim sec. 4: 2-4); 0 disables
     device: str = "cpu"
@@ -104,6 +107,16 @@ def find_dsc_checkpoint(directory: str | os.PathLike, obj_id: int, name: str | N
             if (folder / n).is_file():
                 return folder / n
     return None
+
+
+def find_self6d_checkpoint(directory: str | os.PathLike, obj_id: int, name: str | None = None) -> Path | None:
+    """The Self6D checkpoint of ``obj_id`` in ``directory`` or its ``self6d/`` sub-folder:
+    ``self6d/obj_{id:06d}.pt``, ``self6d_obj_{id:06d}.pt`` or ``self6d_{name}.pt``."""
+    base = Path(directory)
+    candidates = [base / "self6d" / f"obj_{int(obj_id):06d}.pt", base / f"self6d_obj_{int(obj_id):06d}.pt"]
+    if name:
+        candidates += [base / "self6d" / f"{name}.pt", base / f"self6d_{name}.pt"]
+    return next((c for c in candidates if c.is_file()), None)
 
 
 def _load(loader, path, what: str, device):
@@ -159,8 +172,6 @@ class PoseEstimator:
         import torch
 
         self.config = config = config or PipelineConfig()
-        if config.init == "self6d":
-            raise PipelineConfigError("initialiser 'self6d' is not implemented yet; use 'dsc' or 'box'")
         if config.init not in INITIALISERS:
             raise PipelineConfigError(f"unknown initialiser {config.init!r}; choose one of {INITIALISERS}")
         if int(config.refine_iterations) < 0:
@@ -187,6 +198,9 @@ class PoseEstimator:
         self.dsc = {}
         if config.init == "dsc":
             self.dsc = self._load_dsc(config.dsc_checkpoints)
+        self.self6d = {}
+        if config.init == "self6d":
+            self.self6d = self._load_self6d(config.self6d_checkpoints)
         if int(config.refine_iterations) > 0:
             self._load_deepim(config.deepim_checkpoint)
 
@@ -224,6 +238,43 @@ class PoseEstimator:
             if ckpt_obj != o:
                 raise PipelineConfigError(f"{path}: DSC-PoseNet checkpoint of object {ckpt_obj}, expected object {o}")
             estimators[o] = DscPoseNetEstimator(model, keypoints_3d, ransac=self.config.ransac, device=self.device)
+        return estimators
+
+    def _checkpoint_paths(self, spec, what: str, finder) -> dict:
+        if spec is None:
+            raise PipelineConfigError(f"initialiser needs {what} checkpoints (a directory or {{obj_id: path}})")
+        paths, missing = {}, []
+        if isinstance(spec, Mapping):
+            given = {int(k): v for k, v in spec.items()}
+            for o in self.obj_ids:
+                if o in given:
+                    paths[o] = Path(given[o])
+                else:
+                    missing.append(o)
+        else:
+            if not Path(spec).is_dir():
+                raise PipelineConfigError(f"{what} checkpoint directory not found: {spec}")
+            for o in self.obj_ids:
+                found = finder(spec, o, self.registry[o].name)
+                if found is None:
+                    missing.append(o)
+                else:
+                    paths[o] = found
+        if missing:
+            raise PipelineConfigError(f"no {what} checkpoint in {spec} for objects {missing}; "
+                                      "restrict obj_ids or add the checkpoints")
+        return paths
+
+    def _load_self6d(self, spec) -> dict:
+        from .models.self6d import Self6dEstimator
+        from .training.self6d import model_from_checkpoint
+
+        estimators = {}
+        for o, path in self._checkpoint_paths(spec, "Self6D", find_self6d_checkpoint).items():
+            model, ckpt_obj, diameter = _load(model_from_checkpoint, path, "Self6D", self.device)
+            if ckpt_obj != o:
+                raise PipelineConfigError(f"{path}: Self6D checkpoint of object {ckpt_obj}, expected object {o}")
+            estimators[o] = Self6dEstimator(model, diameter, device=self.device)
         return estimators
 
     def _load_deepim(self, path) -> None:
@@ -277,6 +328,9 @@ class PoseEstimator:
             if not est.success:
                 raise RuntimeError("DSC-PoseNet keypoints gave no PnP solution")
             return est.R, est.t, float(est.confidence)
+        if self.config.init == "self6d":
+            R, t = self.self6d[obj_id].estimate(image, K, box_xywh)
+            return R, t, None
         R, t = box_initial_pose(box_xyxy, K, self.vertices[obj_id], BoxInitConfig(n_templates=self.config.box_templates),
                                 diameter=self.diameters[obj_id])
         return R, t, None
@@ -368,4 +422,4 @@ def load_pose_estimator(registry_path: str | os.PathLike, config: PipelineConfig
 
 
 __all__ = ["Detection", "PoseResult", "PipelineConfig", "PipelineConfigError", "PoseEstimator",
-           "find_dsc_checkpoint", "load_pose_estimator", "INITIALISERS"]
+           "find_dsc_checkpoint", "find_self6d_checkpoint", "load_pose_estimator", "INITIALISERS"]

@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="results CSV (BOP19 format)")
     p.add_argument("--init", default="dsc", choices=("dsc", "self6d", "box"), help="initial pose (default: dsc)")
     p.add_argument("--refine", type=int, default=2, help="DeepIM iterations (0: no refinement; default 2)")
-    p.add_argument("--checkpoints", help="folder with DSC-PoseNet checkpoints per object "
+    p.add_argument("--checkpoints", help="folder with the initialiser's checkpoints per object "
+                   "(dsc_posenet/obj_XXXXXX.pt or self6d/obj_XXXXXX.pt) "
                    "(default: <repo>/checkpoints when it exists)")
     p.add_argument("--deepim", help="DeepIM checkpoint (default: <checkpoints>/deepim.pt when it exists)")
     p.add_argument("--registry", help="object registry YAML (default: <repo>/config/objects.yaml)")
@@ -130,7 +131,7 @@ def run(args) -> dict:
                          "or use --init box")
     if args.refine > 0 and deepim is None:
         raise ValueError("--refine > 0 needs --deepim CKPT (no checkpoints/deepim.pt found); or pass --refine 0")
-    config = PipelineConfig(init=args.init, dsc_checkpoints=ckpt_dir, deepim_checkpoint=deepim,
+    config = PipelineConfig(init=args.init, dsc_checkpoints=ckpt_dir, self6d_checkpoints=ckpt_dir, deepim_checkpoint=deepim,
                             refine_iterations=args.refine, device=args.device, obj_ids=args.obj_ids,
                             box_templates=args.box_templates)
     registry = args.registry or str(repo / "config" / "objects.yaml")

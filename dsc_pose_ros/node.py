@@ -102,6 +102,7 @@ class PoseNode:
         deepim = p["deepim_checkpoint"] or (str(dsc_dir / "deepim.pt") if p["refine_iterations"] > 0 else None)
         obj_ids = parse_obj_ids(p["obj_ids"]) or None
         config = PipelineConfig(init=p["init"], dsc_checkpoints=str(dsc_dir) if p["init"] == "dsc" else None,
+                                self6d_checkpoints=str(dsc_dir) if p["init"] == "self6d" else None,
                                 deepim_checkpoint=str(resolve_path(deepim)) if deepim else None,
                                 refine_iterations=p["refine_iterations"], device=self.device, obj_ids=obj_ids,
                                 box_templates=p["box_templates"])

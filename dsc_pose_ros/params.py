@@ -66,7 +66,7 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("obj_ids", "", "objects to serve, e.g. '1,5' ('' = every registry object)", _obj_ids),
     Parameter("init", "box", "initial pose: box (2D box only), dsc (DSC-PoseNet) or self6d",
               _one_of(INITIALISERS)),
-    Parameter("dsc_checkpoints", "checkpoints", "folder with one DSC-PoseNet checkpoint per object (init dsc)"),
+    Parameter("dsc_checkpoints", "checkpoints", "checkpoint folder of the initialiser: dsc_posenet/obj_XXXXXX.pt (init dsc), self6d/obj_XXXXXX.pt (init self6d)"),
     Parameter("deepim_checkpoint", "", "DeepIM checkpoint ('' = <dsc_checkpoints>/deepim.pt); needed when refining"),
     Parameter("refine_iterations", 0, "DeepIM iterations per frame (0 = no refinement; the paper uses 2-4)",
               _at_least(0)),

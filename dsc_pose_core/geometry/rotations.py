@@ -33,7 +33,7 @@ def matrix_to_axis_angle(rotation: torch.Tensor) -> torch.Tensor:
 
 
 def rotation_6d_to_matrix(rot6d: torch.Tensor) -> torch.Tensor:
-    """[...,6] = first two columns of R stacked (Zhou et al. 2019, as Self6D regresses) -> [...,3,3]."""
+    """[...,6] = first two columns of R stacked (Zhou et al., CVPR 2019) -> [...,3,3]."""
     two_columns = torch.stack([rot6d[..., 0:3], rot6d[..., 3:6]], dim=-1)
     return roma.special_gramschmidt(two_columns)
 

@@ -19,6 +19,7 @@ from .config import ConfigError, apply_overrides, from_dict, load_yaml
 from .segmentation import SegmentationConfig, run_segmentation
 from .deepim import DeepImConfig, run_deepim
 from .dsc_posenet import DscPoseNetConfig, run_dsc_posenet
+from .self6d import Self6dConfig, run_self6d
 
 
 @dataclass
@@ -31,6 +32,7 @@ class TrainConfig:
     segmentation: SegmentationConfig | None = None  # stage "segmentation" (dsc-posenet sec. 3.1)
     deepim: DeepImConfig | None = None  # stage "deepim" (deepim sec. 3)
     dsc_posenet: DscPoseNetConfig | None = None  # stage "dsc_posenet" (dsc-posenet sec. 3.2)
+    self6d: Self6dConfig | None = None  # stage "self6d" (self6d sec. 3)
 
     def validate(self) -> None:
         if self.stage not in STAGES:
@@ -51,8 +53,12 @@ def _dsc_posenet(config: TrainConfig, args, command: str):
     return run_dsc_posenet(config, out=args.out, resume=args.resume, command=command)
 
 
+def _self6d(config: TrainConfig, args, command: str):
+    return run_self6d(config, out=args.out, resume=args.resume, command=command)
+
+
 # stage name -> runner(config, args, command); later issues add their stages here
-STAGES = {"segmentation": _segmentation, "deepim": _deepim, "dsc_posenet": _dsc_posenet}
+STAGES = {"segmentation": _segmentation, "deepim": _deepim, "dsc_posenet": _dsc_posenet, "self6d": _self6d}
 
 
 def parse_config(path, overrides=()) -> TrainConfig:

@@ -106,8 +106,10 @@ def test_deepim_refinement_with_a_random_checkpoint(tiny_bop, registry, tmp_path
 
 
 def test_config_and_checkpoint_errors(registry, tmp_path):
-    with pytest.raises(PipelineConfigError, match="self6d.*not implemented"):
+    with pytest.raises(PipelineConfigError, match="needs Self6D checkpoints"):
         PoseEstimator(registry, PipelineConfig(init="self6d", refine_iterations=0))
+    with pytest.raises(PipelineConfigError, match="no Self6D checkpoint in"):
+        PoseEstimator(registry, PipelineConfig(init="self6d", self6d_checkpoints=str(tmp_path), refine_iterations=0))
     with pytest.raises(PipelineConfigError, match="unknown initialiser"):
         PoseEstimator(registry, PipelineConfig(init="magic", refine_iterations=0))
     with pytest.raises(PipelineConfigError, match="needs a DeepIM checkpoint"):
@@ -180,8 +182,9 @@ def test_predict_cli_ids_file_obj_filter_and_errors(tiny_bop, registry_yaml, tmp
     assert predict_main(common + ["--out", str(out), "--init", "dsc", "--refine", "0",
                                   "--checkpoints", str(tmp_path / "none")]) == 2
     assert "error: DSC-PoseNet checkpoint directory not found" in capsys.readouterr().err
-    assert predict_main(common + ["--out", str(out), "--init", "self6d", "--refine", "0"]) == 2
-    assert "not implemented" in capsys.readouterr().err
+    assert predict_main(common + ["--out", str(out), "--init", "self6d", "--refine", "0",
+                                  "--checkpoints", str(tmp_path)]) == 2
+    assert "error: no Self6D checkpoint in" in capsys.readouterr().err
     assert predict_main(common + ["--out", str(out), "--init", "box", "--refine", "0", "--split", "nope"]) == 2
     assert "split 'nope'" in capsys.readouterr().err
 

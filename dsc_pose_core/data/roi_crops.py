@@ -209,3 +209,84 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+# --------------------------------------------------------------------------------------------
+# Training-time augmentation of labelled crops (torch, batched)
+# --------------------------------------------------------------------------------------------
+from dataclasses import dataclass as _dataclass  # noqa: E402
+
+
+@_dataclass
+class CropAugmentConfig:
+    """Augmentation of source crops during training (self6d sec. 4: "a lot of augmentations (e.g.
+    random Gaussian noise, intensity jitter) leads to best results"). 0 probabilities / ranges turn
+    a step off."""
+
+    p_color: float = 0.8
+    brightness: float = 0.2  # additive, fraction of the range: U(-b, b)
+    contrast: float = 0.3  # U(1 - c, 1 + c) around the mean
+    channel_gain: float = 0.15  # per channel U(1 - g, 1 + g): white balance / colour response
+    p_blur: float = 0.3
+    blur_sigma: tuple[float, float] = (0.3, 1.5)  # px
+    p_noise: float = 0.5
+    noise_sigma: tuple[float, float] = (0.0, 0.03)  # fraction of the range
+    shift: float = 0.05  # the crop window moves by U(-s, s) of its side (a detector's box error)
+    scale: tuple[float, float] = (0.9, 1.1)  # and its side scales by U(lo, hi)
+
+
+def augment_crops(batch: dict, config: CropAugmentConfig, generator=None) -> dict:
+    """A new batch: each crop re-sampled from a jittered window (``window`` updated to match, so the
+    pose targets stay exact), its mask alike, then photometric jitter, blur and noise on the RGB."""
+    import torch
+    import torch.nn.functional as F
+
+    rgb = batch["rgb"].float() / 255.0  # [B,3,S,S]
+    n = rgb.shape[0]
+    u = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731
+    out = dict(batch)
+    if config.shift > 0 or config.scale != (1.0, 1.0):
+        shift = (u(n, 2) * 2 - 1) * config.shift
+        scale = config.scale[0] + u(n) * (config.scale[1] - config.scale[0])
+        theta = torch.zeros(n, 2, 3)
+        theta[:, 0, 0] = theta[:, 1, 1] = scale
+        theta[:, :, 2] = 2 * shift
+        grid = F.affine_grid(theta, list(rgb.shape), align_corners=False)
+        rgb = F.grid_sample(rgb, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        mask = F.grid_sample(batch["mask"].float()[:, None], grid, mode="nearest", padding_mode="zeros",
+                             align_corners=False)[:, 0]
+        out["mask"] = mask.to(batch["mask"].dtype)
+        if bool((batch["depth"] > 0).any()):
+            depth = F.grid_sample(batch["depth"].float()[:, None], grid, mode="nearest", padding_mode="zeros",
+                                  align_corners=False)[:, 0]
+            out["depth"] = depth
+        window = batch["window"].float()
+        centre = 0.5 * (window[:, :2] + window[:, 2:])
+        side = window[:, 2] - window[:, 0]
+        new_centre = centre + shift * side[:, None]
+        half = 0.5 * scale * side
+        out["window"] = torch.stack([new_centre[:, 0] - half, new_centre[:, 1] - half,
+                                     new_centre[:, 0] + half, new_centre[:, 1] + half], dim=1)
+    color = u(n) < config.p_color
+    if bool(color.any()):
+        gain = 1.0 + (u(n, 3) * 2 - 1) * config.channel_gain
+        contrast = 1.0 + (u(n) * 2 - 1) * config.contrast
+        brightness = (u(n) * 2 - 1) * config.brightness
+        mean = rgb.mean(dim=(1, 2, 3), keepdim=True)
+        jittered = ((rgb * gain[:, :, None, None] - mean) * contrast[:, None, None, None] + mean
+                    + brightness[:, None, None, None]).clamp(0, 1)
+        rgb = torch.where(color[:, None, None, None], jittered, rgb)
+    blur = u(n) < config.p_blur
+    if bool(blur.any()):
+        from kornia.filters import gaussian_blur2d
+
+        sigma = config.blur_sigma[0] + u(n) * (config.blur_sigma[1] - config.blur_sigma[0])
+        sigmas = torch.stack([sigma, sigma], dim=1)
+        rgb = torch.where(blur[:, None, None, None], gaussian_blur2d(rgb, (7, 7), sigmas), rgb)
+    noise = u(n) < config.p_noise
+    if bool(noise.any()):
+        sigma = config.noise_sigma[0] + u(n) * (config.noise_sigma[1] - config.noise_sigma[0])
+        noisy = rgb + torch.randn(rgb.shape, generator=generator) * sigma[:, None, None, None]
+        rgb = torch.where(noise[:, None, None, None], noisy.clamp(0, 1), rgb)
+    out["rgb"] = (rgb * 255.0).round().to(torch.uint8)
+    return out

@@ -38,7 +38,7 @@ import torch
 from tqdm import tqdm
 
 from ..data import bop_io
-from ..data.roi_crops import ensure_synthetic_crops, load_crops, make_lmo_crops, save_crops
+from ..data.roi_crops import CropAugmentConfig, augment_crops, ensure_synthetic_crops, load_crops, make_lmo_crops
 from ..geometry.camera import crop_intrinsics
 from ..losses import self6d as L
 from ..models.self6d import Self6dModelConfig, Self6dNet, decode_pose
@@ -106,6 +106,7 @@ class Self6dConfig:
     model: Self6dModelConfig = field(default_factory=Self6dModelConfig)
     data: Self6dDataConfig = field(default_factory=Self6dDataConfig)
     loss: Self6dLossConfig = field(default_factory=Self6dLossConfig)
+    augment: CropAugmentConfig = field(default_factory=CropAugmentConfig)  # labelled source crops only
     synthetic: Self6dOptimConfig = field(default_factory=lambda: Self6dOptimConfig(steps=1500, batch_size=32))
     self_stage: Self6dOptimConfig = field(default_factory=lambda: Self6dOptimConfig(steps=300, batch_size=8, lr=1e-4))
     checkpoint_every: int = 100
@@ -173,15 +174,16 @@ def to_tensors(crops: dict) -> dict:
     return out
 
 
-def batches(data: dict, batch_size: int, seed: int):
-    """Endless random batches (a new permutation per epoch)."""
+def batches(data: dict, batch_size: int, seed: int, augment: CropAugmentConfig | None = None):
+    """Endless random batches (a new permutation per epoch), augmented when ``augment`` is given."""
     n = data["rgb"].shape[0]
     gen = torch.Generator().manual_seed(seed)
     while True:
         order = torch.randperm(n, generator=gen)
         for i in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
             idx = order[i:i + batch_size]
-            yield {k: v[idx] for k, v in data.items()}
+            batch = {k: v[idx] for k, v in data.items()}
+            yield augment_crops(batch, augment, gen) if augment is not None else batch
 
 
 class Self6dTrainer:
@@ -410,13 +412,15 @@ def run_self6d(config, out: str | None = None, resume: str | None = None, comman
             raise ValueError(f"{cfg.init_checkpoint}: trained for object {obj_id}, not {cfg.obj_id}")
         trainer.model.load_state_dict(model.state_dict())
     results = {"command": command, "obj_id": cfg.obj_id, "unlabeled": cfg.unlabeled}
-    if start_stage == 0 and start_step == 0:
+    if start_stage == 0 and start_step == 0:  # the starting weights (scratch or init_checkpoint: the LB row)
         results["init"] = {"test": evaluate(trainer, sets["test"])}
+        if "lmo_eval" in sets:
+            results["init"]["lmo_eval"] = evaluate(trainer, sets["lmo_eval"])
     for index in range(start_stage, len(cfg.stages)):
         stage = cfg.stages[index]
         opt = cfg.synthetic if stage == "synthetic" else cfg.self_stage
         first = index == start_stage
-        labelled = batches(sets["source"], opt.batch_size, config.seed + index)
+        labelled = batches(sets["source"], opt.batch_size, config.seed + index, cfg.augment)
         unlabeled = batches(sets["unlabeled"], opt.batch_size, config.seed + 100 + index) if stage == "self" else None
         if stage == "self":
             trainer.freeze_perceptual_features()

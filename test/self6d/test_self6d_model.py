@@ -155,3 +155,29 @@ def test_pipeline_uses_self6d_as_initialiser(tiny_run, demo_models, tmp_path):
 
     with pytest.raises(PipelineConfigError, match="checkpoint of object 7"):
         load_pose_estimator(registry, config)
+
+
+def test_crop_augmentation_keeps_window_and_pixels_consistent():
+    """An augmented crop equals cutting its (new) window out of the full image, so pose targets stay exact."""
+    import cv2
+
+    from dsc_pose_core.data.roi_crops import CropAugmentConfig, augment_crops
+    from dsc_pose_core.segmentation.roi import crop
+
+    rng = np.random.default_rng(0)
+    image = cv2.GaussianBlur(rng.integers(0, 255, (240, 320, 3)).astype(np.uint8), (0, 0), 4)
+    image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX)
+    windows = np.array([[80.0, 60.0, 200.0, 180.0], [150.5, 40.0, 250.5, 140.0]])
+    batch = {"rgb": torch.tensor(np.stack([crop(image, w, 64) for w in windows])).permute(0, 3, 1, 2),
+             "mask": torch.zeros(2, 64, 64, dtype=torch.uint8), "depth": torch.zeros(2, 64, 64),
+             "window": torch.tensor(windows, dtype=torch.float32)}
+    geometric_only = CropAugmentConfig(p_color=0, p_blur=0, p_noise=0, shift=0.05, scale=(0.9, 1.1))
+    out = augment_crops(batch, geometric_only, torch.Generator().manual_seed(1))
+    assert not torch.allclose(out["window"], batch["window"])
+    for i in range(2):
+        expected = crop(image, out["window"][i].numpy(), 64).astype(np.float32)
+        got = out["rgb"][i].permute(1, 2, 0).numpy().astype(np.float32)
+        assert np.abs(got - expected)[4:-4, 4:-4].mean() < 2.0  # grey levels; borders: reflection padding
+    photometric = augment_crops(batch, CropAugmentConfig(shift=0, scale=(1.0, 1.0), p_color=1, p_noise=1),
+                                torch.Generator().manual_seed(2))
+    assert torch.equal(photometric["window"], batch["window"]) and not torch.equal(photometric["rgb"], batch["rgb"])

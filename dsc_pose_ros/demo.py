@@ -3,8 +3,9 @@
 1. writes the demo object (``dsc_pose_core.objects.demo_object``: mesh, models_info, registry);
 2. renders a small synthetic test scene of it with ground truth (``dsc-pose-synth``);
 3. records it as a rosbag2 with loosened 2D boxes as detections (``dsc-pose-bag make``);
-4. starts the pose node on the demo registry, replays the bag into it and scores what it publishes
-   (``dsc-pose-bag eval``: accuracy, latency, drops);
+4. starts the pose node on the demo registry with the shipped DSC-PoseNet checkpoint of the demo object
+   (``checkpoints/demo/dsc_posenet/obj_000001.pt``, trained by ``config/train/demo_chain_cpu.yaml``),
+   replays the bag into it and scores what it publishes (``dsc-pose-bag eval``: accuracy, latency, drops);
 5. draws the estimates over the first frames (``dsc-pose-viz``).
 Every step prints the command it runs; outputs go to ``--out`` (default ``out/demo``); steps whose
 outputs exist are reused, so a second run only replays and scores.
@@ -24,6 +25,8 @@ from pathlib import Path
 from .params import REPO_ROOT
 
 SCENE_ID = 1
+# the checkpoint folder shipped for the demo object (pipeline layout: dsc_posenet/obj_000001.pt)
+DEMO_CHECKPOINTS = REPO_ROOT / "checkpoints" / "demo"
 
 
 def _run(cmd: list[str], env=None) -> None:
@@ -36,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     p.add_argument("--images", type=int, default=20, help="frames in the demo scene (default 20)")
     p.add_argument("--rate", type=float, default=10.0, help="replay rate in Hz (default 10)")
-    p.add_argument("--node-arg", action="append", default=[], help="extra ROS args for the node, e.g. '-p init:=box'")
+    p.add_argument("--node-arg", action="append", default=[],
+                   help="extra ROS args for the node after the demo's own (init dsc with the shipped checkpoint), "
+                        "e.g. '-p init:=box'")
     p.add_argument("--overlays", type=int, default=4, help="overlay pictures to write (default 4)")
     return p
 
@@ -66,7 +71,16 @@ def main(argv=None) -> int:
               "--out", str(bag), "--rate", str(args.rate)])
     report = out / "report"
     shutil.rmtree(report, ignore_errors=True)
-    node_args = ["-p registry:=" + str(registry)] + list(args.node_arg)
+    from dsc_pose_core.pipeline import find_dsc_checkpoint
+
+    checkpoint = find_dsc_checkpoint(DEMO_CHECKPOINTS, DEMO_OBJ_ID)
+    if checkpoint is None:
+        print(f"dsc-pose-demo: error: the shipped demo checkpoint is missing from {DEMO_CHECKPOINTS} "
+              "(README: 'The demo checkpoint' retrains it)", file=sys.stderr)
+        return 2
+    print(f"demo checkpoint: {checkpoint}", flush=True)
+    node_args = ["-p registry:=" + str(registry), "-p init:=dsc", "-p dsc_checkpoints:=" + str(DEMO_CHECKPOINTS),
+                 "-p refine_iterations:=0"] + list(args.node_arg)
     cmd = [py, "-m", "dsc_pose_ros.bag", "eval", "--bag", str(bag), "--out", str(report), "--registry", str(registry)]
     for a in node_args:
         cmd += ["--node-arg", a]

@@ -175,13 +175,17 @@ def real_instances(dataset: str | Path, scene_id: int, im_ids: list[int], obj_id
                    mode: str = "pseudo", box_seed: int = 0, max_loosening: float = 0.15) -> list[PoseInstance]:
     """Real instances of ``obj_id``: RGB, the loosened box and the pseudo mask (``pseudo_dir`` =
     ``OUT/pseudo/iter_t`` of the segmentation stage). Boxes come from its ``pseudo_boxes.json`` when
-    present, else ``bbox_visib`` loosened with the segmentation stage's seeded scheme (the same boxes).
-    Poses are kept only in mode ``with_real_pose_labels`` (upper bound)."""
+    present, else the scene's 2D boxes (``scene_boxes.json`` or ``bbox_visib``) loosened with the
+    segmentation stage's seeded scheme (the same boxes). Poses are read only in mode
+    ``with_real_pose_labels`` (upper bound)."""
     if mode not in MODES:
         raise ValueError(f"real mode {mode!r} not in {MODES}")
+    from .scene_boxes import load_scene_boxes
+
     scene_path = bop_io.scene_dir(dataset, scene_id)
-    gt = bop_io.load_scene_gt(scene_path / "scene_gt.json")
-    info = bop_io.load_scene_gt_info(scene_path / "scene_gt_info.json")
+    boxes = load_scene_boxes(scene_path)  # scene_boxes.json or scene_gt_info's bbox_visib
+    labelled = mode == "with_real_pose_labels"
+    gt = bop_io.load_scene_gt(scene_path / "scene_gt.json") if labelled else None  # the upper bound only
     cams = bop_io.load_scene_camera(scene_path / "scene_camera.json")
     pseudo_scene = Path(pseudo_dir) / "test" / f"{scene_id:06d}" if pseudo_dir else None
     boxes_json = {}
@@ -193,9 +197,9 @@ def real_instances(dataset: str | Path, scene_id: int, im_ids: list[int], obj_id
         image_path = find_rgb(scene_path, im_id)
         rng = np.random.default_rng([box_seed, scene_id, im_id])
         listed = {e["inst"]: np.asarray(e["bbox_loose"]) for e in boxes_json.get(str(im_id), [])}
-        for inst, (pose, gi) in enumerate(zip(gt[im_id], info[im_id])):
-            loose = loosen_box_xywh(gi.bbox_visib, rng, width, height, max_loosening)
-            if pose.obj_id != obj_id or gi.bbox_visib[2] <= 1 or gi.bbox_visib[3] <= 1:
+        for inst, scene_box in enumerate(boxes.get(im_id, [])):
+            loose = loosen_box_xywh(scene_box.bbox_visib, rng, width, height, max_loosening)
+            if scene_box.obj_id != obj_id or scene_box.bbox_visib[2] <= 1 or scene_box.bbox_visib[3] <= 1:
                 continue
             box = listed.get(inst, loose)
             mask_path = ignore_path = None
@@ -206,7 +210,7 @@ def real_instances(dataset: str | Path, scene_id: int, im_ids: list[int], obj_id
                     continue
                 if not ignore_path.is_file():
                     ignore_path = None
-            labelled = mode == "with_real_pose_labels"
+            pose = gt[im_id][inst] if labelled else None
             items.append(PoseInstance(image_path, im_id, inst, cams[im_id].K, np.asarray(box),
                                       pose.R if labelled else None, pose.t if labelled else None,
                                       mask_path, ignore_path))

@@ -1,7 +1,7 @@
 """The stage chain: ``python training/train.py --config config/train/<chain>.yaml [--stages a,b] [--resume]``.
 
 A chain config has ``stages:`` (a list, in this order: synthetic, segmentation, dsc_posenet, deepim,
-eval) instead of ``stage:``, a ``data:`` section naming the objects and the real images, a
+self6d, eval) instead of ``stage:``, a ``data:`` section naming the objects and the real images, a
 ``synthetic:`` section (the renders all stages share), one section per trainer (sizes and
 schedules) and an ``eval:`` section. Every stage writes into ``OUT/<stage>/``; the chain fills in
 what a stage reads from the others, so a config never names an intermediate path:
@@ -13,8 +13,17 @@ synthetic      data.objects_file's meshes                      OUT/synthetic/dat
 segmentation   data (real images + boxes), the renders         pseudo/iter_T (masks, boxes), checkpoints
 dsc_posenet    renders, real images, pseudo/iter_T             checkpoints/obj_XXXXXX.pt per object
 deepim         data.objects_file                               checkpoints/deepim_last.pt
+self6d         the objects, real images, pseudo/iter_T         checkpoints/obj_XXXXXX.pt per object
 eval           every checkpoint above, data.val_split          OUT/report.md, eval/results.csv
 =============  ==============================================  =====================================
+
+The objects come from a registry (``data.objects_file``) or, for a new object, from ``data.objects``
+(meshes in any units): the chain then writes ``OUT/objects/`` (a BOP models folder in millimetres
+and ``objects.yaml``, :mod:`dsc_pose_core.objects.models_folder`) before any stage runs. The real
+images need only RGB, ``scene_camera.json`` and 2D boxes (:mod:`dsc_pose_core.data.scene_boxes`).
+Every trainer stage also leaves a compact (float16, weights-only) copy of its result in
+``OUT/checkpoints/`` in the layout the pipeline and the ROS node read: ``dsc_posenet/obj_XXXXXX.pt``,
+``self6d/obj_XXXXXX.pt``, ``deepim.pt``; the eval stage scores exactly those files.
 
 Keys the chain fills are errors in a stage section (one place to set them: ``data:``/``synthetic:``).
 
@@ -38,6 +47,7 @@ import json
 import os
 import shutil
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,11 +59,14 @@ from .config import ConfigError, from_dict, to_dict
 from .deepim import DeepImConfig
 from .dsc_posenet import DscPoseNetConfig
 from .segmentation import SegmentationConfig, SyntheticDataConfig, resolve_path
+from .self6d import Self6dConfig
 
-CHAIN_STAGES = ("synthetic", "segmentation", "dsc_posenet", "deepim", "eval")
+CHAIN_STAGES = ("synthetic", "segmentation", "dsc_posenet", "deepim", "self6d", "eval")
 # stage -> the stages whose outputs it reads (when they are in the chain)
 DEPENDS = {"synthetic": (), "segmentation": ("synthetic",), "dsc_posenet": ("synthetic", "segmentation"),
-           "deepim": (), "eval": ("dsc_posenet", "deepim")}
+           "deepim": (), "self6d": ("segmentation",), "eval": ("dsc_posenet", "deepim", "self6d")}
+EXPORT_DIR = "checkpoints"  # OUT/checkpoints: the compact checkpoints in the pipeline's layout
+EXPORTS = {"dsc_posenet": "dsc_posenet", "deepim": "deepim.pt", "self6d": "self6d"}  # stage -> its part of it
 BOOKKEEPING_KEYS = frozenset({"checkpoint_every", "log_every", "image_every", "workers"})
 DONE_STAMP = "stage_done.json"
 STARTED_STAMP = "stage_started.json"
@@ -70,26 +83,57 @@ CHAIN_OWNED = (
     ("dsc_posenet", "real", "splits_file"), ("dsc_posenet", "real", "train_split"),
     ("dsc_posenet", "real", "pseudo_dir"),
     ("deepim", "objects_file"), ("deepim", "obj_ids"),
+    ("self6d", "objects_file"), ("self6d", "obj_id"), ("self6d", "data", "models_dir"),
+    ("self6d", "data", "cache_dir"), ("self6d", "data", "lmo_dataset"), ("self6d", "data", "lmo_pseudo_dir"),
+    ("self6d", "data", "lmo_train_split"), ("self6d", "data", "lmo_eval_split"),
 ) + tuple((stage, "synthetic", key) for stage in ("segmentation", "dsc_posenet") for key in SYNTHETIC_GENERATION_KEYS)
 
 
 @dataclass
+class ChainObjectConfig:
+    """A new object: its mesh in any format trimesh reads and the mesh's unit."""
+    id: int  # the 2D detector's class id
+    name: str
+    mesh: str  # path (relative: to the repository root)
+    units: str = ""  # m | cm | mm
+    mesh_unit_scale: float = 0.0  # or: metres per mesh unit
+    symmetry: typing.Any = None  # as in config/objects.yaml (offsets in millimetres)
+
+
+@dataclass
 class ChainDataConfig:
-    """What a user names: the objects (registry YAML with meshes and units) and the real images."""
-    objects_file: str = "config/objects.yaml"
+    """What a user names: the objects (a registry YAML, or new meshes with their units) and the real images."""
+    objects_file: str = ""  # registry YAML; "" = config/objects.yaml, or OUT/objects/objects.yaml with objects:
+    objects: list[ChainObjectConfig] = field(default_factory=list)  # new meshes (written to OUT/objects/)
     obj_ids: list[int] = field(default_factory=list)  # [] = every object of the registry
     dataset: str = ""  # BOP root of the real images; "" = LM-O (bop_io.default_lmo_dir())
     scene_id: int = 2
-    splits_file: str = "splits.json"  # {split name: [im_id, ...]} inside the dataset
+    splits_file: str = "splits.json"  # {split name: [im_id, ...]} inside the dataset; "" = all images train
     train_split: str = "train_real"  # RGB + 2D boxes; used without poses
     val_split: str = "val"  # evaluated when the scene has ground truth
     targets_file: str = "test_targets_bop19.json"  # which objects get a box; "" = every annotated one
+
+    def validate(self) -> None:
+        if self.objects and self.objects_file:
+            raise ConfigError("data: give objects_file (a registry) or objects (new meshes), not both")
+        if self.objects:
+            from ..objects.models_folder import MeshSpecError, parse_specs
+
+            try:
+                parse_specs([to_dict(o) for o in self.objects])
+            except MeshSpecError as exc:
+                raise ConfigError(f"data.{exc}") from None
+
+    def object_specs(self):
+        from ..objects.models_folder import parse_specs
+
+        return parse_specs([dict(to_dict(o), mesh=str(resolve_path(o.mesh))) for o in self.objects])
 
 
 @dataclass
 class ChainEvalConfig:
     split: str = ""  # "" = data.val_split
-    init: str = "dsc"  # initial pose: "dsc" (the dsc_posenet stage) | "box"
+    init: str = "dsc"  # initial pose: "dsc" (the dsc_posenet stage) | "self6d" (the self6d stage) | "box"
     refine_iterations: int = 2  # DeepIM iterations (needs the deepim stage); 0 = none
     max_images: int = 0  # 0 = the whole split
     overlays: int = 4  # overlay pictures in the report
@@ -103,6 +147,7 @@ class ChainConfig(TrainConfig):
     data: ChainDataConfig = field(default_factory=ChainDataConfig)
     synthetic: SyntheticDataConfig = field(default_factory=lambda: SyntheticDataConfig(dir=""))
     eval: ChainEvalConfig = field(default_factory=ChainEvalConfig)
+    # self6d: (inherited from TrainConfig) the Self6D stage's section; needs self6d in stages
 
     def validate(self) -> None:
         if self.stage:
@@ -114,10 +159,22 @@ class ChainConfig(TrainConfig):
                 [s for s in CHAIN_STAGES if s in self.stages] != list(self.stages):
             raise ConfigError(f"stages: {self.stages}: each at most once, in the order {list(CHAIN_STAGES)}")
         # stages without a section train with the section's defaults
+        if self.self6d is not None and "self6d" not in self.stages:
+            raise ConfigError("the config has a self6d: section but self6d is not in stages: add it "
+                              f"(order {list(CHAIN_STAGES)}) or remove the section")
         for name, cls in (("segmentation", SegmentationConfig), ("dsc_posenet", DscPoseNetConfig),
-                          ("deepim", DeepImConfig)):
+                          ("deepim", DeepImConfig), ("self6d", Self6dConfig)):
             if name in self.stages and getattr(self, name) is None:
                 setattr(self, name, from_dict(cls, {}, name))
+        if "self6d" in self.stages and self.self6d.unlabeled == "lmo" and "self" in self.self6d.stages:
+            # Self6D's real-image crops read the pseudo masks of the segmentation stage
+            if "segmentation" not in self.stages or self.segmentation.iterations < 1:
+                raise ConfigError("self6d.unlabeled: lmo learns from the real images' pseudo masks: add segmentation "
+                                  "to stages (iterations >= 1), or use self6d.unlabeled: target")
+            if self.data.scene_id != 2:
+                # training/self6d.py reads the real crops of scene 2 (LM-O's) only
+                raise ConfigError(f"self6d.unlabeled: lmo reads scene 2 only (data.scene_id is {self.data.scene_id}); "
+                                  "use self6d.unlabeled: target (rendered RGB-D) for this dataset")
         if "dsc_posenet" in self.stages and "self" in self.dsc_posenet.stages \
                 and self.dsc_posenet.real.mode == "pseudo":
             if "segmentation" not in self.stages:
@@ -125,10 +182,12 @@ class ChainConfig(TrainConfig):
             if self.segmentation.iterations < 1:
                 raise ConfigError("dsc_posenet stage self needs pseudo masks: segmentation.iterations >= 1")
         if "eval" in self.stages:
-            if self.eval.init not in ("dsc", "box"):
-                raise ConfigError(f"eval.init {self.eval.init!r} not in ['dsc', 'box']")
+            if self.eval.init not in ("dsc", "self6d", "box"):
+                raise ConfigError(f"eval.init {self.eval.init!r} not in ['dsc', 'self6d', 'box']")
             if self.eval.init == "dsc" and "dsc_posenet" not in self.stages:
                 raise ConfigError("eval.init: dsc needs the dsc_posenet stage (or eval.init: box)")
+            if self.eval.init == "self6d" and "self6d" not in self.stages:
+                raise ConfigError("eval.init: self6d needs the self6d stage (or eval.init: box)")
             if self.eval.refine_iterations > 0 and "deepim" not in self.stages:
                 raise ConfigError("eval.refine_iterations > 0 needs the deepim stage (or 0)")
 
@@ -161,6 +220,7 @@ class Chain:
     def __init__(self, config: ChainConfig, out: str | None = None):
         self.config = config
         self.out = resolve_path(out or config.out)
+        self.objects_file = self._objects_file()
         self.real_root = self._real_root()
         self.obj_ids = list(config.data.obj_ids) or self._registry().ids
         self.sections = {name: self._section(name) for name in config.stages}
@@ -171,10 +231,29 @@ class Chain:
     def stage_dir(self, name: str) -> Path:
         return self.out / name
 
+    def _objects_file(self) -> str:
+        """The registry every stage reads: data.objects_file, or the one written from data.objects."""
+        d = self.config.data
+        if not d.objects:
+            return d.objects_file or "config/objects.yaml"
+        from ..objects.models_folder import MeshSpecError, write_models_folder
+
+        folder = self.out / "objects"
+        if distributed.is_main():
+            try:
+                write_models_folder(d.object_specs(), folder)
+            except MeshSpecError as exc:
+                raise ConfigError(f"data.objects: {exc}") from None
+        distributed.barrier()
+        return str(folder / "objects.yaml")
+
     def _registry(self):
         from ..objects.registry import ObjectRegistry
 
-        return ObjectRegistry.from_yaml(resolve_path(self.config.data.objects_file))
+        return ObjectRegistry.from_yaml(resolve_path(self.objects_file))
+
+    def export_dir(self) -> Path:
+        return self.out / EXPORT_DIR
 
     def _real_root(self) -> Path:
         from ..data import bop_io
@@ -200,9 +279,17 @@ class Chain:
         if name == "eval":
             return c.eval
         section = copy.deepcopy(getattr(c, name))
-        section.objects_file = d.objects_file
+        section.objects_file = self.objects_file
         if name == "deepim":
             section.obj_ids = list(self.obj_ids)
+            return section
+        if name == "self6d":  # obj_id is set per object when it runs
+            data = section.data
+            data.models_dir = str(Path(self._registry()[self.obj_ids[0]].mesh_path).parent)  # BOP, millimetres
+            data.cache_dir = str(self.stage_dir("self6d") / "crops")
+            data.lmo_dataset, data.lmo_train_split = str(self.real_root), d.train_split
+            data.lmo_eval_split = d.val_split
+            data.lmo_pseudo_dir = str(self.pseudo_dir()) if "segmentation" in c.stages else ""
             return section
         # per-stage read filters stay; everything that makes the renders comes from synthetic:
         section.synthetic = dataclasses.replace(self.synthetic_config(),
@@ -226,9 +313,19 @@ class Chain:
 
         own = {"stage": name, "section": strip(to_dict(self.sections[name])), "data": to_dict(self.config.data),
                "obj_ids": self.obj_ids, "seed": self.config.seed}
-        depends = {dep: self.hashes[dep] for dep in DEPENDS[name] if dep in self.hashes}
+        if self.config.data.objects:  # a changed mesh file re-runs everything that renders it
+            from ..objects.models_folder import specs_fingerprint
+
+            own["meshes"] = specs_fingerprint(self.config.data.object_specs())
+        depends = {dep: self.hashes[dep] for dep in self.depends(name) if dep in self.hashes}
         text = json.dumps({"own": own, "depends": depends}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
+
+    def depends(self, name: str) -> tuple[str, ...]:
+        """The stages whose outputs ``name`` reads; Self6D reads the pseudo masks only with unlabeled: lmo."""
+        if name == "self6d" and self.config.self6d.unlabeled != "lmo":
+            return ()
+        return DEPENDS[name]
 
     def stamp(self, name: str, which: str = DONE_STAMP) -> dict | None:
         try:
@@ -244,7 +341,7 @@ class Chain:
         from ..data.bop_io import atomic_write_text
 
         payload = {"stage": name, "hash": self.hashes[name],
-                   "depends": {dep: self.hashes[dep] for dep in DEPENDS[name] if dep in self.hashes},
+                   "depends": {dep: self.hashes[dep] for dep in self.depends(name) if dep in self.hashes},
                    "time": time.strftime("%Y-%m-%d %H:%M:%S")} | (extra or {})
         atomic_write_text(self.stage_dir(name) / which, json.dumps(payload, indent=1) + "\n")
 
@@ -265,8 +362,10 @@ def _run_synthetic(chain: Chain, resume: bool, command: str) -> list[Path]:
     backgrounds = None
     if cfg.real_backgrounds:
         d = chain.config.data
+        from ..data.scene_boxes import split_image_ids
+
         scene = bop_io.scene_dir(chain.real_root, d.scene_id)
-        ids = bop_io.load_splits(chain.real_root / d.splits_file)[d.train_split]
+        ids = split_image_ids(chain.real_root, d.splits_file, d.train_split, scene)
         backgrounds = [bop_io.find_rgb(scene, i) for i in ids]
     root = ensure_synthetic(cfg, chain.obj_ids, chain.real_root, backgrounds)
     return [root / cfg.split]
@@ -307,7 +406,10 @@ def _run_dsc_posenet(chain: Chain, resume: bool, command: str) -> list[Path]:
             if distributed.is_main():
                 _atomic_copy(out_dir / "checkpoints" / "dsc_last.pt", final)
             distributed.barrier()
-        outputs += [final, out_dir / "results.json"]
+        exported = chain.export_dir() / "dsc_posenet" / f"obj_{obj_id:06d}.pt"
+        if distributed.is_main():
+            _export(final, exported)
+        outputs += [final, out_dir / "results.json", exported]
     return outputs
 
 
@@ -317,7 +419,40 @@ def _run_deepim(chain: Chain, resume: bool, command: str) -> list[Path]:
     out_dir = chain.stage_dir("deepim")
     run_deepim(chain.trainer_config("deepim", chain.sections["deepim"], out_dir), out=str(out_dir),
                resume=_resume_checkpoint(out_dir / "checkpoints" / "deepim_last.pt", resume), command=command)
-    return [out_dir / "checkpoints" / "deepim_last.pt", out_dir / "results.json"]
+    exported = chain.export_dir() / "deepim.pt"
+    if distributed.is_main():
+        _export(out_dir / "checkpoints" / "deepim_last.pt", exported)
+    return [out_dir / "checkpoints" / "deepim_last.pt", out_dir / "results.json", exported]
+
+
+def _run_self6d(chain: Chain, resume: bool, command: str) -> list[Path]:
+    """One Self6D network per object (self6d sec. 3): stage synthetic on its rendered ROI crops, then
+    stage self on the unlabeled images its section names (``unlabeled: target``: rendered RGB-D with
+    depth, so the geometric term is on; ``lmo``: the real train split's RGB with the segmentation
+    stage's pseudo masks, visual terms only, no depth)."""
+    from .self6d import run_self6d
+
+    if distributed.world_size() > 1:  # every rank would train and write the same files
+        raise ConfigError("the self6d stage trains on one process (its trainer has no DDP): run it without "
+                          "torchrun, e.g. python training/train.py --config ... --stages self6d,eval")
+    stage_dir = chain.stage_dir("self6d")
+    outputs = []
+    for obj_id in chain.obj_ids:
+        section = dataclasses.replace(chain.sections["self6d"], obj_id=obj_id)
+        out_dir = stage_dir / f"obj_{obj_id:06d}"
+        final = stage_dir / "checkpoints" / f"obj_{obj_id:06d}.pt"
+        last_stage = section.stages[-1]
+        if final.is_file() and (out_dir / "results.json").is_file():
+            _say(f"[chain] self6d: object {obj_id} already trained in this run ({final})")
+        else:
+            run_self6d(chain.trainer_config("self6d", section, out_dir), out=str(out_dir),
+                       resume=_resume_checkpoint(out_dir / "checkpoints" / "self6d_last.pt", resume), command=command)
+            _atomic_copy(out_dir / "checkpoints" / f"self6d_{last_stage}.pt", final)
+        exported = chain.export_dir() / "self6d" / f"obj_{obj_id:06d}.pt"
+        if distributed.is_main():
+            _export(final, exported)
+        outputs += [final, out_dir / "results.json", exported]
+    return outputs
 
 
 def _run_eval(chain: Chain, resume: bool, command: str) -> list[Path]:
@@ -326,7 +461,7 @@ def _run_eval(chain: Chain, resume: bool, command: str) -> list[Path]:
     if not distributed.is_main():
         return []
     from ..data import bop_io
-    from ..eval.bop import evaluate_files
+    from ..eval.bop import evaluate, load_eval_data
     from ..eval.cli import format_table
     from ..predict_cli import build_parser as predict_parser, run as predict
     from ..viz.cli import build_parser as viz_parser, run as draw
@@ -338,11 +473,15 @@ def _run_eval(chain: Chain, resume: bool, command: str) -> list[Path]:
     split = cfg.split or d.val_split
     scene = bop_io.scene_dir(chain.real_root, d.scene_id)
     splits_path = chain.real_root / d.splits_file
-    splits = bop_io.load_splits(splits_path) if splits_path.is_file() else {}
+    splits = bop_io.load_splits(splits_path) if d.splits_file and splits_path.is_file() else {}
     lines = [f"# Training report: {chain.out.name}", "", f"Command: `{command}`", ""]
     if split not in splits or not (scene / "scene_gt.json").is_file():
-        reason = (f"split {split!r} is not in {splits_path}" if split not in splits
-                  else f"{scene / 'scene_gt.json'} does not exist")
+        if not d.splits_file:
+            reason = 'data.splits_file is "" (every image is a training image; no validation split)'
+        elif split not in splits:
+            reason = f"split {split!r} is not in {splits_path}"
+        else:
+            reason = f"{scene / 'scene_gt.json'} does not exist (no ground-truth poses)"
         _say(f"[chain] eval: no ground truth to evaluate against ({reason}); report without metrics")
         lines += [f"No evaluation: {reason}.", ""]
         bop_io.atomic_write_text(report_path, "\n".join(lines))
@@ -350,16 +489,25 @@ def _run_eval(chain: Chain, resume: bool, command: str) -> list[Path]:
     results_csv = out_dir / "results.csv"
     argv = ["--dataset", str(chain.real_root), "--scene", str(d.scene_id), "--split", split,
             "--out", str(results_csv), "--init", cfg.init, "--refine", str(cfg.refine_iterations),
-            "--registry", str(resolve_path(d.objects_file)), "--obj-ids", ",".join(map(str, chain.obj_ids)),
+            "--registry", str(resolve_path(chain.objects_file)), "--obj-ids", ",".join(map(str, chain.obj_ids)),
             "--device", c.device, "--box-seed", str(cfg.box_seed), "--max-images", str(cfg.max_images)]
-    if cfg.init == "dsc":
-        argv += ["--checkpoints", str(chain.stage_dir("dsc_posenet") / "checkpoints")]
+    if cfg.init in ("dsc", "self6d"):  # the compact copies: what ships is what is scored
+        argv += ["--checkpoints", str(chain.export_dir())]
     if cfg.refine_iterations > 0:
-        argv += ["--deepim", str(chain.stage_dir("deepim") / "checkpoints" / "deepim_last.pt")]
+        argv += ["--deepim", str(chain.export_dir() / "deepim.pt")]
     _say("[chain] eval: dsc-pose-predict " + " ".join(argv))
     summary = predict(predict_parser().parse_args(argv))
     im_ids = bop_io.select_scene_images(chain.real_root, d.scene_id, "test", split, None, cfg.max_images).im_ids
-    metrics = evaluate_files(chain.real_root, results_csv, im_ids=im_ids)
+    # score the chain's objects only (the dataset may annotate others), with the dataset's own
+    # evaluation meshes when it has them (BOP: models_eval/), else the chain's models folder
+    models_dir = None
+    if not ((chain.real_root / "models_eval").is_dir() or (chain.real_root / "models").is_dir()):
+        models_dir = Path(chain._registry()[chain.obj_ids[0]].mesh_path).parent
+    data = load_eval_data(chain.real_root, models_dir=models_dir, im_ids=im_ids)
+    data.targets = [t for t in data.targets if t.obj_id in chain.obj_ids]
+    data.objects = {o: v for o, v in data.objects.items() if o in chain.obj_ids}
+    metrics = evaluate(data, bop_io.read_bop_results(results_csv))
+    metrics["results"] = str(results_csv)
     metrics["split"] = split
     bop_io.atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=1, default=str))
     table = format_table(metrics)
@@ -396,9 +544,16 @@ def _say(text: str) -> None:
 
 
 def _checkpoints(chain: Chain) -> list[Path]:
-    found = sorted((chain.stage_dir("dsc_posenet") / "checkpoints").glob("obj_*.pt"))
-    deepim = chain.stage_dir("deepim") / "checkpoints" / "deepim_last.pt"
-    return found + ([deepim] if deepim.is_file() else [])
+    export = chain.export_dir()
+    found = sorted(export.glob("dsc_posenet/obj_*.pt")) + sorted(export.glob("self6d/obj_*.pt"))
+    return found + ([export / "deepim.pt"] if (export / "deepim.pt").is_file() else [])
+
+
+def _export(src: Path, dst: Path) -> None:
+    """A compact (float16, weights-only, no optimiser) copy for the pipeline and the node (atomic)."""
+    from .checkpoint import compact_payload, load_checkpoint, save_checkpoint
+
+    save_checkpoint(dst, compact_payload(load_checkpoint(src)))
 
 
 def _atomic_copy(src: Path, dst: Path) -> None:
@@ -409,7 +564,7 @@ def _atomic_copy(src: Path, dst: Path) -> None:
 
 
 RUNNERS = {"synthetic": _run_synthetic, "segmentation": _run_segmentation, "dsc_posenet": _run_dsc_posenet,
-           "deepim": _run_deepim, "eval": _run_eval}
+           "deepim": _run_deepim, "self6d": _run_self6d, "eval": _run_eval}
 ALWAYS_CONTINUES = frozenset({"synthetic"})  # deterministic per image: continuing equals starting over
 
 
@@ -432,7 +587,7 @@ def run_chain(config: ChainConfig, out: str | None = None, only: list[str] | Non
         if name not in selected:
             status[name], ready[name] = "not selected", current
             continue
-        stale = [dep for dep in DEPENDS[name] if dep in ready and not ready[dep]]
+        stale = [dep for dep in chain.depends(name) if dep in ready and not ready[dep]]
         if stale:
             raise ConfigError(f"stage {name} reads the outputs of {stale}, which are not up to date; "
                               f"run them too (add them to --stages)")
@@ -450,6 +605,11 @@ def run_chain(config: ChainConfig, out: str | None = None, only: list[str] | Non
                 (stage_dir / DONE_STAMP).unlink(missing_ok=True)
             else:
                 shutil.rmtree(stage_dir, ignore_errors=True)  # changed settings: nothing old may leak in
+                exported = chain.export_dir() / EXPORTS[name] if name in EXPORTS else None
+                if exported is not None and exported.is_dir():
+                    shutil.rmtree(exported)
+                elif exported is not None:
+                    exported.unlink(missing_ok=True)
             stage_dir.mkdir(parents=True, exist_ok=True)
             chain.write_stamp(name, STARTED_STAMP)
             text = yaml.safe_dump(to_dict(chain.sections[name]), sort_keys=False)

@@ -376,8 +376,10 @@ def run_dsc_posenet(config, out: str | None = None, resume: str | None = None, c
         opt = cfg.lb if stage == "lb" else cfg.self_stage
         real_iter = None
         if stage == "self":
-            splits = bop_io.load_splits(real_root / cfg.real.splits_file)
-            im_ids = list(splits[cfg.real.train_split])[: cfg.real.max_images or None]
+            from ..data.scene_boxes import split_image_ids
+
+            im_ids = split_image_ids(real_root, cfg.real.splits_file, cfg.real.train_split,
+                                     bop_io.scene_dir(real_root, cfg.real.scene_id))[: cfg.real.max_images or None]
             pseudo = resolve_path(cfg.real.pseudo_dir) if cfg.real.pseudo_dir else None
             real = RealPoseDataset(real_instances(real_root, cfg.real.scene_id, im_ids, cfg.obj_id, pseudo,
                                                   cfg.real.mode, cfg.real.box_seed, cfg.real.max_loosening),

@@ -305,21 +305,27 @@ class RealSplit:
     height: int
 
 
-def load_real_split(cfg: RealDataConfig, split: str, obj_ids: list[int]) -> RealSplit:
+def load_real_split(cfg: RealDataConfig, split: str, obj_ids: list[int], required: bool = True) -> RealSplit:
     """Images of ``split`` and, per image, the target objects with their seeded loosened boxes.
 
-    Only ``bbox_visib`` (the 2D box) of scene_gt_info and the obj_id order of scene_gt are read;
-    the poses are not used here."""
+    Only the 2D boxes are read (``scene_boxes.json``, or ``bbox_visib`` of scene_gt_info with the
+    obj_id order of scene_gt: :mod:`dsc_pose_core.data.scene_boxes`); never the poses. A split that is
+    not there (``required`` False: the validation split) gives an empty split."""
+    from ..data.scene_boxes import load_scene_boxes, split_image_ids
+
     root = resolve_path(cfg.dataset) if cfg.dataset else bop_io.default_lmo_dir()
     scene_path = bop_io.scene_dir(root, cfg.scene_id)
-    splits = bop_io.load_splits(root / cfg.splits_file)
-    if split not in splits:
-        raise ConfigError(f"split {split!r} not in {root / cfg.splits_file}: {sorted(splits)}")
-    im_ids = list(splits[split])
+    try:
+        im_ids = split_image_ids(root, cfg.splits_file, split, scene_path, required)
+    except (ValueError, FileNotFoundError) as exc:
+        raise ConfigError(str(exc)) from None
+    if not im_ids:
+        if required:
+            raise ConfigError(f"split {split!r} of {root / cfg.splits_file} has no images")
+        return RealSplit(scene_path, [], {}, 0, 0)
     if cfg.max_images:
         im_ids = im_ids[: cfg.max_images]
-    gt = bop_io.load_scene_gt(scene_path / "scene_gt.json")
-    info = bop_io.load_scene_gt_info(scene_path / "scene_gt_info.json")
+    boxes = load_scene_boxes(scene_path)
     wanted: dict[int, set[int]] | None = None
     if cfg.targets_file:
         wanted = {}
@@ -333,13 +339,13 @@ def load_real_split(cfg: RealDataConfig, split: str, obj_ids: list[int]) -> Real
         # one generator per (seed, image): the same box whatever else is loaded
         rng = np.random.default_rng([cfg.box_seed, cfg.scene_id, im_id])
         entries = []
-        for inst, (pose, gi) in enumerate(zip(gt[im_id], info[im_id])):
-            loose = loosen_box_xywh(gi.bbox_visib, rng, width, height, cfg.max_loosening)
-            if pose.obj_id not in obj_ids or gi.bbox_visib[2] <= 0 or gi.bbox_visib[3] <= 0:
+        for inst, box in enumerate(boxes.get(im_id, [])):
+            loose = loosen_box_xywh(box.bbox_visib, rng, width, height, cfg.max_loosening)
+            if box.obj_id not in obj_ids or box.bbox_visib[2] <= 0 or box.bbox_visib[3] <= 0:
                 continue
-            if wanted is not None and pose.obj_id not in wanted.get(im_id, ()):
+            if wanted is not None and box.obj_id not in wanted.get(im_id, ()):
                 continue
-            entries.append((inst, pose.obj_id, loose))
+            entries.append((inst, box.obj_id, loose))
         targets[im_id] = entries
     return RealSplit(scene_path, im_ids, targets, width, height)
 
@@ -523,7 +529,9 @@ def _write_png(path: Path, image: np.ndarray) -> None:
 
 
 def summarise(ious: list[dict]) -> dict:
-    """Mean IoU over unflagged targets, per object, and the flagged count."""
+    """Mean IoU over unflagged targets, per object, and the flagged count (means None without IoU:
+    no ground truth to measure against)."""
+    ious = [r for r in ious if "iou" in r]
     kept = [r for r in ious if not r["flagged"]]
     per_object: dict[int, list[float]] = {}
     for r in kept:
@@ -537,9 +545,10 @@ def summarise(ious: list[dict]) -> dict:
     }
 
 
-def pseudo_label_split(model, split: RealSplit, cfg: SegmentationConfig, channel, device, refs: ReferenceMasks,
-                       out_dir: Path | None, desc: str):
-    """Pseudo labels (eq. 1-2) for every target of ``split``; returns (training items, IoU records)."""
+def pseudo_label_split(model, split: RealSplit, cfg: SegmentationConfig, channel, device,
+                       refs: ReferenceMasks | None, out_dir: Path | None, desc: str):
+    """Pseudo labels (eq. 1-2) for every target of ``split``; returns (training items, records with the
+    IoU against the reference masks when ``refs`` is given, i.e. when the scene has ground truth)."""
     items, records = [], []
     scene_out = out_dir / "test" / f"{bop_io_scene_id(split):06d}" if out_dir is not None else None
     boxes_json = {}
@@ -563,11 +572,14 @@ def pseudo_label_split(model, split: RealSplit, cfg: SegmentationConfig, channel
                 labels[~inside] = IGNORE
             foreground_box = (prob >= 0.5) & in_box
             foreground_free = (prob >= 0.5) & inside
-            ref = refs.get(im_id, inst)
-            records.append({"im_id": im_id, "inst": inst, "obj_id": obj_id, "flagged": ref.flagged,
-                            "iou": mask_iou(foreground_box if cfg.pseudo.box_clip else foreground_free, ref.mask),
-                            "iou_no_box": mask_iou(foreground_free, ref.mask),
-                            "ignored_fraction": float((labels[inside] == IGNORE).mean()) if inside.any() else 0.0})
+            record = {"im_id": im_id, "inst": inst, "obj_id": obj_id,
+                      "ignored_fraction": float((labels[inside] == IGNORE).mean()) if inside.any() else 0.0}
+            if refs is not None:  # ground truth to score against (never used for the labels)
+                ref = refs.get(im_id, inst)
+                record.update(flagged=ref.flagged,
+                              iou=mask_iou(foreground_box if cfg.pseudo.box_clip else foreground_free, ref.mask),
+                              iou_no_box=mask_iou(foreground_free, ref.mask))
+            records.append(record)
             sample = RoiSample(image_path, im_id, inst, obj_id, np.asarray(box))
             items.append((sample, labels))
             boxes_json[str(im_id)].append({"inst": inst, "obj_id": obj_id, "bbox_loose": [int(v) for v in box]})
@@ -585,10 +597,13 @@ def bop_io_scene_id(split: RealSplit) -> int:
     return int(split.scene_path.name)
 
 
-def evaluate_split(model, split: RealSplit, cfg: SegmentationConfig, channel, device, refs: ReferenceMasks,
+def evaluate_split(model, split: RealSplit, cfg: SegmentationConfig, channel, device, refs: ReferenceMasks | None,
                    desc: str) -> list[dict]:
-    """IoU of the network's masks (P >= 0.5 inside the loosened box) against the references."""
+    """IoU of the network's masks (P >= 0.5 inside the loosened box) against the references; nothing
+    without references (no ground truth) or without images."""
     records = []
+    if refs is None:
+        return records
     for im_id in tqdm(split.im_ids, desc=desc, unit="img", dynamic_ncols=True, mininterval=5.0,
                       disable=not distributed.is_main()):
         entries = split.targets[im_id]
@@ -681,7 +696,7 @@ def run_segmentation(config, out: str | os.PathLike | None = None, resume: str |
     channel = {o: i for i, o in enumerate(obj_ids)}
 
     train_split = load_real_split(cfg.real, cfg.real.train_split, obj_ids)
-    val_split = load_real_split(cfg.real, cfg.real.val_split, obj_ids)
+    val_split = load_real_split(cfg.real, cfg.real.val_split, obj_ids, required=False)
     real_root = train_split.scene_path.parents[1]
     t0 = time.time()
     backgrounds = ([find_rgb(train_split.scene_path, i) for i in train_split.im_ids]
@@ -693,14 +708,28 @@ def run_segmentation(config, out: str | os.PathLike | None = None, resume: str |
           f"{sum(len(v) for v in train_split.targets.values())} in {len(train_split.im_ids)} images; "
           f"val targets: {sum(len(v) for v in val_split.targets.values())} in {len(val_split.im_ids)} images",
           flush=True)
-    refs = ReferenceMasks(train_split.scene_path, train_split.width, train_split.height, registry,
-                          cfg.eval.flag_tolerance)
+    # IoU of pseudo and predicted masks is measured only where the real scene has ground-truth poses
+    # (or masks); a new object's images with 2D boxes only are labelled and trained on all the same
+    from ..data.scene_boxes import measurable_ground_truth
+
+    no_iou_reason = measurable_ground_truth(train_split.scene_path)
+    refs = None
+    if no_iou_reason is None:
+        refs = ReferenceMasks(train_split.scene_path, train_split.width, train_split.height, registry,
+                              cfg.eval.flag_tolerance)
+    else:
+        print(f"mask IoU not measured: {no_iou_reason}", flush=True)
+    if not val_split.im_ids:
+        print(f"no validation split {cfg.real.val_split!r}: val IoU not measured", flush=True)
+    results_no_iou = no_iou_reason or (None if val_split.im_ids else f"no validation split {cfg.real.val_split!r}")
 
     model = RoiSegmenter(len(obj_ids), cfg.model.encoder, cfg.model.decoder_channels).to(device)
     results_path = out_dir / "results.json"
     results = {"stage": "segmentation", "command": command, "config": cfg_dict, "obj_ids": obj_ids,
                "train_real_iou_per_iter": [], "train_real_iou_no_box_clip_per_iter": [], "iterations": [],
                "timings": timings}
+    if results_no_iou:
+        results["iou_not_measured"] = results_no_iou
     first_iteration = 1
     ckpt_dir = out_dir / "checkpoints"
     if resume:
@@ -762,9 +791,13 @@ def run_segmentation(config, out: str | os.PathLike | None = None, resume: str |
         if distributed.is_main():
             bop_io.atomic_write_text(out_dir / "pseudo" / f"iter_{t}" / "iou.json",
                                      json.dumps({"summary": summary, "targets": records}, indent=0))
-        print(f"iteration {t}: pseudo-label IoU on {cfg.real.train_split} = {summary['mean']:.4f} "
-              f"(without box clipping {summary['mean_no_box']:.4f}; {summary['n_flagged']} of "
-              f"{summary['n_targets']} targets flagged)", flush=True)
+        if summary["mean"] is not None:
+            print(f"iteration {t}: pseudo-label IoU on {cfg.real.train_split} = {summary['mean']:.4f} "
+                  f"(without box clipping {summary['mean_no_box']:.4f}; {summary['n_flagged']} of "
+                  f"{summary['n_targets']} targets flagged)", flush=True)
+        else:
+            print(f"iteration {t}: {len(items)} pseudo-labelled targets in {cfg.real.train_split} "
+                  f"(IoU not measured: {no_iou_reason})", flush=True)
         batcher.set_real(items)
         t1 = time.time()
         info = train_steps(model, batcher, cfg.finetune, device, f"fine-tune t={t}", logger,
@@ -784,9 +817,13 @@ def run_segmentation(config, out: str | os.PathLike | None = None, resume: str |
     results["val_iou_mean"] = summary["mean"]
     results["machine"] = _machine()
     results["commit"] = _commit()
-    refs.close()
+    if refs is not None:
+        refs.close()
     logger.close()
     write_results()
-    print(f"val IoU (final network) = {summary['mean']:.4f} over {summary['n_targets'] - summary['n_flagged']} "
-          f"targets ({summary['n_flagged']} flagged); results in {results_path}", flush=True)
+    if summary["mean"] is not None:
+        print(f"val IoU (final network) = {summary['mean']:.4f} over {summary['n_targets'] - summary['n_flagged']} "
+              f"targets ({summary['n_flagged']} flagged); results in {results_path}", flush=True)
+    else:
+        print(f"val IoU not measured ({results_no_iou}); results in {results_path}", flush=True)
     return results

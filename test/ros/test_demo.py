@@ -39,3 +39,25 @@ def test_demo_runs_end_to_end(tmp_path, ros_session_env):
     assert report["accuracy"] is not None and "ADD-S_0.1d" in report["accuracy"]
     assert len(list((out / "overlays").glob("*.png"))) == 2
     assert "== dsc_pose demo" in proc.stdout and "latency (ms)" in proc.stdout
+    # the node ran the shipped DSC-PoseNet checkpoint, not the box initialiser
+    assert "demo checkpoint: " in proc.stdout and "-p init:=dsc" in proc.stdout
+
+
+def test_shipped_demo_checkpoint_is_compact_and_serves_the_demo_object(tmp_path):
+    from dsc_pose_core.objects.demo_object import DEMO_OBJ_ID, write_demo_models, write_demo_registry
+    from dsc_pose_core.objects.registry import ObjectRegistry
+    from dsc_pose_core.pipeline import PipelineConfig, PoseEstimator, find_dsc_checkpoint
+    from dsc_pose_ros.demo import DEMO_CHECKPOINTS
+    import torch
+
+    path = find_dsc_checkpoint(DEMO_CHECKPOINTS, DEMO_OBJ_ID)
+    assert path is not None and path.stat().st_size < 10e6
+    payload = torch.load(path, weights_only=True)
+    assert payload["compact"] and payload["obj_id"] == DEMO_OBJ_ID and "optimizer" not in payload
+    shipped = sum(f.stat().st_size for f in DEMO_CHECKPOINTS.parent.rglob("*.pt"))
+    assert shipped < 100e6  # the repository's checkpoints stay small
+    registry = ObjectRegistry.from_yaml(write_demo_registry(tmp_path / "objects.yaml",
+                                                            write_demo_models(tmp_path / "models")))
+    with PoseEstimator(registry, PipelineConfig(init="dsc", dsc_checkpoints=str(DEMO_CHECKPOINTS),
+                                                refine_iterations=0)) as estimator:
+        assert DEMO_OBJ_ID in estimator.dsc

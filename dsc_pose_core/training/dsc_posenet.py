@@ -30,8 +30,8 @@ from ..data import bop_io
 from ..data.dsc_views import (MODES, RealPoseDataset, SyntheticPoseDataset, ViewAugmentConfig, real_instances,
                               synthetic_instances)
 from ..losses import dsc_posenet as L
-from ..models.dsc_posenet import (DscModelConfig, DscPoseNet, image_to_view, normalise_rgb, resample_map,
-                                  view_to_image)
+from ..models.dsc_posenet import (DscModelConfig, DscPoseNet, ScaleSpecificBatchNorm2d, image_to_view,
+                                  normalise_rgb, resample_map, view_to_image)
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ConfigError, to_dict
@@ -40,6 +40,8 @@ from .segmentation import SyntheticDataConfig, ensure_synthetic, resolve_path
 
 CHECKPOINT_FORMAT = "dsc_pose.dsc_posenet/1"
 STAGE_NAMES = ("lb", "self")
+# the data's view tags ("u", "n"; "x_u", "a_n", ...) -> the model's view scale (its BatchNorm statistics)
+VIEW_SCALE_OF_TAG = {"u": "unnorm", "n": "norm"}
 
 
 @dataclass
@@ -148,8 +150,10 @@ class DscPoseNetTrainer:
             self.renderer = DifferentiableRenderer(cfg.loss.align_faces_per_pixel, cfg.loss.align_sigma_px, self.device)
             self.renderer.add_object(0, mesh, target_faces=cfg.loss.align_faces)
 
-    def _forward_view(self, images: torch.Tensor, matrix: torch.Tensor) -> dict:
-        out = self.net(normalise_rgb(images.to(self.device)))
+    def _forward_view(self, images: torch.Tensor, matrix: torch.Tensor, tag: str) -> dict:
+        """One view's batch (``tag`` "u"/"n", optionally prefixed "x_"/"a_") through the network with
+        that scale's BatchNorm statistics."""
+        out = self.net(normalise_rgb(images.to(self.device)), view=VIEW_SCALE_OF_TAG[tag[-1]])
         out["k_image"] = view_to_image(out["keypoints"], matrix.to(self.device))
         return out
 
@@ -171,7 +175,7 @@ class DscPoseNetTrainer:
         terms = {}
         for tag in ("u", "n"):
             matrix = batch[f"{tag}_matrix"].to(dev)
-            out = self._forward_view(batch[f"{tag}_image"], matrix)
+            out = self._forward_view(batch[f"{tag}_image"], matrix, tag)
             for k, v in self._supervised(out, matrix, kp, scale, batch[f"{tag}_mask"].to(dev),
                                          offsets_only=offsets_only).items():
                 terms[k] = terms.get(k, 0.0) + v
@@ -206,7 +210,7 @@ class DscPoseNetTrainer:
             terms = {}
             for tag in ("a_u", "a_n"):
                 matrix = batch[f"{tag}_matrix"].to(dev)
-                out = self._forward_view(batch[f"{tag}_image"], matrix)
+                out = self._forward_view(batch[f"{tag}_image"], matrix, tag)
                 for k, v in self._supervised(out, matrix, batch["keypoints"].to(dev), scale,
                                              batch[f"{tag}_mask"].to(dev), batch[f"{tag}_ignore"].to(dev)).items():
                     terms[f"real_{k}"] = terms.get(f"real_{k}", 0.0) + v
@@ -216,7 +220,7 @@ class DscPoseNetTrainer:
         for tag in ("u", "n"):  # x and A(x) through the network together
             images = torch.cat([batch[f"x_{tag}_image"], batch[f"a_{tag}_image"]])
             matrices = torch.cat([batch[f"x_{tag}_matrix"], batch[f"a_{tag}_matrix"]]).to(dev)
-            out = self._forward_view(images, matrices)
+            out = self._forward_view(images, matrices, tag)
             views[f"x_{tag}"] = {k: v[:bsz] for k, v in out.items() if k != "centres"}
             views[f"a_{tag}"] = {k: v[bsz:] for k, v in out.items() if k != "centres"}
         k3d = self.keypoints_3d[None]
@@ -274,6 +278,35 @@ def load_object(cfg: DscPoseNetConfig):
         mesh = ObjectRegistry.from_yaml(resolve_path(cfg.objects_file))[cfg.obj_id].mesh
     keypoints = object_keypoints(mesh, cfg.model.n_keypoints - 1)
     return mesh, keypoints
+
+
+@torch.no_grad()
+def calibrate_view_statistics(model: DscPoseNet, batches) -> int:
+    """Recompute every BatchNorm's per-scale running statistics as the plain average over ``batches``
+    (dicts with ``u_image`` and ``n_image`` uint8 [B,3,H,W], e.g. a ``SyntheticPoseDataset`` loader);
+    weights are unchanged. For a checkpoint trained before the statistics were kept per scale (its
+    shared statistics average both scales). Returns the number of batches used."""
+    norms = [m for m in model.modules() if isinstance(m, ScaleSpecificBatchNorm2d)]
+    saved_momentum = [m.momentum for m in norms]
+    was_training = model.training
+    for m in norms:
+        for view in VIEW_SCALE_OF_TAG.values():
+            getattr(m, f"running_mean_{view}").zero_()
+            getattr(m, f"running_var_{view}").fill_(1)
+            getattr(m, f"num_batches_tracked_{view}").zero_()
+        m.momentum = None  # cumulative average over the batches
+    model.train()
+    count = 0
+    try:
+        for batch in batches:
+            for tag, view in VIEW_SCALE_OF_TAG.items():
+                model(normalise_rgb(batch[f"{tag}_image"].to(next(model.parameters()).device)), view=view)
+            count += 1
+    finally:
+        for m, momentum in zip(norms, saved_momentum):
+            m.momentum = momentum
+        model.train(was_training)
+    return count
 
 
 def model_from_checkpoint(path, device="cpu") -> tuple[DscPoseNet, np.ndarray, int]:

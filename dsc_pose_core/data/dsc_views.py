@@ -40,15 +40,25 @@ class ViewAugmentConfig:
     rotation_deg: float = 15.0  # A: rotation U(-r, r) about the box centre
     scale: float = 0.2  # A: scale U(1 - s, 1 + s)
     shift: float = 0.1  # A: translation U(-s, s) x box side
-    box_loosening: float = 0.15  # synthetic: the normalised crop's box loosened like a real weak box
+    box_loosening: float = 0.15  # synthetic, norm_box "loosened" only: box loosened outwards 0..15 % per side
     brightness: float = 0.25
     contrast: float = 0.25
     saturation: float = 0.25
     noise: float = 3.0  # gaussian noise std, 0-255 units
+    # Synthetic: the normalised crop's box. "mask" (default): the tight box of the augmented visible
+    # mask (A applied to the mask's pixels), its side x U(1 - j, 1 + j) and its centre shifted by
+    # U(-c, c) x side. Inference crops the box of the *predicted* mask (~0.85 x the tight box) and
+    # RealPoseDataset the pseudo mask's box; the old "loosened" box (loosened outwards, then the
+    # rotated box's corners) was ~1.25 x the tight box, so at inference the object looked ~1.5 x
+    # larger than in training and the normalised view's keypoints shrank (object placed too far).
+    norm_box: str = "mask"
+    norm_box_size_jitter: float = 0.2
+    norm_box_shift: float = 0.05
 
     @classmethod
     def off(cls) -> "ViewAugmentConfig":
-        return cls(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        return cls(rotation_deg=0.0, scale=0.0, shift=0.0, box_loosening=0.0, brightness=0.0, contrast=0.0,
+                   saturation=0.0, noise=0.0, norm_box_size_jitter=0.0, norm_box_shift=0.0)
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -87,6 +97,30 @@ def mask_box_xyxy(mask: np.ndarray) -> np.ndarray | None:
     return np.array([xs.min() - 0.5, ys.min() - 0.5, xs.max() + 0.5, ys.max() + 0.5], dtype=np.float64)
 
 
+def augmented_mask_box(mask: np.ndarray, A: np.ndarray) -> np.ndarray | None:
+    """Tight box (pixel edges) of A(mask): the mask's pixel centres mapped by A, +-0.5 px x A's scale."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return None
+    points = np.stack([xs, ys], 1).astype(np.float64) @ A[:2, :2].T + A[:2, 2]
+    half = 0.5 * float(np.sqrt(abs(np.linalg.det(A[:2, :2]))))
+    return np.array([points[:, 0].min() - half, points[:, 1].min() - half,
+                     points[:, 0].max() + half, points[:, 1].max() + half])
+
+
+def jitter_box(box_xyxy: np.ndarray, rng: np.random.Generator | None, size_jitter: float, shift: float) -> np.ndarray:
+    """Box scaled about its centre by U(1 - size_jitter, 1 + size_jitter) (both sides alike) and its
+    centre shifted by U(-shift, shift) x its longer side per axis (unchanged without rng)."""
+    box = np.asarray(box_xyxy, dtype=np.float64)
+    if rng is None:
+        return box
+    factor = rng.uniform(1.0 - size_jitter, 1.0 + size_jitter)
+    side = max(box[2] - box[0], box[3] - box[1])
+    centre = (box[:2] + box[2:]) / 2 + rng.uniform(-shift, shift, 2) * side
+    half = (box[2:] - box[:2]) / 2 * factor
+    return np.concatenate([centre - half, centre + half])
+
+
 def colour_jitter(image: np.ndarray, rng: np.random.Generator | None, cfg: ViewAugmentConfig) -> np.ndarray:
     if rng is None:
         return image
@@ -107,13 +141,15 @@ def _chw(image: np.ndarray) -> torch.Tensor:
 
 def make_view_pair(image: np.ndarray, model: DscModelConfig, A: np.ndarray, box_xyxy: np.ndarray,
                    norm_box_xyxy: np.ndarray, rng: np.random.Generator | None, aug: ViewAugmentConfig,
-                   masks: dict[str, np.ndarray] | None = None, prefix: str = "") -> dict:
+                   masks: dict[str, np.ndarray] | None = None, prefix: str = "",
+                   norm_box_augmented: bool = False) -> dict:
     """Un-normalised (``u``) and normalised (``n``) views of A(image). ``box_xyxy`` positions the
-    un-normalised window, ``norm_box_xyxy`` the normalised crop (both in image px, edges).
+    un-normalised window, ``norm_box_xyxy`` the normalised crop (both in image px, edges; the latter
+    already in A(image) px when ``norm_box_augmented``, else the box of its corners under A).
     ``masks`` (bool/uint8 HxW, image px) are warped into both views (nearest)."""
     height, width = image.shape[:2]
     box_a = transformed_box(A, box_xyxy)
-    nbox_a = transformed_box(A, norm_box_xyxy)
+    nbox_a = np.asarray(norm_box_xyxy, np.float64) if norm_box_augmented else transformed_box(A, norm_box_xyxy)
     m_u = view_matrix(unnorm_window(model, box_a, (width, height)), model.unnorm_size) @ A
     m_n = view_matrix(norm_window(model, nbox_a), model.norm_size) @ A
     out = {}
@@ -245,11 +281,21 @@ class SyntheticPoseDataset(torch.utils.data.Dataset):
         box = box_xyxy_edges(item.box_xywh)
         side = float(max(box[2] - box[0], box[3] - box[1]))
         A = augment_matrix(rng, ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2), side, aug)
-        nbox = box
-        if rng is not None and aug.box_loosening > 0:
-            h, w = image.shape[:2]
-            nbox = box_xyxy_edges(loosen_box_xywh(item.box_xywh, rng, w, h, aug.box_loosening))
-        out = make_view_pair(image, self.model, A, box, nbox, rng, aug, {"mask": mask})
+        nbox, augmented = box, False
+        if rng is not None and aug.norm_box == "mask":
+            # the tight box of the augmented visible mask, jittered symmetrically: sized like the
+            # predicted-mask box of inference and the pseudo-mask box of RealPoseDataset
+            tight = augmented_mask_box(mask, A)
+            if tight is not None:
+                nbox, augmented = jitter_box(tight, rng, aug.norm_box_size_jitter, aug.norm_box_shift), True
+        elif rng is not None and aug.norm_box == "loosened":
+            if aug.box_loosening > 0:
+                h, w = image.shape[:2]
+                nbox = box_xyxy_edges(loosen_box_xywh(item.box_xywh, rng, w, h, aug.box_loosening))
+        elif aug.norm_box not in ("mask", "loosened"):
+            raise ValueError(f"augment.norm_box must be 'mask' or 'loosened', not {aug.norm_box!r}")
+        out = make_view_pair(image, self.model, A, box, nbox, rng, aug, {"mask": mask},
+                             norm_box_augmented=augmented)
         out.update(keypoints=torch.as_tensor(project_keypoints(self.keypoints_3d, item.R, item.t, item.K),
                                              dtype=torch.float32),
                    scale=torch.tensor(side, dtype=torch.float32), K=torch.as_tensor(item.K, dtype=torch.float32),
@@ -261,8 +307,8 @@ class RealPoseDataset(torch.utils.data.Dataset):
     """Real instance -> the four views of eq. (10)-(11): x (``x_u``, ``x_n`` = N(x)) without
     augmentation and A(x) (``a_u``, ``a_n`` = N(A(x))), plus the alignment crop (the N(x) window at
     ``align_size`` px) with the warped pseudo mask and ignore mask; S = longer side of the loosened
-    box; K. The normalised crop's box: the pseudo mask's box (inside the loosened box), or the
-    loosened box when the mask is empty. In mode ``with_real_pose_labels`` also ``keypoints``."""
+    box; K. The normalised crop's box: the pseudo mask's box (inside the loosened box; for A(x) the
+    box of the augmented mask), or the loosened box when the mask is empty. In mode ``with_real_pose_labels`` also ``keypoints``."""
 
     def __init__(self, instances: list[PoseInstance], keypoints_3d: np.ndarray, model: DscModelConfig,
                  augment: ViewAugmentConfig | None = None, align_size: int = 64, seed: int = 0):
@@ -298,7 +344,13 @@ class RealPoseDataset(torch.utils.data.Dataset):
         masks = {"mask": mask, "ignore": ignore}
         out = make_view_pair(image, self.model, np.eye(3), loose, nbox, None, aug, masks, prefix="x_")
         A = augment_matrix(rng, ((loose[0] + loose[2]) / 2, (loose[1] + loose[3]) / 2), side, aug)
-        out.update(make_view_pair(image, self.model, A, loose, nbox, rng, aug, masks, prefix="a_"))
+        # N(A(x)) bounds the augmented pseudo mask (not the rotated corners of its box, up to ~1.3 x
+        # larger), as inference bounds the mask it sees; "loosened" keeps the old corner box
+        nbox_a, augmented = nbox, False
+        if aug.norm_box == "mask" and mask.any():
+            nbox_a, augmented = augmented_mask_box(mask, A), True
+        out.update(make_view_pair(image, self.model, A, loose, nbox_a, rng, aug, masks, prefix="a_",
+                                  norm_box_augmented=augmented))
         m_align = view_matrix(norm_window(self.model, nbox), self.align_size)
         out["align_matrix"] = torch.as_tensor(m_align, dtype=torch.float32)
         out["align_mask"] = torch.from_numpy(warp_view(mask.astype(np.uint8), m_align, self.align_size, True)

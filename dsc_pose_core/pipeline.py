@@ -209,29 +209,8 @@ class PoseEstimator:
         from .models.dsc_posenet import DscPoseNetEstimator
         from .training.dsc_posenet import model_from_checkpoint
 
-        if spec is None:
-            raise PipelineConfigError("initialiser 'dsc' needs DSC-PoseNet checkpoints (a directory or {obj_id: path})")
-        paths, missing = {}, []
-        if isinstance(spec, Mapping):
-            given = {int(k): v for k, v in spec.items()}
-            for o in self.obj_ids:
-                if o in given:
-                    paths[o] = Path(given[o])
-                else:
-                    missing.append(o)
-        else:
-            if not Path(spec).is_dir():
-                raise PipelineConfigError(f"DSC-PoseNet checkpoint directory not found: {spec}")
-            for o in self.obj_ids:
-                found = find_dsc_checkpoint(spec, o, self.registry[o].name)
-                if found is None:
-                    missing.append(o)
-                else:
-                    paths[o] = found
-        if missing:
-            where = f"in {spec} (obj_XXXXXX.pt, NAME.pt or dsc_NAME.pt)" if not isinstance(spec, Mapping) else "given"
-            raise PipelineConfigError(f"no DSC-PoseNet checkpoint {where} for objects {missing}; "
-                                      "restrict obj_ids or add the checkpoints")
+        paths = self._checkpoint_paths(spec, "dsc", "DSC-PoseNet", find_dsc_checkpoint,
+                                       "obj_XXXXXX.pt, NAME.pt or dsc_NAME.pt")
         estimators = {}
         for o, path in paths.items():
             model, keypoints_3d, ckpt_obj = _load(model_from_checkpoint, path, "DSC-PoseNet", self.device)
@@ -240,9 +219,11 @@ class PoseEstimator:
             estimators[o] = DscPoseNetEstimator(model, keypoints_3d, ransac=self.config.ransac, device=self.device)
         return estimators
 
-    def _checkpoint_paths(self, spec, what: str, finder) -> dict:
+    def _checkpoint_paths(self, spec, init: str, what: str, finder, layout: str) -> dict:
+        """{obj_id: checkpoint path} for every served object, from {obj_id: path} or a directory
+        searched with ``finder``; a missing directory or object is one clear error."""
         if spec is None:
-            raise PipelineConfigError(f"initialiser needs {what} checkpoints (a directory or {{obj_id: path}})")
+            raise PipelineConfigError(f"initialiser {init!r} needs {what} checkpoints (a directory or {{obj_id: path}})")
         paths, missing = {}, []
         if isinstance(spec, Mapping):
             given = {int(k): v for k, v in spec.items()}
@@ -261,7 +242,8 @@ class PoseEstimator:
                 else:
                     paths[o] = found
         if missing:
-            raise PipelineConfigError(f"no {what} checkpoint in {spec} for objects {missing}; "
+            where = f"in {spec} ({layout})" if not isinstance(spec, Mapping) else "given"
+            raise PipelineConfigError(f"no {what} checkpoint {where} for objects {missing}; "
                                       "restrict obj_ids or add the checkpoints")
         return paths
 
@@ -270,7 +252,9 @@ class PoseEstimator:
         from .training.self6d import model_from_checkpoint
 
         estimators = {}
-        for o, path in self._checkpoint_paths(spec, "Self6D", find_self6d_checkpoint).items():
+        paths = self._checkpoint_paths(spec, "self6d", "Self6D", find_self6d_checkpoint,
+                                       "self6d/obj_XXXXXX.pt, self6d_obj_XXXXXX.pt or self6d_NAME.pt")
+        for o, path in paths.items():
             model, ckpt_obj, diameter = _load(model_from_checkpoint, path, "Self6D", self.device)
             if ckpt_obj != o:
                 raise PipelineConfigError(f"{path}: Self6D checkpoint of object {ckpt_obj}, expected object {o}")

@@ -110,6 +110,8 @@ class Self6dConfig:
     synthetic: Self6dOptimConfig = field(default_factory=lambda: Self6dOptimConfig(steps=1500, batch_size=32))
     self_stage: Self6dOptimConfig = field(default_factory=lambda: Self6dOptimConfig(steps=300, batch_size=8, lr=1e-4))
     checkpoint_every: int = 100
+    log_every: int = 20  # TensorBoard scalars (losses, lr) every N steps (OUT/tb)
+    image_every: int = 100  # TensorBoard sample picture every N steps (0 = never)
     progress: bool = True
 
     def validate(self) -> None:
@@ -198,6 +200,7 @@ class Self6dTrainer:
         self.renderer.add_object(0, obj.mesh, target_faces=lc.render_faces)
         self.ms_ssim = L.MsSsimLoss().to(self.device)
         self.feature_net = None  # frozen trunk for eq. (7), set by freeze_perceptual_features()
+        self.last_sample = None  # (observed RGB, rendered RGB or mask probability) of the last batch, for logs
         self.points = obj.points.to(self.device)
 
     def freeze_perceptual_features(self) -> None:
@@ -220,6 +223,7 @@ class Self6dTrainer:
         dev = self.device
         out, R, t = self.predict(batch)
         pose = L.pose_loss(R, t, batch["R"].to(dev), batch["t"].to(dev), self.points, self.obj.symmetries)
+        self.last_sample = ("mask", batch["rgb"][:4], torch.sigmoid(out["mask_logits"][:4]).detach().cpu())
         return {"mask_bce": L.mask_bce(out["mask_logits"], batch["mask"].to(dev) > 127).mean(),
                 "pose": (pose / self.obj.diameter).mean()}
 
@@ -230,6 +234,7 @@ class Self6dTrainer:
         K_crop = crop_intrinsics(batch["K"].to(dev), batch["window"].to(dev), size, size)
         render = self.renderer.render_rgbd(K_crop, 0, R, t, size, size)
         observed = batch["rgb"].to(dev).float() / 255.0
+        self.last_sample = ("render", batch["rgb"][:4], render.rgb[:4].detach().cpu())
         if lc.mask_source == "dataset":
             mask_pred = (batch["mask"].to(dev) > 127).float()
         else:
@@ -316,9 +321,27 @@ def model_from_checkpoint(path, device="cpu") -> tuple[Self6dNet, int, float]:
     return model.to(device).eval(), int(payload["obj_id"]), float(payload["diameter"])
 
 
+def sample_picture(sample) -> np.ndarray:
+    """Observed crops (top) over the predicted mask tinted green (synthetic stage) or the render at the
+    predicted pose (self stage), uint8 [2S, 4S, 3]."""
+    from .tensorboard_log import mask_overlay, tile
+
+    kind, rgb, other = sample
+    observed = [img.permute(1, 2, 0).numpy() for img in rgb]
+    if kind == "mask":
+        below = [mask_overlay(img, m.numpy() > 0.5) for img, m in zip(observed, other)]
+    else:
+        below = [(img.permute(1, 2, 0).clamp(0, 1).numpy() * 255).astype(np.uint8) for img in other]
+    return tile(observed + below, columns=len(observed))
+
+
 def train_stage(trainer: Self6dTrainer, stage: str, labelled, unlabeled, opt: Self6dOptimConfig, out_dir: Path | None,
                 start_step: int = 0, optimiser=None, history: list | None = None) -> list:
+    from .tensorboard_log import TrainLogger
+
     cfg = trainer.cfg
+    logger = TrainLogger(out_dir / "tb", cfg.log_every, cfg.image_every, enabled=out_dir is not None) \
+        if out_dir is not None else None
     history = history if history is not None else []
     if optimiser is None:
         optimiser = torch.optim.Adam(trainer.model.parameters(), lr=opt.lr)
@@ -347,10 +370,16 @@ def train_stage(trainer: Self6dTrainer, stage: str, labelled, unlabeled, opt: Se
                   "seconds": time.perf_counter() - t0, **{k: float(v.detach()) for k, v in terms.items()}}
         history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.4f}")
+        if logger is not None and logger.wants_scalars(step + 1):
+            logger.scalars(step + 1, {k: v for k, v in record.items() if k not in ("stage", "step")}, f"{stage}")
+        if logger is not None and logger.wants_image(step + 1) and trainer.last_sample is not None:
+            logger.image(f"{stage}/sample", step + 1, sample_picture(trainer.last_sample))
         if out_dir is not None and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == opt.steps):
             save(out_dir / "checkpoints" / "self6d_last.pt", trainer, optimiser, stage, step + 1, cfg, history)
     if out_dir is not None:
         save(out_dir / "checkpoints" / f"self6d_{stage}.pt", trainer, None, stage, opt.steps, cfg, history)
+    if logger is not None:
+        logger.close()
     return history
 
 

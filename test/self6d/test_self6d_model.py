@@ -99,7 +99,7 @@ def tiny_run(demo_models, tmp_path_factory):
             "self6d.data.source_images=24", "self6d.data.target_images=8", "self6d.data.test_images=8",
             "self6d.data.distance=[0.4, 0.7]", "self6d.synthetic.steps=40", "self6d.synthetic.batch_size=8",
             "self6d.self_stage.steps=12", "self6d.self_stage.batch_size=4", "self6d.self_stage.lr=0.001",
-            "self6d.checkpoint_every=10", "self6d.progress=false"]
+            "self6d.checkpoint_every=10", "self6d.log_every=5", "self6d.image_every=10", "self6d.progress=false"]
     assert main(args) == 0
     return out
 
@@ -120,6 +120,14 @@ def test_short_training_run_lowers_the_losses(tiny_run):
     assert np.mean(self_total[-4:]) < np.mean(self_total[:4])
     results = json.loads((tiny_run / "results.json").read_text())
     assert results["synthetic"]["test"]["n"] == 8 and "self" in results
+    # TensorBoard: losses and lr of both stages, sample pictures
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tiny_run / "tb"))
+    events.Reload()
+    tags = events.Tags()
+    assert {"synthetic/loss", "synthetic/lr", "self/loss", "self/geom"} <= set(tags["scalars"])
+    assert {"synthetic/sample", "self/sample"} <= set(tags["images"])
 
 
 def test_pipeline_uses_self6d_as_initialiser(tiny_run, demo_models, tmp_path):

@@ -28,7 +28,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from dataclasses import replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -214,10 +214,7 @@ if __name__ == "__main__":
 # --------------------------------------------------------------------------------------------
 # Training-time augmentation of labelled crops (torch, batched)
 # --------------------------------------------------------------------------------------------
-from dataclasses import dataclass as _dataclass  # noqa: E402
-
-
-@_dataclass
+@dataclass
 class CropAugmentConfig:
     """Augmentation of source crops during training (self6d sec. 4: "a lot of augmentations (e.g.
     random Gaussian noise, intensity jitter) leads to best results"). 0 probabilities / ranges turn

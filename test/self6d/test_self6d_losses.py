@@ -1,7 +1,6 @@
 """Self6D's losses (self6d eq. 2-11): zero at a perfect match, positive and growing under a known
 pose shift; the renderer's RGB-D against PyTorch3D; self-supervision alone pulls a perturbed pose back."""
 
-import numpy as np
 import pytest
 import torch
 

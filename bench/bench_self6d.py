@@ -20,7 +20,6 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -44,12 +43,11 @@ def out_dir(name: str) -> Path:
     return REPO / next(a.split("=", 1)[1] for a in RUNS[name] if a.startswith("out="))
 
 
-def run(name: str) -> float:
+def run(name: str) -> None:
+    """Training times are read back from each run's results.json."""
     cmd = [sys.executable, "training/train.py", *RUNS[name]]
     print("+", " ".join(cmd), flush=True)
-    t0 = time.perf_counter()
     subprocess.run(cmd, cwd=REPO, check=True)
-    return time.perf_counter() - t0
 
 
 def load(name: str) -> dict:

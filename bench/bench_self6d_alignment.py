@@ -57,8 +57,6 @@ def main(argv=None) -> int:
     model, _, _ = S.model_from_checkpoint(REPO / args.checkpoint)
     trainer.model = model
     trainer.freeze_perceptual_features()
-    lc = cfg.loss
-    weights = {"mask": lc.mask, "lab": lc.lab, "ms_ssim": lc.ms_ssim, "perceptual": lc.perceptual, "geom": lc.geom}
     size = cfg.model.input_size
     K_crop = crop_intrinsics(batch["K"], batch["window"], size, size)
     observed = batch["rgb"].float() / 255.0
@@ -93,7 +91,7 @@ def main(argv=None) -> int:
                     "geom": lambda: L.geometric_loss(depth, mask_pred, render.depth, (render.depth > 0).float(), K_crop,
                                                      obj.diameter),
                 }
-                loss = sum(weights[name] * parts[name]() for name in terms)
+                loss = trainer.total_self({name: parts[name]() for name in terms})  # eq. (8) + eta L_geom, per crop
                 optimiser.zero_grad()
                 loss.sum().backward()
                 optimiser.step()

@@ -237,9 +237,7 @@ def _signed_squared_distance(p: torch.Tensor, tri: torch.Tensor) -> torch.Tensor
 
     d = torch.minimum(torch.minimum(segment(v0, v1), segment(v0, v2)), segment(v1, v2))
 
-    def edge(a, b, c):  # twice the signed area of (a, b, c)
-        return (c[:, 0] - a[:, 0]) * (b[:, 1] - a[:, 1]) - (c[:, 1] - a[:, 1]) * (b[:, 0] - a[:, 0])
-
+    edge = _twice_signed_area
     with torch.no_grad():
         area = edge(v0, v1, v2)
         w0, w1, w2 = edge(v1, v2, p) / area, edge(v2, v0, p) / area, edge(v0, v1, p) / area
@@ -288,13 +286,15 @@ def nearest_face_depth_color(uv: torch.Tensor, z: torch.Tensor, faces: torch.Ten
     return depth.reshape(batch, height, width), colors.reshape(batch, height, width, 3)
 
 
+def _twice_signed_area(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Edge function of 2D points [N,2]: twice the signed area of the triangle (a, b, c)."""
+    return (c[:, 0] - a[:, 0]) * (b[:, 1] - a[:, 1]) - (c[:, 1] - a[:, 1]) * (b[:, 0] - a[:, 0])
+
+
 def _barycentric(p: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
     """Screen-space barycentric coordinates [N,3] of points p [N,2] in triangles tri [N,3,2]."""
     v0, v1, v2 = tri.unbind(1)
-
-    def edge(a, b, c):
-        return (c[:, 0] - a[:, 0]) * (b[:, 1] - a[:, 1]) - (c[:, 1] - a[:, 1]) * (b[:, 0] - a[:, 0])
-
+    edge = _twice_signed_area
     area = edge(v0, v1, v2)
     area = torch.where(area.abs() < 1e-12, torch.full_like(area, 1e-12), area)
     return torch.stack([edge(v1, v2, p), edge(v2, v0, p), edge(v0, v1, p)], dim=-1) / area[:, None]

@@ -274,7 +274,8 @@ class PoseEstimator:
         trained = payload.get("obj_ids")
         self.refine_ids = set(self.obj_ids) if trained is None else {int(o) for o in trained} & set(self.obj_ids)
         self.refiner = DeepImRefiner(model, None, {o: self.vertices[o] for o in self.refine_ids}, zoom,
-                                     device=self.device)
+                                     device=self.device,
+                                     translation_units=payload.get("translation_units", "normalized"))
         try:
             _ = self.renderer  # made now: a start-up failure, not one in the first frame
         except Exception as exc:

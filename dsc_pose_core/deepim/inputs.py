@@ -13,6 +13,12 @@
    the ground truth segmentation", sec. 4.1).
 
 Images enter the network as RGB / 255 - 0.5, masks as 0 / 1.
+
+``ZoomedInput.focal`` is the zoomed-in camera's focal length in crop widths (K_crop f / crop width):
+eq. (3) with these focal lengths expresses the image-plane translation in fractions of the crop the
+network sees, which it can read off its input; with f = 1 (the paper's choice for one fixed camera)
+the same shift in the crop means a different v for every window size, i.e. for every object
+distance and size, and a network trained on it cannot learn v_x, v_y (measured: it did not).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ class ZoomedInput:
     K_crop: np.ndarray  # [3,3]
     depth_rend: np.ndarray  # float32 [h,w] metres
     mask_rend: np.ndarray  # bool [h,w]
+    focal: np.ndarray  # (f_x, f_y) of the zoomed-in camera in crop widths, eq. (3)'s focal lengths
 
 
 def build_input(renderer, obj_id: int, vertices: np.ndarray, image: np.ndarray, K: np.ndarray, R: np.ndarray,
@@ -62,4 +69,5 @@ def build_input(renderer, obj_id: int, vertices: np.ndarray, image: np.ndarray, 
         obs_mask[None],
         mask_rend.astype(np.float32)[None],
     ], axis=0)
-    return ZoomedInput(np.ascontiguousarray(tensor), window, K_crop, render.depth.astype(np.float32), mask_rend)
+    focal = np.array([K_crop[0, 0], K_crop[1, 1]]) / float(w)
+    return ZoomedInput(np.ascontiguousarray(tensor), window, K_crop, render.depth.astype(np.float32), mask_rend, focal)

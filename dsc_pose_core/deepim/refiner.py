@@ -2,8 +2,9 @@
 
 Every iteration renders each object at its current estimate inside its own zoom-in window (the
 observed mask is the rendered mask's box, sec. 4.1), runs the network once on the batch of all
-objects of the image and applies the predicted untangled transform (eq. 1-3, f_x = f_y = 1) to each
-estimate. The auxiliary flow and mask heads are not evaluated.
+objects of the image and applies the predicted untangled transform (eq. 1-3) to each estimate, with
+the focal lengths the network was trained with (``translation_units``: "zoom" = the zoomed-in
+camera's, "normalized" = 1; see ``deepim.inputs``). The auxiliary flow and mask heads are not evaluated.
 """
 
 from __future__ import annotations
@@ -31,7 +32,11 @@ class DeepImRefiner:
     renderer."""
 
     def __init__(self, model, renderer, vertices: dict, zoom: ZoomConfig = ZoomConfig(), device="cpu",
-                 min_depth: float = 0.05, light=None):
+                 min_depth: float = 0.05, light=None, translation_units: str = "zoom"):
+        if translation_units not in ("zoom", "normalized"):
+            raise ValueError(f"translation_units must be 'zoom' or 'normalized', got {translation_units!r}")
+        self.translation_units = translation_units
+        self.focal = None  # [N,2] eq. (3)'s focal lengths of the current iteration (set before predict)
         self.model = model.eval() if model is not None else None
         self.renderer = renderer
         self.vertices = {int(k): np.asarray(v, dtype=np.float64) for k, v in vertices.items()}
@@ -61,8 +66,12 @@ class DeepImRefiner:
         for _ in range(int(n_iterations)):
             zoomed = self.inputs(image, K, obj_ids, R, t)
             batch = torch.from_numpy(np.stack([z.tensor for z in zoomed]))
+            self.focal = (np.stack([z.focal for z in zoomed]) if self.translation_units == "zoom"
+                          else np.ones((len(zoomed), 2)))
             rot_delta, v = self.predict(batch, obj_ids, R, t)
-            R_new, t_new = apply_untangled(torch.from_numpy(R), torch.from_numpy(t), rot_delta, v)
+            focal = torch.from_numpy(self.focal)
+            R_new, t_new = apply_untangled(torch.from_numpy(R), torch.from_numpy(t), rot_delta, v,
+                                           focal[:, 0], focal[:, 1])
             R, t = R_new.numpy(), t_new.numpy()
             t[:, 2] = np.maximum(t[:, 2], self.min_depth)  # keep the estimate in front of the camera
             result.history.append((R.copy(), t.copy()))

@@ -3,8 +3,9 @@ alpha = 0.1, beta = 0.25, gamma = 0.03 ("throughout the experiments", sec. 4.1).
 
 L_pose is the point matching loss (eq. 4, ``losses.point_matching``; symmetric objects compare
 against the closest symmetric equivalent of the ground truth) between the estimate after applying
-the predicted untangled transform (eq. 1-3, ``geometry.untangled.apply_untangled``, f_x = f_y = 1
-as in sec. 3.3) and the target pose. L_flow is FlowNet's end-point error over the valid pixels;
+the predicted untangled transform (eq. 1-3, ``geometry.untangled.apply_untangled``; f_x = f_y = 1
+as in sec. 3.3, or the zoomed-in camera's focal lengths ``focal``, see ``deepim.inputs``) and the
+target pose. L_flow is FlowNet's end-point error over the valid pixels;
 L_mask the sigmoid cross-entropy of the observed foreground mask (sec. 4.1).
 """
 
@@ -47,9 +48,12 @@ def flow_epe(flow_pred: torch.Tensor, flow_gt: torch.Tensor, valid: torch.Tensor
 
 
 def deepim_loss(outputs: dict, rot_src, trans_src, rot_gt, trans_gt, obj_ids, points, symmetries,
-                weights: DeepImLossWeights = DeepImLossWeights(), flow_gt=None, flow_valid=None, mask_gt=None):
-    """Returns (total, {"pose", "flow", "mask"} detached terms, (R_new, t_new) the updated poses)."""
-    rot_new, trans_new = apply_untangled(rot_src, trans_src, outputs["rot"], outputs["trans"])
+                weights: DeepImLossWeights = DeepImLossWeights(), flow_gt=None, flow_valid=None, mask_gt=None,
+                focal=None):
+    """Returns (total, {"pose", "flow", "mask"} detached terms, (R_new, t_new) the updated poses).
+    ``focal`` [B,2]: eq. (3)'s (f_x, f_y) per sample; None = 1."""
+    fx, fy = (1.0, 1.0) if focal is None else (focal[:, 0], focal[:, 1])
+    rot_new, trans_new = apply_untangled(rot_src, trans_src, outputs["rot"], outputs["trans"], fx, fy)
     pose = pose_loss_grouped(rot_new, trans_new, rot_gt, trans_gt, obj_ids, points, symmetries).mean()
     total = weights.pose * pose
     terms = {"pose": pose.detach()}

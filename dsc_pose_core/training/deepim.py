@@ -42,6 +42,7 @@ from .config import ConfigError, to_dict
 from .tensorboard_log import TrainLogger, mask_overlay, tile
 
 CHECKPOINT_FORMAT = "dsc_pose.deepim.v1"
+TRANSLATION_UNITS = ("zoom", "normalized")
 
 
 # --------------------------------------------------------------------------------------------
@@ -58,6 +59,9 @@ class DeepImDataConfig:
     elevation: list[float] = field(default_factory=lambda: [0.0, 80.0])
     min_visib_fract: float = 0.3  # instances seen less than this are not used
     obs_box_dilation_px: float = 10.0  # "randomly dilated with no more than 10 pixels" (sec. 4.1), at 640 px
+    # noisy initial poses drawn per rendered instance (each one batch element): > 1 spends the scene
+    # render (the costly part on a CPU) on several pose-noise samples, which is what the network learns
+    poses_per_instance: int = 1
 
     def validate(self) -> None:
         if len(self.K) != 9 or len(self.distance) != 2 or len(self.elevation) != 2:
@@ -69,6 +73,9 @@ class DeepImModelConfig:
     width: float = 0.25  # channel multiplier of FlowNetS (1.0 = the paper)
     fc_dim: int = 256
     pool: list[int] = field(default_factory=lambda: [3, 4])
+    # eq. (3)'s f_x, f_y: "zoom" = the zoomed-in camera's focal lengths in crop widths (deepim.inputs:
+    # v_x, v_y readable from the crop); "normalized" = 1, the paper's choice (checkpoints before it)
+    translation_units: str = "zoom"
 
 
 @dataclass
@@ -120,6 +127,10 @@ class DeepImConfig:
     image_every: int = 100  # TensorBoard sample picture every N steps (0 = never)
 
     def validate(self) -> None:
+        if self.model.translation_units not in TRANSLATION_UNITS:
+            raise ConfigError(f"deepim.model.translation_units must be one of {TRANSLATION_UNITS}")
+        if self.data.poses_per_instance < 1:
+            raise ConfigError("deepim.data.poses_per_instance must be >= 1")
         if self.optim.train_iter < 1 or self.optim.batch_size < 1 or self.optim.steps < 0:
             raise ConfigError("deepim.optim: train_iter and batch_size must be >= 1, steps >= 0")
         if self.zoom.width <= 0 or self.zoom.height <= 0 or not self.zoom.expand > 0:
@@ -202,6 +213,14 @@ class DeepImTrainer:
 
     # ------------------------------------------------------------ data
     def draw_items(self, n: int) -> list[Item]:
+        """``n`` training instances: ceil(n / poses_per_instance) rendered ones, each repeated (the
+        initial poses are drawn per element)."""
+        d = self.cfg.data
+        k = d.poses_per_instance
+        distinct = self._draw_instances(-(-n // k))
+        return [it for it in distinct for _ in range(k)][:n]
+
+    def _draw_instances(self, n: int) -> list[Item]:
         items: list[Item] = []
         d = self.cfg.data
         dilation = d.obs_box_dilation_px * d.width / 640.0
@@ -219,12 +238,14 @@ class DeepImTrainer:
         return items
 
     def make_inputs(self, items: list[Item], R_cur: np.ndarray, t_cur: np.ndarray, with_targets: bool = True):
-        """Network inputs at the current poses plus flow / mask targets (zoomed like the inputs)."""
-        tensors, flows, valids, masks = [], [], [], []
+        """Network inputs at the current poses, eq. (3)'s focal lengths [B,2] (``translation_units``),
+        plus flow / mask targets (zoomed like the inputs)."""
+        tensors, focals, flows, valids, masks = [], [], [], [], []
         for i, it in enumerate(items):
             z = build_input(self.renderer, it.obj_id, self.vertices[it.obj_id], it.image, it.K, R_cur[i], t_cur[i],
                             self.zoom, obs_box=it.obs_box)
             tensors.append(z.tensor)
+            focals.append(z.focal if self.cfg.model.translation_units == "zoom" else np.ones(2))
             if with_targets:
                 w, h = self.zoom.width, self.zoom.height
                 visible = crop_image(it.mask_visib.astype(np.uint8), z.window, w, h, nearest=True) > 0
@@ -243,9 +264,10 @@ class DeepImTrainer:
                 flows.append(flow[0].float())
                 valids.append(valid[0])
         batch = torch.from_numpy(np.stack(tensors))
+        focal = torch.from_numpy(np.stack(focals)).float()
         if not with_targets:
-            return batch, None, None, None
-        return batch, torch.stack(flows), torch.stack(valids), torch.stack(masks)
+            return batch, focal, None, None, None
+        return batch, focal, torch.stack(flows), torch.stack(valids), torch.stack(masks)
 
     # ------------------------------------------------------------ training
     def lr_at(self, step: int) -> float:
@@ -278,7 +300,7 @@ class DeepImTrainer:
         log = []
         n_iter = cfg.optim.train_iter if n_iter is None else n_iter
         for iteration in range(n_iter):
-            batch, flow_gt, valid, mask_gt = self.make_inputs(items, R_cur, t_cur)
+            batch, focal, flow_gt, valid, mask_gt = self.make_inputs(items, R_cur, t_cur)
             if iteration == 0:
                 self.first_inputs = batch
             self.last_inputs = batch
@@ -287,7 +309,7 @@ class DeepImTrainer:
                 total, terms, (R_new, t_new) = deepim_loss(
                     out, torch.from_numpy(R_cur).float().to(self.device), torch.from_numpy(t_cur).float().to(self.device),
                     R_gt, t_gt, ids, points, syms, self.weights, flow_gt.to(self.device), valid.to(self.device),
-                    mask_gt.to(self.device))
+                    mask_gt.to(self.device), focal.to(self.device))
             if train:
                 self.optimizer.zero_grad(set_to_none=True)
                 total.backward()
@@ -312,6 +334,7 @@ class DeepImTrainer:
             "optimizer": self.optimizer.state_dict(),
             "model": self.model.config_dict(),
             "zoom": {"width": self.zoom.width, "height": self.zoom.height, "expand": self.zoom.expand},
+            "translation_units": self.cfg.model.translation_units,
             "config": cfg_dict,
             "obj_ids": list(self.obj_ids),
             "object_names": [names.get(o, str(o)) for o in self.obj_ids],

@@ -386,7 +386,14 @@ def run_dsc_posenet(config, out: str | None = None, resume: str | None = None, c
     t0 = time.time()
     mesh, keypoints_3d = load_object(cfg)
     real_root = resolve_path(cfg.real.dataset) if cfg.real.dataset else bop_io.default_lmo_dir()
-    syn_root = ensure_synthetic(cfg.synthetic, [cfg.obj_id], real_root)
+    backgrounds = None
+    if cfg.synthetic.real_backgrounds:  # unlabeled real training frames as background photographs
+        from ..data.scene_boxes import split_image_ids
+
+        scene = bop_io.scene_dir(real_root, cfg.real.scene_id)
+        backgrounds = [bop_io.find_rgb(scene, i)
+                       for i in split_image_ids(real_root, cfg.real.splits_file, cfg.real.train_split, scene)]
+    syn_root = ensure_synthetic(cfg.synthetic, [cfg.obj_id], real_root, backgrounds)
     data_seed = distributed.rank_seed(config.seed)  # DDP: every rank draws its own batches
     syn = SyntheticPoseDataset(synthetic_instances(syn_root, cfg.obj_id, cfg.synthetic.split,
                                                    cfg.synthetic.min_visib_fract, cfg.synthetic.min_px),

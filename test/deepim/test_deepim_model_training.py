@@ -40,7 +40,9 @@ class _ExactRefiner(DeepImRefiner):
     def predict(self, batch, obj_ids, R, t):
         assert batch.shape[1:] == (8, self.zoom.height, self.zoom.width)
         R_t, t_t = self.target
-        return relative_untangled(torch.from_numpy(R), torch.from_numpy(t), torch.from_numpy(R_t), torch.from_numpy(t_t))
+        focal = torch.from_numpy(self.focal)  # eq. (3)'s focal lengths of this iteration's crops
+        return relative_untangled(torch.from_numpy(R), torch.from_numpy(t), torch.from_numpy(R_t), torch.from_numpy(t_t),
+                                  focal[:, 0], focal[:, 1])
 
 
 def test_iterative_refinement_applies_untangled_update(renderer, small_K, box_mesh):
@@ -54,6 +56,15 @@ def test_iterative_refinement_applies_untangled_update(renderer, small_K, box_me
     result = refiner.refine(image, small_K, initial, n_iterations=1)
     np.testing.assert_allclose(result.R, R_gt, atol=1e-9)
     np.testing.assert_allclose(result.t, t_gt, atol=1e-9)
+    # the zoomed-in camera's focal lengths: the crop's K over its width (deepim.inputs)
+    zoomed = refiner.inputs(image, small_K, [1, 1], np.stack([p[1] for p in initial]), np.stack([p[2] for p in initial]))
+    np.testing.assert_allclose(refiner.focal, np.stack([[z.K_crop[0, 0], z.K_crop[1, 1]] for z in zoomed]) / 64)
+    assert refiner.focal[0, 0] * 64 > small_K[0, 0]  # zooming in lengthens the focal length
+    # a checkpoint trained with f = 1 (the paper's normalized units) is applied with f = 1
+    legacy = _ExactRefiner(None, renderer, {1: box_mesh.vertices}, ZoomConfig(64, 48), target=(R_gt, t_gt),
+                           translation_units="normalized")
+    np.testing.assert_allclose(legacy.refine(image, small_K, initial, n_iterations=1).t, t_gt, atol=1e-9)
+    np.testing.assert_array_equal(legacy.focal, np.ones((2, 2)))
     # an untrained network (identity output) leaves the poses unchanged, batched over objects
     net = DeepImNet(width=0.125, fc_dim=32)
     plain = DeepImRefiner(net, renderer, {1: box_mesh.vertices}, ZoomConfig(64, 48)).refine(image, small_K, initial, 2)
@@ -76,7 +87,7 @@ def test_short_training_lowers_point_matching_loss(small_K, box_mesh, tmp_path):
         items = trainer.draw_items(8)
         initial = trainer.initial_poses(items)
         before = trainer.train_step(items, train=False, initial=initial, n_iter=1)[0]
-        for _ in range(30):
+        for _ in range(40):
             log = trainer.train_step(items, initial=initial)
             assert len(log) == 2  # train_iter iterations, one update each
         after = trainer.train_step(items, train=False, initial=initial, n_iter=1)[0]
@@ -90,10 +101,10 @@ def test_short_training_lowers_point_matching_loss(small_K, box_mesh, tmp_path):
         trainer.model.eval()
         torch.testing.assert_close(model(x)["rot"], trainer.model(x)["rot"])
         torch.testing.assert_close(model(x)["trans"], trainer.model(x)["trans"])
-        assert payload["obj_ids"] == [1] and payload["step"] == 30
+        assert payload["obj_ids"] == [1] and payload["step"] == 40
         other = DeepImTrainer(_tiny_config(small_K), {1: box_mesh}, seed=1)
         other.load_payload(payload)
-        assert other.step == 30
+        assert other.step == 40
         other.close()
     finally:
         trainer.close()
@@ -110,3 +121,19 @@ def test_training_configs_parse(repo_root):
         assert (loss.pose_weight, loss.flow_weight, loss.mask_weight) == (0.1, 0.25, 0.03)  # eq. (5)
         assert c.deepim.zoom.expand == 1.4 and c.deepim.optim.train_iter == 4
     assert (gpu.deepim.zoom.height, gpu.deepim.zoom.width, gpu.deepim.model.width) == (480, 640, 1.0)
+
+
+def test_poses_per_instance_repeats_rendered_instances_with_own_noise(small_K, box_mesh):
+    config = _tiny_config(small_K)
+    config.data.poses_per_instance = 4
+    trainer = DeepImTrainer(config, {1: box_mesh}, seed=0)
+    try:
+        items = trainer.draw_items(6)  # 2 rendered instances: 4 + 2 elements
+        assert len(items) == 6
+        assert items[0] is items[3] and items[4] is items[5] and items[3] is not items[4]
+        R, t = trainer.initial_poses(items)
+        assert not np.allclose(t[0], t[1])  # each element has its own initial pose
+        batch, focal, *_ = trainer.make_inputs(items, R, t)
+        assert batch.shape == (6, 8, 48, 64) and focal.shape == (6, 2) and (focal > 1).all()
+    finally:
+        trainer.close()

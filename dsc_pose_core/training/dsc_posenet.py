@@ -99,6 +99,9 @@ class DscPoseNetConfig:
     lb: DscOptimConfig = field(default_factory=lambda: DscOptimConfig(steps=300, warmup_steps=50))
     self_stage: DscOptimConfig = field(default_factory=lambda: DscOptimConfig(steps=100, lr=3e-4))
     init_checkpoint: str = ""
+    # backbone (stem + ResNet stages) from a segmentation checkpoint of this package (same ResNet):
+    # features already trained on these objects, since no pretrained weights can be downloaded
+    init_backbone: str = ""
     checkpoint_every: int = 100
     workers: int = 0  # DataLoader worker processes: 0 on the 2-core CPU, several beside a GPU
     log_every: int = 10  # TensorBoard scalars (loss terms, lr) every N steps (0 = never)
@@ -375,6 +378,33 @@ def train_stage(trainer: DscPoseNetTrainer, stage: str, syn_iter, real_iter, opt
     return history, optimiser
 
 
+def load_backbone_from_segmentation(model: DscPoseNet, path) -> int:
+    """Copy the ResNet encoder of a segmentation checkpoint (``training.segmentation``) into the
+    stem and stages of ``model``; returns the number of tensors copied. The ResNets must match."""
+    payload = load_checkpoint(path)
+    if payload.get("encoder") != model.config.backbone:
+        raise ConfigError(f"{path}: segmentation encoder {payload.get('encoder')!r}, "
+                          f"DSC-PoseNet backbone {model.config.backbone!r}: they must be the same ResNet")
+    names = {"conv1": "stem.0", "bn1": "stem.1"} | {f"layer{k + 1}": f"stages.{k}" for k in range(len(model.stages))}
+    prefix = "net.encoder."
+    mapped = {}
+    for key, value in payload["state_dict"].items():
+        if not key.startswith(prefix):
+            continue
+        head, _, rest = key[len(prefix):].partition(".")
+        if head in names:
+            mapped[f"{names[head]}.{rest}"] = value
+    if not mapped:
+        raise ConfigError(f"{path}: no ResNet encoder weights found")
+    result = model.load_state_dict(mapped, strict=False)
+    wanted = {k for k in model.state_dict() if k.startswith(("stem.", "stages."))}
+    missing = sorted(wanted & set(result.missing_keys))
+    if missing or result.unexpected_keys:
+        raise ConfigError(f"{path}: encoder does not fit the backbone (missing {missing[:3]}, "
+                          f"unexpected {result.unexpected_keys[:3]})")
+    return len(mapped)
+
+
 def run_dsc_posenet(config, out: str | None = None, resume: str | None = None, command: str = "") -> dict:
     """Entry point of stage ``dsc_posenet`` (``training/cli.py``): LB then Self, per ``stages``."""
     cfg: DscPoseNetConfig = config.dsc_posenet
@@ -404,6 +434,9 @@ def run_dsc_posenet(config, out: str | None = None, resume: str | None = None, c
     start_stage, start_step, state = cfg.stages[0], 0, None
     history: list = []
     init = resume or cfg.init_checkpoint
+    if cfg.init_backbone and not init:
+        loaded = load_backbone_from_segmentation(trainer.model, resolve_path(cfg.init_backbone))
+        print(f"backbone: {loaded} tensors from {cfg.init_backbone}", flush=True)
     if init:
         payload = load_checkpoint(resolve_path(init))
         trainer.model.load_state_dict(payload["model"])

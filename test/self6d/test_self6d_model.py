@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import yaml
 from scipy.spatial.transform import Rotation
 
 from dsc_pose_core.geometry.allocentric import allocentric_to_egocentric, egocentric_to_allocentric, ray_rotation
@@ -115,8 +116,9 @@ def test_short_training_run_lowers_the_losses(tiny_run):
     assert np.mean(synthetic[-8:]) < 0.8 * np.mean(synthetic[:8])
     # every self-supervised term of eq. (4)-(11) is computed on the unlabeled RGB-D batches
     assert {"mask", "lab", "ms_ssim", "perceptual", "geom"} <= set(self_terms[0])
-    self_total = [h["mask"] + 0.05 * h["lab"] + h["ms_ssim"] + 0.2 * h["perceptual"] + 10 * h["geom"]
-                  for h in self_terms]
+    # L_self of eq. (8) + eta L_geom with the weights this run used (its resolved configuration)
+    weights = yaml.safe_load((tiny_run / "config.resolved.yaml").read_text())["self6d"]["loss"]
+    self_total = [sum(weights[k] * h[k] for k in ("mask", "lab", "ms_ssim", "perceptual", "geom")) for h in self_terms]
     assert np.mean(self_total[-4:]) < np.mean(self_total[:4])
     results = json.loads((tiny_run / "results.json").read_text())
     assert results["synthetic"]["test"]["n"] == 8 and "self" in results

@@ -59,16 +59,18 @@ def main(argv=None) -> int:
         write_demo_models(models)
     registry = write_demo_registry(out / "objects.yaml", models)
     print(f"demo object: {models} (registry {registry})", flush=True)
+    # the scene and the bag are made afresh every run (a few seconds): a copy left by an older version
+    # of the generator or of dsc-pose-bag would be replayed instead and change the numbers
     scene = out / "scene"
+    shutil.rmtree(scene, ignore_errors=True)
     _run([py, "-m", "dsc_pose_core.data.synth_cli", "--models", str(models), "--obj-ids", str(DEMO_OBJ_ID),
           "--n-images", str(args.images), "--out", str(scene), "--seed", "0", "--split", "test",
           "--scene-id", str(SCENE_ID), "--objects-per-image", "1", "--distractors", "3", "--distance", "0.45,0.9",
           "--elevation", "10,70", "--min-visib", "0.6", "--no-progress"])
     bag = out / "bag"
-    if not (bag / "dsc_pose_gt.json").is_file():
-        shutil.rmtree(bag, ignore_errors=True)
-        _run([py, "-m", "dsc_pose_ros.bag", "make", "--dataset", str(scene), "--scene", str(SCENE_ID),
-              "--out", str(bag), "--rate", str(args.rate)])
+    shutil.rmtree(bag, ignore_errors=True)
+    _run([py, "-m", "dsc_pose_ros.bag", "make", "--dataset", str(scene), "--scene", str(SCENE_ID),
+          "--out", str(bag), "--rate", str(args.rate)])
     report = out / "report"
     shutil.rmtree(report, ignore_errors=True)
     from dsc_pose_core.pipeline import find_dsc_checkpoint

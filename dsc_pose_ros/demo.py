@@ -54,13 +54,13 @@ def main(argv=None) -> int:
     out = out if out.is_absolute() else REPO_ROOT / out
     t0 = time.time()
     py = sys.executable
+    # the demo object, its scene and bag are made afresh every run (seconds): copies left by an older
+    # version of the generators would be replayed instead and change the numbers
     models = out / "models"
-    if not (models / "models_info.json").is_file():
-        write_demo_models(models)
+    shutil.rmtree(models, ignore_errors=True)
+    write_demo_models(models)
     registry = write_demo_registry(out / "objects.yaml", models)
     print(f"demo object: {models} (registry {registry})", flush=True)
-    # the scene and the bag are made afresh every run (a few seconds): a copy left by an older version
-    # of the generator or of dsc-pose-bag would be replayed instead and change the numbers
     scene = out / "scene"
     shutil.rmtree(scene, ignore_errors=True)
     _run([py, "-m", "dsc_pose_core.data.synth_cli", "--models", str(models), "--obj-ids", str(DEMO_OBJ_ID),

@@ -36,6 +36,8 @@ def test_demo_runs_end_to_end(tmp_path, ros_session_env):
     (out / "bag" / "dsc_pose_gt.json").write_text("{}")
     (out / "scene" / "test" / "000001" / "rgb").mkdir(parents=True)
     (out / "scene" / "test" / "000001" / "rgb" / "000000.png").write_bytes(b"stale")
+    (out / "models").mkdir()
+    (out / "models" / "models_info.json").write_text("{}")
     cmd = [sys.executable, "-m", "dsc_pose_ros.demo", "--out", str(out), "--images", "4", "--overlays", "2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=subprocess_env())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -43,6 +45,7 @@ def test_demo_runs_end_to_end(tmp_path, ros_session_env):
     assert report["frames"]["sent"] == 4 and report["frames"]["answered"] == 4
     assert (out / "bag" / "dsc_pose_gt.json").read_text() != "{}"
     assert (out / "scene" / "test" / "000001" / "rgb" / "000000.png").read_bytes() != b"stale"
+    assert (out / "models" / "models_info.json").read_text() != "{}"
     assert report["accuracy"] is not None and "ADD-S_0.1d" in report["accuracy"]
     assert len(list((out / "overlays").glob("*.png"))) == 2
     assert "== dsc_pose demo" in proc.stdout and "latency (ms)" in proc.stdout

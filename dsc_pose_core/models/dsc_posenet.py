@@ -218,9 +218,12 @@ class DscPoseNet(nn.Module):
             if isinstance(module, ScaleSpecificBatchNorm2d):
                 module.view = view
 
-    def forward(self, images: torch.Tensor, obj_index: torch.Tensor | None = None, view: str | None = None) -> dict:
+    def forward(self, images: torch.Tensor, obj_index: torch.Tensor | None = None, view: str | None = None,
+                region: torch.Tensor | None = None) -> dict:
         """``view`` (``"unnorm"`` | ``"norm"``): the scale of ``images``, whose BatchNorm statistics
-        are used (and updated in training); None uses the shared statistics."""
+        are used (and updated in training); None uses the shared statistics. ``region`` [B,h*w] in
+        [0, 1] (output cells) multiplies the foreground set O of eq. (3): cells that cannot belong to
+        the object (outside its detection box) cast no vote."""
         batch, _, height, width = images.shape
         self.set_view(view)
         out = self.head(self.features(images))
@@ -242,6 +245,8 @@ class DscPoseNet(nn.Module):
             fg = torch.where(empty, prob, hard)
         else:
             fg = prob
+        if region is not None:
+            fg = fg * region.to(fg.dtype)
         centres = cell_centres(h, w, height // h, device=images.device, dtype=offsets.dtype)
         keypoints, votes = attention_keypoints(offsets, attention, fg, centres)
         return {"mask_logits": mask_logits, "offsets": offsets, "attention": attention, "fg": fg,
@@ -349,19 +354,31 @@ class DscPoseNetEstimator:
     """
 
     def __init__(self, model: DscPoseNet, keypoints_3d: np.ndarray, ransac: bool = False,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", box_votes: bool = True):
+        self.box_votes = box_votes  # only cells inside the detection box vote and form the mask box
         self.model = model.eval().to(device)
         self.config = model.config
         self.keypoints_3d = np.asarray(keypoints_3d, dtype=np.float64)
         self.ransac = ransac
         self.device = torch.device(device)
 
-    def _run(self, image: np.ndarray, window: np.ndarray, size: int, scale: str):
+    def _box_region(self, matrix: np.ndarray, size: int, box_xyxy) -> torch.Tensor | None:
+        """[1,h*w] 1 for the output cells whose centre lies in the detection box (None: no cell)."""
+        cells = size // self.config.out_stride
+        centres = cell_centres(cells, cells, self.config.out_stride)
+        points = view_to_image(centres[None], torch.as_tensor(matrix, dtype=torch.float32)[None])[0]
+        x1, y1, x2, y2 = (float(v) for v in box_xyxy)
+        inside = (points[:, 0] >= x1) & (points[:, 0] <= x2) & (points[:, 1] >= y1) & (points[:, 1] <= y2)
+        return inside.float()[None].to(self.device) if inside.any() else None
+
+    def _run(self, image: np.ndarray, window: np.ndarray, size: int, scale: str, box_xyxy=None):
         matrix = view_matrix(window, size)
         view = warp_view(image, matrix, size)
         tensor = torch.from_numpy(view).permute(2, 0, 1)[None].to(self.device)
+        region = None if box_xyxy is None or not self.box_votes else self._box_region(matrix, size, box_xyxy)
         with torch.no_grad():
-            out = self.model(normalise_rgb(tensor), view=scale)
+            out = self.model(normalise_rgb(tensor), view=scale, region=region)
+        out["region"] = region
         m = torch.as_tensor(matrix, dtype=torch.float32)[None]
         keypoints = view_to_image(out["keypoints"].cpu().float(), m)[0].numpy()
         return out, matrix, keypoints
@@ -372,10 +389,12 @@ class DscPoseNetEstimator:
         cfg = self.config
         height, width = image.shape[:2]
         box = box_xyxy_edges(box_xywh)
-        out_u, m_u, k_u = self._run(image, unnorm_window(cfg, box, (width, height)), cfg.unnorm_size, "unnorm")
+        out_u, m_u, k_u = self._run(image, unnorm_window(cfg, box, (width, height)), cfg.unnorm_size, "unnorm", box)
         prob = torch.sigmoid(out_u["mask_logits"][0, 0]).cpu()
         stride = cfg.unnorm_size // prob.shape[-1]
         fg = prob > 0.5
+        if out_u["region"] is not None:  # foreground outside the detection box is another object
+            fg = fg & (out_u["region"].cpu().reshape(prob.shape) > 0)
         if fg.any():
             ys, xs = torch.nonzero(fg, as_tuple=True)
             corners = torch.tensor([[xs.min() * stride - 0.5, ys.min() * stride - 0.5],
@@ -386,7 +405,7 @@ class DscPoseNetEstimator:
             confidence_mask = float(prob[fg].mean())
         else:
             mask_box, confidence_mask = box, 0.0
-        _, _, k_n = self._run(image, norm_window(cfg, mask_box), cfg.norm_size, "norm")
+        _, _, k_n = self._run(image, norm_window(cfg, mask_box), cfg.norm_size, "norm", box)
         keypoints = 0.5 * (k_u + k_n)
         result = solve_pnp(self.keypoints_3d, keypoints, K, ransac=self.ransac)
         cam = self.keypoints_3d @ result.rotation.T + result.translation

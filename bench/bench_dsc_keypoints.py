@@ -9,10 +9,11 @@ spread (< 1: keypoints pulled towards the centre). Run it on the synthetic train
 LM-O `val` with the same checkpoint: similar errors = underfitting, a much larger val error =
 domain gap.
 
-    python bench/bench_dsc_keypoints.py --checkpoint lb=out/RUN/checkpoints/dsc_lb.pt \
-        --scene-dir ../shared/data/lmo/test/000002 --split val [--scene-dir out/SYNTH/train_synt/000000]
+    python bench/bench_dsc_keypoints.py --split val \
+        --case lb out/RUN/checkpoints/dsc_lb.pt ../shared/data/lmo/test/000002 \
+        --case lb out/RUN/checkpoints/dsc_lb.pt out/SYNTH/train_synt/000000
 
-Writes the "DSC-PoseNet keypoint errors" section of docs/BENCHMARKS.md (one row per checkpoint and scene).
+Writes the "DSC-PoseNet keypoint errors" section of docs/BENCHMARKS.md (one row per case).
 """
 
 from __future__ import annotations
@@ -77,25 +78,22 @@ def measure(checkpoint: Path, scene: Path, im_ids: list[int] | None, max_instanc
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", action="append", required=True, help="NAME=PATH (repeatable)")
-    parser.add_argument("--scene-dir", action="append", required=True, help="BOP scene folder (repeatable)")
+    parser.add_argument("--case", nargs=3, action="append", required=True, metavar=("NAME", "CHECKPOINT", "SCENE_DIR"),
+                        help="a checkpoint measured on a BOP scene folder (repeatable)")
     parser.add_argument("--split", default="", help="image ids of this split from the dataset's splits.json "
                         "(for scenes of a dataset that has one; others use every image)")
     parser.add_argument("--max-instances", type=int, default=200)
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = []
-    for spec in args.checkpoint:
-        name, _, path = spec.partition("=")
-        for scene_dir in args.scene_dir:
-            scene = Path(scene_dir)
-            splits_file = scene.parents[1] / "splits.json"
-            im_ids = load_splits(splits_file)[args.split] if args.split and splits_file.is_file() else None
-            row = measure(Path(path), scene, im_ids, args.max_instances)
-            row.update(name=name, checkpoint=path, scene=str(scene),
-                       split=args.split if im_ids is not None else "all images")
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+    for name, path, scene_dir in args.case:
+        scene = Path(scene_dir)
+        splits_file = scene.parents[1] / "splits.json"
+        im_ids = load_splits(splits_file)[args.split] if args.split and splits_file.is_file() else None
+        row = measure(Path(path), scene, im_ids, args.max_instances)
+        row.update(name=name, checkpoint=path, scene=str(scene), split=args.split if im_ids is not None else "all images")
+        print(json.dumps(row), flush=True)
+        rows.append(row)
     command = "python bench/bench_dsc_keypoints.py " + " ".join(sys.argv[1:])
     lines = [BEGIN, "## DSC-PoseNet keypoint errors before PnP (`bench/bench_dsc_keypoints.py`)", "",
              f"- Machine: {cpu_model()}, {platform.machine()}, torch 1 thread; commit {git_commit()}",

@@ -18,7 +18,8 @@ Images enter the network as RGB / 255 - 0.5, masks as 0 / 1.
 eq. (3) with these focal lengths expresses the image-plane translation in fractions of the crop the
 network sees, which it can read off its input; with f = 1 (the paper's choice for one fixed camera)
 the same shift in the crop means a different v for every window size, i.e. for every object
-distance and size, and a network trained on it cannot learn v_x, v_y (measured: it did not).
+distance and size, which the crop does not show (docs/BENCHMARKS.md, "DeepIM: does the CPU refiner
+learn?"). ``translation_units`` names the choice: "zoom" or "normalized" (f = 1).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ from ..geometry.camera import crop_intrinsics
 from .zoom import ZoomConfig, box_in_crop, box_mask, crop_image, project_origin, projected_box, zoom_window
 
 
+TRANSLATION_UNITS = ("zoom", "normalized")
+
+
 @dataclass
 class ZoomedInput:
     tensor: np.ndarray  # float32 [8,h,w]
@@ -40,6 +44,10 @@ class ZoomedInput:
     depth_rend: np.ndarray  # float32 [h,w] metres
     mask_rend: np.ndarray  # bool [h,w]
     focal: np.ndarray  # (f_x, f_y) of the zoomed-in camera in crop widths, eq. (3)'s focal lengths
+
+    def eq3_focal(self, translation_units: str) -> np.ndarray:
+        """eq. (3)'s (f_x, f_y) for a network trained with ``translation_units``."""
+        return self.focal if translation_units == "zoom" else np.ones(2)
 
 
 def build_input(renderer, obj_id: int, vertices: np.ndarray, image: np.ndarray, K: np.ndarray, R: np.ndarray,

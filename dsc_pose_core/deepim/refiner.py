@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..geometry.untangled import apply_untangled
-from .inputs import build_input
+from .inputs import TRANSLATION_UNITS, build_input
 from .zoom import ZoomConfig
 
 
@@ -33,8 +33,8 @@ class DeepImRefiner:
 
     def __init__(self, model, renderer, vertices: dict, zoom: ZoomConfig = ZoomConfig(), device="cpu",
                  min_depth: float = 0.05, light=None, translation_units: str = "zoom"):
-        if translation_units not in ("zoom", "normalized"):
-            raise ValueError(f"translation_units must be 'zoom' or 'normalized', got {translation_units!r}")
+        if translation_units not in TRANSLATION_UNITS:
+            raise ValueError(f"translation_units must be one of {TRANSLATION_UNITS}, got {translation_units!r}")
         self.translation_units = translation_units
         self.focal = None  # [N,2] eq. (3)'s focal lengths of the current iteration (set before predict)
         self.model = model.eval() if model is not None else None
@@ -66,8 +66,7 @@ class DeepImRefiner:
         for _ in range(int(n_iterations)):
             zoomed = self.inputs(image, K, obj_ids, R, t)
             batch = torch.from_numpy(np.stack([z.tensor for z in zoomed]))
-            self.focal = (np.stack([z.focal for z in zoomed]) if self.translation_units == "zoom"
-                          else np.ones((len(zoomed), 2)))
+            self.focal = np.stack([z.eq3_focal(self.translation_units) for z in zoomed])
             rot_delta, v = self.predict(batch, obj_ids, R, t)
             focal = torch.from_numpy(self.focal)
             R_new, t_new = apply_untangled(torch.from_numpy(R), torch.from_numpy(t), rot_delta, v,

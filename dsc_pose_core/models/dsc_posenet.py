@@ -346,6 +346,8 @@ class DscPoseNetEstimator:
     1. un-normalised view around the box -> keypoints k_U and the mask probability;
     2. the normalised crop's box is the box of the predicted mask (p > 0.5) mapped to the image
        (the detection box when the mask is empty) -> keypoints k_N;
+       with ``box_votes`` (default) only output cells inside the detection box vote in eq. (3) and
+       count as mask in both views: foreground elsewhere in the window belongs to other objects;
     3. ensemble: k = (k_U + N^-1 k_N) / 2 in image pixels; PnP (``solve_pnp``, EPnP + LM, optional
        RANSAC) with the image's own K and the 3D keypoints.
     Confidence = mean predicted foreground probability over the predicted mask (p > 0.5) of the

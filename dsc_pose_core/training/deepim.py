@@ -31,7 +31,7 @@ from tqdm import tqdm
 from ..data.synthetic import (LMO_K, DistractorConfig, PoseSamplingConfig, SynthConfig,
                               SyntheticSceneGenerator)
 from ..deepim.flow import flow_from_renders
-from ..deepim.inputs import build_input
+from ..deepim.inputs import TRANSLATION_UNITS, build_input
 from ..deepim.noise import PoseNoiseConfig, sample_pose_noise
 from ..deepim.zoom import ZoomConfig, crop_image, mask_box
 from ..losses.deepim import DeepImLossWeights, deepim_loss
@@ -42,7 +42,6 @@ from .config import ConfigError, to_dict
 from .tensorboard_log import TrainLogger, mask_overlay, tile
 
 CHECKPOINT_FORMAT = "dsc_pose.deepim.v1"
-TRANSLATION_UNITS = ("zoom", "normalized")
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,7 +244,7 @@ class DeepImTrainer:
             z = build_input(self.renderer, it.obj_id, self.vertices[it.obj_id], it.image, it.K, R_cur[i], t_cur[i],
                             self.zoom, obs_box=it.obs_box)
             tensors.append(z.tensor)
-            focals.append(z.focal if self.cfg.model.translation_units == "zoom" else np.ones(2))
+            focals.append(z.eq3_focal(self.cfg.model.translation_units))
             if with_targets:
                 w, h = self.zoom.width, self.zoom.height
                 visible = crop_image(it.mask_visib.astype(np.uint8), z.window, w, h, nearest=True) > 0

@@ -24,25 +24,17 @@ import platform
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
-from dsc_pose_core.data.bop_io import load_scene_camera, load_scene_gt, load_scene_gt_info, load_splits
+from dsc_pose_core.data.bop_io import (find_rgb, load_scene_camera, load_scene_gt, load_scene_gt_info, load_splits,
+                                       read_rgb)
 from dsc_pose_core.models.dsc_posenet import DscPoseNetEstimator
 from dsc_pose_core.training.dsc_posenet import model_from_checkpoint
 
 from benchlib import cpu_model, git_commit, write_section
 
 BEGIN, END = "<!-- bench_dsc_keypoints:start -->", "<!-- bench_dsc_keypoints:end -->"
-
-
-def _image(scene: Path, im_id: int) -> np.ndarray:
-    for ext in ("png", "jpg"):
-        path = scene / "rgb" / f"{im_id:06d}.{ext}"
-        if path.is_file():
-            return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
-    raise FileNotFoundError(f"{scene}/rgb/{im_id:06d}.*")
 
 
 def measure(checkpoint: Path, scene: Path, im_ids: list[int] | None, max_instances: int) -> dict:
@@ -60,7 +52,7 @@ def measure(checkpoint: Path, scene: Path, im_ids: list[int] | None, max_instanc
             if gt.obj_id != obj_id or info.visib_fract < 0.1:
                 continue
             K = cameras[im_id].K
-            estimate = estimator.estimate(_image(scene, im_id), K, info.bbox_visib)
+            estimate = estimator.estimate(read_rgb(find_rgb(scene, im_id)), K, info.bbox_visib)
             cam = keypoints_3d @ gt.R.T + np.ravel(gt.t)
             truth = (K[:2, :2] @ (cam[:, :2] / cam[:, 2:3]).T).T + K[:2, 2]
             side = max(info.bbox_visib[2], info.bbox_visib[3], 1)

@@ -27,6 +27,7 @@ from dsc_pose_core.data.bop_io import (PoseEstimate, default_lmo_dir, load_scene
 from dsc_pose_core.deepim.noise import sample_pose_noise
 from dsc_pose_core.pipeline import PipelineConfig, load_pose_estimator
 from dsc_pose_core.eval.bop import evaluate_files
+from dsc_pose_core.eval.metrics import rotation_error_deg, translation_error
 from dsc_pose_core.predict_cli import main as predict_main
 
 from benchlib import cpu_model, git_commit, write_section
@@ -73,8 +74,8 @@ def run_rows(lmo: Path, init: str, obj_ids: list[int], iterations: list[int], de
 def _median_errors(estimates: list, truth: list) -> dict:
     """Median rotation (deg, symmetries ignored), translation and depth errors (cm) against the GT
     poses the noise was added to: where the recalls above are all ~0, these still show what moves."""
-    rot = [np.degrees(np.arccos(np.clip((np.trace(e.R.T @ R) - 1) / 2, -1, 1))) for e, (R, _) in zip(estimates, truth)]
-    trans = [100 * np.linalg.norm(np.ravel(e.t) - np.ravel(t)) for e, (_, t) in zip(estimates, truth)]
+    rot = [rotation_error_deg(e.R, R) for e, (R, _) in zip(estimates, truth)]
+    trans = [100 * translation_error(e.t, t) for e, (_, t) in zip(estimates, truth)]
     depth = [100 * abs(np.ravel(e.t)[2] - np.ravel(t)[2]) for e, (_, t) in zip(estimates, truth)]
     return {"median_rot_err_deg": float(np.median(rot)), "median_trans_err_cm": float(np.median(trans)),
             "median_depth_err_cm": float(np.median(depth))}

@@ -179,3 +179,25 @@ def random_background(rng: np.random.Generator, width: int, height: int,
     if kind == FOLDER_KIND:
         return photo_background(rng, width, height, bank=folder_bank(str(folder))), kind
     return _MAKERS[kind](rng, width, height), kind
+
+
+def hide_boxes(image: np.ndarray, boxes_xywh, downscale: int = 4) -> np.ndarray:
+    """``image`` with every box filled from its surroundings (OpenCV's Telea inpainting, run at
+    1/``downscale`` resolution for speed).
+
+    A real frame used as a background photograph still shows the objects being learned; pasted
+    renders on top of it would teach the network that those unlabeled photographs of the objects
+    are background. Their (loose) boxes are hidden instead; the rest of the clutter stays."""
+    height, width = image.shape[:2]
+    mask = np.zeros((height, width), np.uint8)
+    for box in boxes_xywh:
+        x, y, w, h = (int(round(float(v))) for v in box)
+        mask[max(0, y):max(0, y + h), max(0, x):max(0, x + w)] = 255
+    if not mask.any():
+        return image.copy()
+    small_size = (max(8, width // downscale), max(8, height // downscale))
+    small = cv2.resize(image, small_size, interpolation=cv2.INTER_AREA)
+    small_mask = cv2.dilate(cv2.resize(mask, small_size, interpolation=cv2.INTER_NEAREST), np.ones((3, 3), np.uint8))
+    filled = cv2.resize(cv2.inpaint(small, small_mask, 3, cv2.INPAINT_TELEA), (width, height),
+                        interpolation=cv2.INTER_LINEAR)
+    return np.where(mask[..., None] > 0, filled, image)

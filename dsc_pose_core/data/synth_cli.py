@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distractors", type=int, default=0, help="up to this many random distractor shapes per image")
     p.add_argument("--distance", type=_range, default=(0.35, 1.5), help="object depth range MIN,MAX (m)")
     p.add_argument("--elevation", type=_range, default=(-15.0, 90.0), help="elevation range MIN,MAX (deg)")
+    p.add_argument("--cluster-radius", type=float, default=0.0,
+                   help="place the objects of an image within this distance (m) of a common centre, "
+                   "touching and occluding like real clutter (0 = scattered)")
     p.add_argument("--no-augment", action="store_true", help="no colour jitter, blur or pixel noise")
     p.add_argument("--backgrounds", default="photo,noise,gradient,stripes,checker",
                    help="background kinds to draw from (add 'folder' to use --background-dir)")
@@ -92,7 +95,8 @@ def config_from_args(args) -> "SynthConfig":
         seed=args.seed, width=width, height=height, K=tuple(float(v) for v in np.asarray(K).reshape(9)),
         depth_scale=float(depth_scale), objects_per_image=args.objects_per_image, min_visib_fract=args.min_visib,
         depth=bool(args.depth or args.depth_noise), depth_noise=bool(args.depth_noise),
-        pose=PoseSamplingConfig(distance=tuple(args.distance), elevation_deg=tuple(args.elevation)),
+        pose=PoseSamplingConfig(distance=tuple(args.distance), elevation_deg=tuple(args.elevation),
+                                cluster_radius=float(args.cluster_radius)),
         distractors=DistractorConfig(min_count=0, max_count=max(0, args.distractors)),
         augment=AugmentConfig.off() if args.no_augment else AugmentConfig(),
         background_kinds=tuple(k for k in args.backgrounds.split(",") if k), background_dir=str(args.background_dir),

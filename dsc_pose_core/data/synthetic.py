@@ -82,6 +82,13 @@ class PoseSamplingConfig:
     inplane_deg: tuple[float, float] = (-180.0, 180.0)  # rotation about the line of sight
     image_margin: float = 0.05  # the origin projects into [m W, (1-m) W] x [m H, (1-m) H]
     max_tries: int = 100  # per object, to find a place that does not intersect the others
+    # clutter like the real test scenes (LM-O): > 0 places every object and distractor of an image
+    # within this distance (metres) of one common centre, so they touch and occlude each other;
+    # 0 scatters them over the whole image
+    cluster_radius: float = 0.0
+    # bounding spheres may overlap down to this fraction of the sum of their radii (spheres around
+    # elongated objects are loose); a failed try widens the cluster by 15 %
+    cluster_spacing: float = 0.75
 
     def validate(self) -> None:
         for name in ("distance", "elevation_deg", "azimuth_deg", "inplane_deg"):
@@ -94,6 +101,8 @@ class PoseSamplingConfig:
             raise ValueError("pose sampling: elevations must lie in [-90, 90] degrees")
         if not 0 <= self.image_margin < 0.5:
             raise ValueError("pose sampling: image_margin must be in [0, 0.5)")
+        if self.cluster_radius < 0 or not 0 < self.cluster_spacing <= 1:
+            raise ValueError("pose sampling: cluster_radius must be >= 0 and cluster_spacing in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -283,6 +292,20 @@ def sample_pose(rng: np.random.Generator, config: PoseSamplingConfig, K: np.ndar
     return view_rotation(elevation, azimuth, inplane, t), t
 
 
+def sample_pose_near(rng: np.random.Generator, config: PoseSamplingConfig, centre: np.ndarray,
+                     radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """A pose whose origin lies uniformly in the ball of ``radius`` around ``centre`` (camera frame),
+    viewed from the configured elevation / azimuth / in-plane ranges."""
+    direction = rng.standard_normal(3)
+    offset = direction / np.linalg.norm(direction) * radius * rng.uniform() ** (1.0 / 3.0)
+    t = np.asarray(centre, dtype=np.float64) + offset
+    t[2] = max(t[2], 0.5 * config.distance[0])  # never behind or at the camera
+    elevation = np.deg2rad(rng.uniform(*config.elevation_deg))
+    azimuth = np.deg2rad(rng.uniform(*config.azimuth_deg))
+    inplane = np.deg2rad(rng.uniform(*config.inplane_deg))
+    return view_rotation(elevation, azimuth, inplane, t), t
+
+
 def random_rotation(rng: np.random.Generator) -> np.ndarray:
     q = rng.standard_normal(4)
     w, x, y, z = q / np.linalg.norm(q)
@@ -434,14 +457,21 @@ class SyntheticSceneGenerator:
         self.close()
 
     # ---------------------------------------------------------------- placement
-    def _place(self, rng, obj_id: int, radius: float, others: list[_Placed], random_rot: bool = False) -> _Placed:
+    def _place(self, rng, obj_id: int, radius: float, others: list[_Placed], random_rot: bool = False,
+               centre: np.ndarray | None = None) -> _Placed:
+        """A pose for one object that does not intersect ``others`` (bounding spheres); with a cluster
+        ``centre``, near it (``pose.cluster_radius``), allowing the spheres to overlap by ``cluster_spacing``."""
         cfg = self.config
         R = t = None
-        for _ in range(max(1, cfg.pose.max_tries)):
-            R, t = sample_pose(rng, cfg.pose, self.K, cfg.width, cfg.height)
+        spacing = 1.0 if centre is None else cfg.pose.cluster_spacing
+        for attempt in range(max(1, cfg.pose.max_tries)):
+            if centre is None:
+                R, t = sample_pose(rng, cfg.pose, self.K, cfg.width, cfg.height)
+            else:
+                R, t = sample_pose_near(rng, cfg.pose, centre, cfg.pose.cluster_radius * 1.15 ** attempt)
             if random_rot:
                 R = random_rotation(rng)
-            if all(np.linalg.norm(t - o.t) >= radius + o.radius for o in others):
+            if all(np.linalg.norm(t - o.t) >= spacing * (radius + o.radius) for o in others):
                 break
         return _Placed(obj_id, R, t, radius)
 
@@ -497,15 +527,16 @@ class SyntheticSceneGenerator:
         ids = list(cfg.obj_ids)
         n = cfg.objects_per_image
         chosen = list(rng.choice(ids, size=n, replace=n > len(ids)))
+        centre = sample_pose(rng, cfg.pose, self.K, W, H)[1] if cfg.pose.cluster_radius > 0 else None
         objects: list[_Placed] = []
         for obj_id in chosen:
-            objects.append(self._place(rng, int(obj_id), self.radius[int(obj_id)], objects))
+            objects.append(self._place(rng, int(obj_id), self.radius[int(obj_id)], objects, centre=centre))
         n_distr = int(rng.integers(cfg.distractors.min_count, cfg.distractors.max_count + 1)) if self.distractors else 0
         distractors: list[_Placed] = []
         for _ in range(n_distr):
             k = int(rng.integers(len(self.distractors)))
             distractors.append(self._place(rng, DISTRACTOR_ID_BASE - k, self.distractors[k][2],
-                                           objects + distractors, random_rot=True))
+                                           objects + distractors, random_rot=True, centre=centre))
         light = self._light(rng)
         background, bg_kind = random_background(rng, W, H, cfg.background_kinds, folder=cfg.background_dir)
         post_rng = np.random.default_rng(rng.integers(2**63))  # augmentation and depth noise
@@ -532,7 +563,7 @@ class SyntheticSceneGenerator:
                 break
             for i in bad:
                 others = [o for j, o in enumerate(objects) if j != i] + distractors
-                objects[i] = self._place(rng, objects[i].obj_id, objects[i].radius, others)
+                objects[i] = self._place(rng, objects[i].obj_id, objects[i].radius, others, centre=centre)
                 sil[i] = None
 
         # composite

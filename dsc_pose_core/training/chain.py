@@ -355,18 +355,17 @@ class Chain:
 # The stages: each returns the list of output files that must exist for the stage to count as done
 # --------------------------------------------------------------------------------------------
 def _run_synthetic(chain: Chain, resume: bool, command: str) -> list[Path]:
-    from ..data import bop_io
     from .segmentation import ensure_synthetic
 
     cfg = dataclasses.replace(chain.sections["synthetic"], generate=True)
     backgrounds = None
-    if cfg.real_backgrounds:
-        d = chain.config.data
-        from ..data.scene_boxes import split_image_ids
+    if cfg.real_backgrounds:  # unlabeled real training frames (object boxes hidden) as backgrounds
+        from ..data.boxes import DEFAULT_MAX_LOOSENING
+        from .segmentation import real_background_frames
 
-        scene = bop_io.scene_dir(chain.real_root, d.scene_id)
-        ids = split_image_ids(chain.real_root, d.splits_file, d.train_split, scene)
-        backgrounds = [bop_io.find_rgb(scene, i) for i in ids]
+        d = chain.config.data
+        backgrounds = real_background_frames(str(chain.real_root), d.scene_id, d.splits_file, d.train_split,
+                                             chain.obj_ids, DEFAULT_MAX_LOOSENING, 0)
     root = ensure_synthetic(cfg, chain.obj_ids, chain.real_root, backgrounds)
     return [root / cfg.split]
 

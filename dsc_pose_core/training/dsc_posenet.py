@@ -417,12 +417,12 @@ def run_dsc_posenet(config, out: str | None = None, resume: str | None = None, c
     mesh, keypoints_3d = load_object(cfg)
     real_root = resolve_path(cfg.real.dataset) if cfg.real.dataset else bop_io.default_lmo_dir()
     backgrounds = None
-    if cfg.synthetic.real_backgrounds:  # unlabeled real training frames as background photographs
-        from ..data.scene_boxes import split_image_ids
+    if cfg.synthetic.real_backgrounds:  # unlabeled real training frames (object boxes hidden) as backgrounds
+        from .segmentation import real_background_frames
 
-        scene = bop_io.scene_dir(real_root, cfg.real.scene_id)
-        backgrounds = [bop_io.find_rgb(scene, i)
-                       for i in split_image_ids(real_root, cfg.real.splits_file, cfg.real.train_split, scene)]
+        backgrounds = real_background_frames(str(real_root), cfg.real.scene_id, cfg.real.splits_file,
+                                             cfg.real.train_split, [cfg.obj_id], cfg.real.max_loosening,
+                                             cfg.real.box_seed)
     syn_root = ensure_synthetic(cfg.synthetic, [cfg.obj_id], real_root, backgrounds)
     data_seed = distributed.rank_seed(config.seed)  # DDP: every rank draws its own batches
     syn = SyntheticPoseDataset(synthetic_instances(syn_root, cfg.obj_id, cfg.synthetic.split,

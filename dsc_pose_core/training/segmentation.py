@@ -62,6 +62,7 @@ import torch
 from tqdm import tqdm
 
 from ..data import bop_io
+from ..data.backgrounds import hide_boxes
 from ..data.bop_io import find_rgb, read_rgb
 from ..data.boxes import DEFAULT_MAX_LOOSENING, box_mask, loosen_box_xywh
 from ..losses.segmentation import balanced_masked_segmentation_loss, masked_segmentation_loss
@@ -113,6 +114,7 @@ class SyntheticDataConfig:
     backgrounds: str = ""
     real_backgrounds: bool = False
     object_jitter: float = 0.0  # per-object colour randomisation of the renders (dsc-pose-synth --object-jitter)
+    cluster_radius: float = 0.0  # > 0: objects clustered and occluding like real clutter (dsc-pose-synth --cluster-radius)
 
 
 @dataclass
@@ -251,12 +253,24 @@ def synthetic_samples(cfg: SyntheticDataConfig, obj_ids: list[int]) -> list[RoiS
     return samples
 
 
+def write_box_free_backgrounds(folder: Path, frames: list[tuple[Path, list]]) -> list[Path]:
+    """Each real frame with its boxes hidden as ``folder/<scene>_<name>.png`` (kept when present)."""
+    written = []
+    for path, boxes in frames:
+        target = Path(folder) / f"{Path(path).parent.parent.name}_{Path(path).stem}.png"
+        if not target.exists():
+            _write_png(target, cv2.cvtColor(hide_boxes(read_rgb(path), boxes), cv2.COLOR_RGB2BGR))
+        written.append(target)
+    return written
+
+
 def ensure_synthetic(cfg: SyntheticDataConfig, obj_ids: list[int], real_root: Path,
-                     background_images: list[Path] | None = None) -> Path:
+                     background_images: list[tuple[Path, list]] | None = None) -> Path:
     """Generate the synthetic dataset with dsc-pose-synth when it is missing or incomplete
     (the generator resumes, so an existing complete dataset costs nothing). With
-    ``cfg.real_backgrounds``, ``background_images`` (unlabeled real frames) are linked into
-    ``<dir>/backgrounds/`` and used as background photographs."""
+    ``cfg.real_backgrounds``, ``background_images`` (unlabeled real frames, each with the loose
+    boxes of the objects being learned) are written to ``<dir>/backgrounds/`` with those boxes
+    hidden (:func:`backgrounds.hide_boxes`) and used as background photographs."""
     root = resolve_path(cfg.dir)
     # a dataset may hold several scenes (e.g. shards rendered in parallel, one scene id each)
     split_dir = root / cfg.split
@@ -279,16 +293,16 @@ def ensure_synthetic(cfg: SyntheticDataConfig, obj_ids: list[int], real_root: Pa
             raise ConfigError("synthetic.real_backgrounds needs the real training images")
         folder = root / "backgrounds"
         folder.mkdir(parents=True, exist_ok=True)
-        for path in background_images:
-            link = folder / f"{path.parent.parent.name}_{path.name}"
-            if not link.exists():
-                link.symlink_to(path.resolve())
+        if distributed.is_main():
+            write_box_free_backgrounds(folder, background_images)
         kinds = kinds or "folder,noise,gradient,stripes,checker"
         command += ["--background-dir", str(folder)]
     if kinds:
         command += ["--backgrounds", kinds]
     if cfg.object_jitter > 0:
         command += ["--object-jitter", str(cfg.object_jitter)]
+    if cfg.cluster_radius > 0:
+        command += ["--cluster-radius", str(cfg.cluster_radius)]
     if distributed.is_main():  # DDP: one rank renders, the others wait for the finished dataset
         print("generating synthetic data:", " ".join(command), flush=True)
         subprocess.run(command, check=True)
@@ -303,6 +317,16 @@ class RealSplit:
     targets: dict[int, list[tuple[int, int, np.ndarray]]]  # im_id -> [(inst, obj_id, loose box)]
     width: int
     height: int
+
+
+def real_background_frames(dataset: str, scene_id: int, splits_file: str, split: str, obj_ids: list[int],
+                           max_loosening: float, box_seed: int) -> list[tuple[Path, list[np.ndarray]]]:
+    """The frames of a real split with the seeded loose boxes of ``obj_ids`` (what
+    :func:`ensure_synthetic` hides before using them as backgrounds)."""
+    real = load_real_split(RealDataConfig(dataset=dataset, scene_id=scene_id, splits_file=splits_file,
+                                          train_split=split, targets_file="", max_loosening=max_loosening,
+                                          box_seed=box_seed), split, obj_ids)
+    return [(find_rgb(real.scene_path, i), [box for _, _, box in real.targets[i]]) for i in real.im_ids]
 
 
 def load_real_split(cfg: RealDataConfig, split: str, obj_ids: list[int], required: bool = True) -> RealSplit:
@@ -699,7 +723,8 @@ def run_segmentation(config, out: str | os.PathLike | None = None, resume: str |
     val_split = load_real_split(cfg.real, cfg.real.val_split, obj_ids, required=False)
     real_root = train_split.scene_path.parents[1]
     t0 = time.time()
-    backgrounds = ([find_rgb(train_split.scene_path, i) for i in train_split.im_ids]
+    backgrounds = (real_background_frames(cfg.real.dataset, cfg.real.scene_id, cfg.real.splits_file,
+                                          cfg.real.train_split, obj_ids, cfg.real.max_loosening, cfg.real.box_seed)
                    if cfg.synthetic.real_backgrounds else None)
     ensure_synthetic(cfg.synthetic, obj_ids, real_root, backgrounds)
     synthetic = synthetic_samples(cfg.synthetic, obj_ids)

@@ -271,3 +271,32 @@ def test_bop_writers_round_trip(tmp_path):
     back_cam = bop_io.load_camera_json(tmp_path / "camera.json")
     np.testing.assert_allclose(back_cam.K, cam.K)
     assert (back_cam.width, back_cam.height, back_cam.depth_scale) == (640, 480, 0.1)
+
+
+def test_clustered_placement_packs_objects_around_one_centre(tiny_models, tmp_path):
+    """``cluster_radius`` > 0 puts an image's objects next to each other (real clutter): they lie
+    far closer together than when scattered, and they occlude each other more often."""
+    def spread_and_occlusion(pose):
+        cfg = tiny_config(tiny_models, tmp_path, objects_per_image=3, depth=False, depth_noise=False, pose=pose,
+                          distractors=DistractorConfig(0, 0), min_visib_fract=0.1)
+        spreads, occluded = [], 0
+        with SyntheticSceneGenerator(cfg) as gen:
+            for i in range(8):
+                s = gen.sample(i)
+                assert len(s.obj_ids) == 3
+                centre = s.t.mean(0)
+                spreads.append(np.linalg.norm(s.t - centre, axis=1).max())
+                occluded += sum(info.visib_fract < 0.95 for info in s.infos)
+                for k in range(3):  # spheres may overlap down to cluster_spacing of their radii, not more
+                    for j in range(k):
+                        limit = pose.cluster_spacing if pose.cluster_radius > 0 else 1.0
+                        radii = gen.radius[s.obj_ids[k]] + gen.radius[s.obj_ids[j]]
+                        assert np.linalg.norm(s.t[k] - s.t[j]) >= limit * radii - 1e-9
+        return float(np.median(spreads)), occluded
+
+    scattered = spread_and_occlusion(PoseSamplingConfig(distance=(0.3, 0.7)))
+    clustered = spread_and_occlusion(PoseSamplingConfig(distance=(0.3, 0.7), cluster_radius=0.05))
+    assert clustered[0] < 0.5 * scattered[0]
+    assert clustered[1] > scattered[1]
+    with pytest.raises(ValueError, match="cluster"):
+        PoseSamplingConfig(cluster_radius=-0.1).validate()

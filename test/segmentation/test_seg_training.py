@@ -155,6 +155,22 @@ def test_lmo_train_real_boxes_are_loosened_and_seeded(lmo_root):
     assert n > 500
 
 
+def test_real_background_frames_carry_the_seeded_loose_boxes_of_every_annotated_object(lmo_root):
+    """Frames used as backgrounds hide every learned object, not only the split's targets."""
+    from dsc_pose_core.training.segmentation import RealDataConfig, load_real_split, real_background_frames
+
+    frames = real_background_frames(str(lmo_root), 2, "splits.json", "train_real", [5, 9], 0.15, 0)
+    split = load_real_split(RealDataConfig(dataset=str(lmo_root), targets_file=""), "train_real", [5, 9])
+    assert len(frames) == 100
+    for (path, boxes), im_id in zip(frames, split.im_ids):
+        assert path == bop_io.find_rgb(split.scene_path, im_id)
+        expected = [box for _, _, box in split.targets[im_id]]
+        assert len(boxes) == len(expected) <= 2
+        for box, box2 in zip(boxes, expected):
+            np.testing.assert_array_equal(box, box2)
+    assert sum(len(b) for _, b in frames) > 150
+
+
 def test_balanced_loss_weighs_foreground_and_background_equally():
     from dsc_pose_core.losses.segmentation import balanced_masked_segmentation_loss
     from dsc_pose_core.segmentation.pseudo_labels import IGNORE

@@ -16,7 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 
 ENCODERS = ("resnet18", "resnet34", "resnet50")
-# DeepLabV3+ runs its encoder at output stride 16: inputs are padded to a multiple of this.
+OUTPUT_STRIDES = (8, 16)
+# DeepLabV3+'s defaults (output stride 16, atrous rates 12 / 24 / 36: the DeepLabV3+ paper's rates for
+# a 513 px input, doubled for its output stride 8 variant) are kept for checkpoints saved before the
+# two were configurable
+DEFAULT_OUTPUT_STRIDE = 16
+DEFAULT_ATROUS_RATES = (12, 24, 36)
+# inputs are padded to a multiple of the largest output stride
 SIZE_MULTIPLE = 16
 # per-channel normalisation of RGB in [0, 1] (ImageNet statistics, a common convention)
 RGB_MEAN = (0.485, 0.456, 0.406)
@@ -29,18 +35,28 @@ class RoiSegmenter(nn.Module):
     Any H, W works: the input is replicate-padded to a multiple of 16 and the logits cropped back.
     """
 
-    def __init__(self, n_objects: int, encoder: str = "resnet18", decoder_channels: int = 256):
+    def __init__(self, n_objects: int, encoder: str = "resnet18", decoder_channels: int = 256,
+                 output_stride: int = DEFAULT_OUTPUT_STRIDE, atrous_rates=DEFAULT_ATROUS_RATES):
         super().__init__()
         if encoder not in ENCODERS:
             raise ValueError(f"unknown encoder {encoder!r}; choose one of {ENCODERS}")
         if n_objects < 1:
             raise ValueError("n_objects must be >= 1")
+        if output_stride not in OUTPUT_STRIDES:
+            raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, not {output_stride}")
+        rates = tuple(int(r) for r in atrous_rates)
+        if len(rates) != 3 or min(rates) < 1:
+            raise ValueError(f"atrous_rates must be three positive integers, not {atrous_rates}")
         import segmentation_models_pytorch as smp
 
         self.n_objects = int(n_objects)
         self.encoder_name = encoder
+        # The ASPP's dilated branches must fit the encoder's last feature map: a 96 px ROI at output
+        # stride 16 gives 6x6 cells, where rates 12 / 24 / 36 sample only padding; output stride 8 and
+        # rates scaled to the ROI (e.g. 2 / 4 / 6 on 12x12) keep all branches on the image.
         self.net = smp.DeepLabV3Plus(encoder_name=encoder, encoder_weights=None, in_channels=3,
-                                     classes=self.n_objects, decoder_channels=int(decoder_channels))
+                                     classes=self.n_objects, decoder_channels=int(decoder_channels),
+                                     encoder_output_stride=int(output_stride), decoder_atrous_rates=rates)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         height, width = images.shape[-2:]

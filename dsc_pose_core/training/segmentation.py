@@ -66,7 +66,8 @@ from ..data.backgrounds import hide_boxes
 from ..data.bop_io import find_rgb, read_rgb
 from ..data.boxes import DEFAULT_MAX_LOOSENING, box_mask, loosen_box_xywh
 from ..losses.segmentation import balanced_masked_segmentation_loss, masked_segmentation_loss
-from ..models.segmentation import ENCODERS, RoiSegmenter, normalise_rgb
+from ..models.segmentation import (DEFAULT_ATROUS_RATES, DEFAULT_OUTPUT_STRIDE, ENCODERS, OUTPUT_STRIDES,
+                                   RoiSegmenter, normalise_rgb)
 from ..segmentation import roi
 from ..segmentation.pseudo_labels import DEFAULT_CONFIDENCE, IGNORE, mask_iou, pseudo_label, tta_probability
 from ..segmentation.reference import ReferenceMasks, load_mask_png
@@ -123,6 +124,8 @@ class ModelConfig:
     decoder_channels: int = 128
     crop_size: int = 96
     context: float = 1.25  # window side / longer side of the loosened box
+    output_stride: int = 16  # encoder output stride of DeepLabV3+ (8 or 16)
+    atrous_rates: tuple[int, int, int] = (12, 24, 36)  # ASPP dilations, in cells of that stride
 
 
 @dataclass
@@ -187,6 +190,10 @@ class SegmentationConfig:
             raise ConfigError("segmentation.iterations must be >= 0")
         if not 0.5 <= self.pseudo.confidence < 1.0:
             raise ConfigError("segmentation.pseudo.confidence must be in [0.5, 1)")
+        if self.model.output_stride not in OUTPUT_STRIDES:
+            raise ConfigError(f"segmentation.model.output_stride: {self.model.output_stride} not in {OUTPUT_STRIDES}")
+        if len(self.model.atrous_rates) != 3 or min(self.model.atrous_rates) < 1:
+            raise ConfigError("segmentation.model.atrous_rates: three positive integers")
         if self.model.crop_size < 32 or self.model.context < 1.0:
             raise ConfigError("segmentation.model: crop_size >= 32 and context >= 1 required")
         for name in ("stage0", "finetune"):
@@ -666,7 +673,9 @@ def model_from_checkpoint(path: str | os.PathLike, device="cpu") -> tuple[RoiSeg
     if payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a segmentation checkpoint ({payload.get('format')!r})")
     seg = payload["config"]["segmentation"]
-    model = RoiSegmenter(len(payload["obj_ids"]), seg["model"]["encoder"], seg["model"]["decoder_channels"])
+    model = RoiSegmenter(len(payload["obj_ids"]), seg["model"]["encoder"], seg["model"]["decoder_channels"],
+                         seg["model"].get("output_stride", DEFAULT_OUTPUT_STRIDE),
+                         seg["model"].get("atrous_rates", DEFAULT_ATROUS_RATES))
     model.load_state_dict(payload["state_dict"])
     return model.to(device), payload
 
@@ -748,7 +757,8 @@ def run_segmentation(config, out: str | os.PathLike | None = None, resume: str |
         print(f"no validation split {cfg.real.val_split!r}: val IoU not measured", flush=True)
     results_no_iou = no_iou_reason or (None if val_split.im_ids else f"no validation split {cfg.real.val_split!r}")
 
-    model = RoiSegmenter(len(obj_ids), cfg.model.encoder, cfg.model.decoder_channels).to(device)
+    model = RoiSegmenter(len(obj_ids), cfg.model.encoder, cfg.model.decoder_channels, cfg.model.output_stride,
+                         cfg.model.atrous_rates).to(device)
     results_path = out_dir / "results.json"
     results = {"stage": "segmentation", "command": command, "config": cfg_dict, "obj_ids": obj_ids,
                "train_real_iou_per_iter": [], "train_real_iou_no_box_clip_per_iter": [], "iterations": [],

@@ -20,6 +20,24 @@ def test_unknown_encoder_rejected():
         RoiSegmenter(2, "vgg11")
 
 
+def test_output_stride_8_keeps_the_aspp_on_a_small_roi():
+    """At output stride 8 the encoder's last map of a 96 px ROI is 12x12 (6x6 at 16), and the ASPP's
+    dilated branches use the configured rates (sized to that map)."""
+    torch.manual_seed(0)
+    model = RoiSegmenter(3, "resnet18", decoder_channels=16, output_stride=8, atrous_rates=(2, 4, 6)).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 96, 96)).shape == (2, 3, 96, 96)
+        features = model.net.encoder(torch.randn(1, 3, 96, 96))
+    assert features[-1].shape[-2:] == (12, 12)
+    aspp = model.net.decoder.aspp[0]
+    dilations = [m.dilation[0] for m in aspp.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert sorted(set(dilations)) == [2, 4, 6]
+    with pytest.raises(ValueError, match="output_stride"):
+        RoiSegmenter(2, "resnet18", output_stride=4)
+    with pytest.raises(ValueError, match="atrous_rates"):
+        RoiSegmenter(2, "resnet18", atrous_rates=(2, 4))
+
+
 @pytest.mark.parametrize("box,size", [((200, 150, 120, 90), 96), ((10, 300, 60, 140), 128), ((590, 20, 50, 40), 64)])
 def test_crop_paste_round_trip_within_one_pixel(box, size):
     """A mask cropped into the ROI and pasted back equals the original within 1 px at the edges."""

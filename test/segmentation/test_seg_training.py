@@ -91,6 +91,29 @@ def test_checkpoint_round_trip_and_atomic_failure(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["c.pt"]  # no temporary file left behind
 
 
+def test_segmentation_checkpoints_keep_their_deeplab_geometry(tmp_path):
+    """output_stride / atrous_rates travel in the checkpoint's config; checkpoints written before they
+    existed load with DeepLabV3+'s defaults (16; 12, 24, 36)."""
+    from dsc_pose_core.models.segmentation import RoiSegmenter
+    from dsc_pose_core.training.segmentation import CHECKPOINT_FORMAT
+
+    def save(model, model_cfg, name):
+        path = tmp_path / name
+        ckpt.save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "state_dict": model.state_dict(), "obj_ids": [1, 5],
+                                    "config": {"segmentation": {"model": model_cfg}}})
+        return path
+
+    fine = RoiSegmenter(2, "resnet18", 16, output_stride=8, atrous_rates=(2, 4, 6))
+    loaded, _ = model_from_checkpoint(save(fine, {"encoder": "resnet18", "decoder_channels": 16, "output_stride": 8,
+                                                  "atrous_rates": [2, 4, 6]}, "os8.pt"))
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(x), fine.eval()(x))
+    legacy, _ = model_from_checkpoint(save(RoiSegmenter(2, "resnet18", 16), {"encoder": "resnet18",
+                                                                             "decoder_channels": 16}, "old.pt"))
+    assert legacy.net.encoder(x)[-1].shape[-2:] == (6, 6)
+
+
 def test_config_rejects_unknown_keys_and_applies_overrides(tmp_path, repo_root):
     cfg = parse_config(repo_root / "config/train/lmo_seg.yaml", ["segmentation.iterations=2", "segmentation.model.encoder=resnet34"])
     assert cfg.segmentation.iterations == 2 and cfg.segmentation.model.encoder == "resnet34"

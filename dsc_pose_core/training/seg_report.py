@@ -101,7 +101,8 @@ def build(main: dict, no_box: dict | None) -> tuple[dict, str]:
 
 def write_section(benchmarks: Path, section: str) -> None:
     text = benchmarks.read_text() if benchmarks.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Segmentation.*?(?=^## |\Z)", re.S | re.M)
+    # the loop's own section only: it ends at the next heading or at the marker of another bench's section
+    pattern = re.compile(r"^## Segmentation \(weakly supervised.*?(?=^## |^<!-- |\Z)", re.S | re.M)
     if pattern.search(text):
         text = pattern.sub(section.rstrip() + "\n\n", text)
     else:

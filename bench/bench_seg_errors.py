@@ -26,13 +26,11 @@ import cv2
 import numpy as np
 import torch
 
-from dsc_pose_core.data.boxes import box_mask
 from dsc_pose_core.objects.registry import ObjectRegistry
 from dsc_pose_core.segmentation.pseudo_labels import mask_iou
 from dsc_pose_core.segmentation.reference import ReferenceMasks
 from dsc_pose_core.training.config import from_dict
-from dsc_pose_core.training.segmentation import (SegmentationConfig, find_rgb, load_real_split, model_from_checkpoint,
-                                                 predict_rois, read_rgb)
+from dsc_pose_core.training.segmentation import SegmentationConfig, load_real_split, model_from_checkpoint, scored_masks
 
 from benchlib import REPO, cpu_model, git_commit, write_section
 
@@ -56,34 +54,28 @@ def measure(checkpoint: Path, split_name: str, dataset: str, tta_scales: list[fl
     false_pos = false_neg = union = 0
     near = dict.fromkeys(BANDS_PX, 0)
     wrong = 0
-    for im_id in split.im_ids:
-        entries = split.targets[im_id]
-        if not entries:
+    flagged = 0
+    for _, _, obj_id, ref, predicted, _ in scored_masks(model, split, cfg, channel, torch.device("cpu"), refs):
+        if ref.flagged:
+            flagged += 1
             continue
-        image = read_rgb(find_rgb(split.scene_path, im_id))
-        predictions = predict_rois(model, image, entries, cfg, channel, torch.device("cpu"), tta=cfg.eval.tta)
-        for (inst, obj_id, box), (prob, _) in zip(entries, predictions):
-            ref = refs.get(im_id, inst)
-            if ref.flagged:
-                continue
-            reference = ref.mask.astype(bool)
-            predicted = (prob >= 0.5) & box_mask(box, split.width, split.height)
-            iou = mask_iou(predicted, reference)
-            ious.append(iou)
-            per_object.setdefault(obj_id, []).append(iou)
-            error = predicted ^ reference
-            false_pos += int((predicted & ~reference).sum())
-            false_neg += int((reference & ~predicted).sum())
-            union += int((predicted | reference).sum())
-            # distance of every pixel to the reference outline (inside: to the background, outside: to the mask)
-            inside = cv2.distanceTransform(reference.astype(np.uint8), cv2.DIST_L2, 3)
-            outside = cv2.distanceTransform((~reference).astype(np.uint8), cv2.DIST_L2, 3)
-            distance = np.where(reference, inside, outside)
-            wrong += int(error.sum())
-            for band in BANDS_PX:
-                near[band] += int((error & (distance <= band)).sum())
+        reference = ref.mask.astype(bool)
+        iou = mask_iou(predicted, reference)
+        ious.append(iou)
+        per_object.setdefault(obj_id, []).append(iou)
+        error = predicted ^ reference
+        false_pos += int((predicted & ~reference).sum())
+        false_neg += int((reference & ~predicted).sum())
+        union += int((predicted | reference).sum())
+        # distance of every pixel to the reference outline (inside: to the background, outside: to the mask)
+        inside = cv2.distanceTransform(reference.astype(np.uint8), cv2.DIST_L2, 3)
+        outside = cv2.distanceTransform((~reference).astype(np.uint8), cv2.DIST_L2, 3)
+        distance = np.where(reference, inside, outside)
+        wrong += int(error.sum())
+        for band in BANDS_PX:
+            near[band] += int((error & (distance <= band)).sum())
     return {
-        "obj_ids": obj_ids, "n": len(ious), "n_flagged": sum(len(v) for v in split.targets.values()) - len(ious),
+        "obj_ids": obj_ids, "n": len(ious), "n_flagged": flagged,
         "iou": float(np.mean(ious)), "per_object": {o: float(np.mean(v)) for o, v in sorted(per_object.items())},
         "fp_of_union": false_pos / max(union, 1), "fn_of_union": false_neg / max(union, 1),
         "near_boundary": {b: near[b] / max(wrong, 1) for b in BANDS_PX},

@@ -16,6 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .boxes import box_mask
+
 # skimage.data loaders whose files are inside the wheel (no network access needed)
 PHOTO_NAMES = (
     "astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "retina",
@@ -191,8 +193,7 @@ def hide_boxes(image: np.ndarray, boxes_xywh, downscale: int = 4) -> np.ndarray:
     height, width = image.shape[:2]
     mask = np.zeros((height, width), np.uint8)
     for box in boxes_xywh:
-        x, y, w, h = (int(round(float(v))) for v in box)
-        mask[max(0, y):max(0, y + h), max(0, x):max(0, x + w)] = 255
+        mask[box_mask(box, width, height)] = 255
     if not mask.any():
         return image.copy()
     small_size = (max(8, width // downscale), max(8, height // downscale))

@@ -628,28 +628,33 @@ def bop_io_scene_id(split: RealSplit) -> int:
     return int(split.scene_path.name)
 
 
-def evaluate_split(model, split: RealSplit, cfg: SegmentationConfig, channel, device, refs: ReferenceMasks | None,
-                   desc: str) -> list[dict]:
-    """IoU of the network's masks (P >= 0.5 inside the loosened box) against the references; nothing
-    without references (no ground truth) or without images."""
-    records = []
-    if refs is None:
-        return records
+def scored_masks(model, split: RealSplit, cfg: SegmentationConfig, channel, device, refs: ReferenceMasks,
+                 desc: str = ""):
+    """The network's masks of every target of ``split`` next to its reference, the way the loop scores
+    them: yields (im_id, inst, obj_id, reference, mask = P >= 0.5 inside the loosened box, mask without
+    the box clip = P >= 0.5 inside the ROI window)."""
     for im_id in tqdm(split.im_ids, desc=desc, unit="img", dynamic_ncols=True, mininterval=5.0,
-                      disable=not distributed.is_main()):
+                      disable=not (desc and distributed.is_main())):
         entries = split.targets[im_id]
         if not entries:
             continue
         image = read_rgb(find_rgb(split.scene_path, im_id))
         predictions = predict_rois(model, image, entries, cfg, channel, device, tta=cfg.eval.tta)
         for (inst, obj_id, box), (prob, window) in zip(entries, predictions):
-            ref = refs.get(im_id, inst)
-            in_box = box_mask(box, split.width, split.height)
-            inside = roi.window_mask(window, split.width, split.height)
-            records.append({"im_id": im_id, "inst": inst, "obj_id": obj_id, "flagged": ref.flagged,
-                            "iou": mask_iou((prob >= 0.5) & in_box, ref.mask),
-                            "iou_no_box": mask_iou((prob >= 0.5) & inside, ref.mask)})
-    return records
+            foreground = prob >= 0.5
+            yield (im_id, inst, obj_id, refs.get(im_id, inst), foreground & box_mask(box, split.width, split.height),
+                   foreground & roi.window_mask(window, split.width, split.height))
+
+
+def evaluate_split(model, split: RealSplit, cfg: SegmentationConfig, channel, device, refs: ReferenceMasks | None,
+                   desc: str) -> list[dict]:
+    """IoU of the network's masks (P >= 0.5 inside the loosened box) against the references; nothing
+    without references (no ground truth) or without images."""
+    if refs is None:
+        return []
+    return [{"im_id": im_id, "inst": inst, "obj_id": obj_id, "flagged": ref.flagged,
+             "iou": mask_iou(in_box, ref.mask), "iou_no_box": mask_iou(in_window, ref.mask)}
+            for im_id, inst, obj_id, ref, in_box, in_window in scored_masks(model, split, cfg, channel, device, refs, desc)]
 
 
 # --------------------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ def measure(checkpoint: Path, split_name: str, dataset: str, tta_scales: list[fl
     near = dict.fromkeys(BANDS_PX, 0)
     wrong = 0
     flagged = 0
-    for _, _, obj_id, ref, predicted, _ in scored_masks(model, split, cfg, channel, torch.device("cpu"), refs):
+    for _, _, obj_id, ref, predicted, _, _ in scored_masks(model, split, cfg, channel, torch.device("cpu"), refs):
         if ref.flagged:
             flagged += 1
             continue

@@ -57,14 +57,27 @@ class RoiSegmenter(nn.Module):
         self.net = smp.DeepLabV3Plus(encoder_name=encoder, encoder_weights=None, in_channels=3,
                                      classes=self.n_objects, decoder_channels=int(decoder_channels),
                                      encoder_output_stride=int(output_stride), decoder_atrous_rates=rates)
+        # log(f / (1 - f)) per channel, added to the logits: the class-balanced eq. (2) trains the network
+        # as if foreground and background were equally likely; with f the foreground share of the
+        # certain pixels it was trained on, the offset turns its output back into the plain posterior
+        # (prior correction; 0 = no correction, the default and what older checkpoints load with)
+        self.register_buffer("foreground_prior_logit", torch.zeros(self.n_objects))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         height, width = images.shape[-2:]
         pad_h, pad_w = (-height) % SIZE_MULTIPLE, (-width) % SIZE_MULTIPLE
         if pad_h or pad_w:
             images = F.pad(images, (0, pad_w, 0, pad_h), mode="replicate")
-        logits = self.net(images)
+        logits = self.net(images) + self.foreground_prior_logit.view(1, -1, 1, 1)
         return logits[..., :height, :width]
+
+    def set_foreground_prior(self, foreground_fraction: torch.Tensor) -> None:
+        """Prior correction after class-balanced training: ``foreground_fraction`` [n_objects] is each
+        channel's foreground share f of the certain training pixels (NaN = channel unseen: unchanged)."""
+        fraction = torch.as_tensor(foreground_fraction, dtype=torch.float32, device=self.foreground_prior_logit.device)
+        seen = torch.isfinite(fraction)
+        fraction = fraction.clamp(1e-3, 1 - 1e-3)
+        self.foreground_prior_logit[seen] = torch.log(fraction / (1 - fraction))[seen]
 
 
 def normalise_rgb(images_uint8: torch.Tensor) -> torch.Tensor:

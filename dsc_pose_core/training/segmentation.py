@@ -69,6 +69,7 @@ from ..losses.segmentation import balanced_masked_segmentation_loss, masked_segm
 from ..models.segmentation import (DEFAULT_ATROUS_RATES, DEFAULT_OUTPUT_STRIDE, ENCODERS, OUTPUT_STRIDES,
                                    RoiSegmenter, normalise_rgb)
 from ..segmentation import roi
+from ..segmentation.grabcut_refine import grabcut_refine
 from ..segmentation.pseudo_labels import DEFAULT_CONFIDENCE, IGNORE, mask_iou, pseudo_label, tta_probability
 from ..segmentation.reference import ReferenceMasks, load_mask_png
 from . import distributed
@@ -135,7 +136,11 @@ class OptimConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     real_fraction: float = 0.5  # share of real pseudo-labelled ROIs per batch (fine-tuning only)
-    balance_classes: bool = False  # foreground/background terms of eq. (2) weighted equally (not measured yet)
+    balance_classes: bool = False  # foreground/background terms of eq. (2) weighted equally
+
+
+REFINEMENTS = ("none", "grabcut")
+PRIOR_CORRECTIONS = ("none", "final", "every_round")
 
 
 @dataclass
@@ -144,6 +149,12 @@ class PseudoConfig:
     tta_scales: tuple[float, ...] = (0.75, 1.0, 1.25)
     flips: bool = True
     box_clip: bool = True  # False = the "without 2D boxes" ablation (no clipping to the box)
+    # "grabcut": labels cut along image edges by GrabCut seeded with the network's confident pixels
+    # (segmentation/grabcut_refine.py; P < 1 - sigma background, P >= grabcut_foreground foreground);
+    # pixels where that cut contradicts a confident network decision are ignored. "none": eq. (1) only
+    refine: str = "none"
+    grabcut_foreground: float = 0.9
+    grabcut_iterations: int = 3
     batch_size: int = 32
     write_png: bool = True
 
@@ -152,6 +163,8 @@ class PseudoConfig:
 class EvalConfig:
     tta: bool = True  # val predictions with the same TTA as pseudo labelling
     flag_tolerance: float = 0.15  # reference masks: see segmentation/reference.py
+    # also score the masks refined like pseudo labels ("grabcut", seeds as in `pseudo`) beside the network's
+    refine: str = "none"
 
 
 @dataclass
@@ -180,6 +193,11 @@ class SegmentationConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     init_checkpoint: str = ""  # start from weights this package trained (same obj_ids)
+    # After class-balanced fine-tuning, undo its equal-prior assumption per channel with the foreground
+    # share of the certain pixels it saw (RoiSegmenter.foreground_prior_logit; uncorrected, masks grow).
+    # "final": after the last round only (the loop's own pseudo labels come from the uncorrected network,
+    # whose growth offsets self-training's drift to background); "every_round"; "none". BENCHMARKS has both.
+    prior_correction: str = "final"
     log_every: int = 10  # TensorBoard scalars (loss, lr) every N training steps (0 = never)
     image_every: int = 100  # TensorBoard picture of predicted and target masks every N steps (0 = never)
 
@@ -196,6 +214,13 @@ class SegmentationConfig:
             raise ConfigError("segmentation.model.atrous_rates: three positive integers")
         if self.model.crop_size < 32 or self.model.context < 1.0:
             raise ConfigError("segmentation.model: crop_size >= 32 and context >= 1 required")
+        if self.prior_correction not in PRIOR_CORRECTIONS:
+            raise ConfigError(f"segmentation.prior_correction: {self.prior_correction!r} not in {PRIOR_CORRECTIONS}")
+        for name, value in (("pseudo", self.pseudo.refine), ("eval", self.eval.refine)):
+            if value not in REFINEMENTS:
+                raise ConfigError(f"segmentation.{name}.refine: {value!r} not in {REFINEMENTS}")
+        if not 0.5 <= self.pseudo.grabcut_foreground <= 1.0 or self.pseudo.grabcut_iterations < 1:
+            raise ConfigError("segmentation.pseudo: grabcut_foreground in [0.5, 1], grabcut_iterations >= 1")
         for name in ("stage0", "finetune"):
             opt = getattr(self, name)
             if opt.steps < 0 or opt.batch_size < 2 or not 0.0 <= opt.real_fraction <= 1.0:
@@ -484,9 +509,10 @@ def _sample_picture(images: torch.Tensor, logits: torch.Tensor, labels: torch.Te
 
 
 def train_steps(model: RoiSegmenter, batcher: RoiBatcher, opt_cfg: OptimConfig, device: torch.device,
-                desc: str, logger: TrainLogger | None = None, step_offset: int = 0) -> dict:
+                desc: str, logger: TrainLogger | None = None, step_offset: int = 0, set_prior: bool = False) -> dict:
     """``opt_cfg.steps`` updates; TensorBoard steps are ``step_offset`` + 1, 2, ... (stage 0 and the
-    fine-tuning rounds count on)."""
+    fine-tuning rounds count on). ``set_prior`` with ``opt_cfg.balance_classes``: afterwards the model's
+    prior correction comes from the certain pixels of these steps."""
     if opt_cfg.steps == 0:
         return {"steps": 0, "seconds": 0.0, "final_loss": None}
     model.train()
@@ -503,13 +529,22 @@ def train_steps(model: RoiSegmenter, batcher: RoiBatcher, opt_cfg: OptimConfig, 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     start = time.time()
     running = None
+    # certain foreground / background pixels per channel, for the prior correction of the balanced loss
+    certain_counts = torch.zeros(model.n_objects, 2, dtype=torch.float64)
     with tqdm(range(opt_cfg.steps), desc=desc, unit="step", dynamic_ncols=True, mininterval=5.0,
               disable=not distributed.is_main()) as bar:
         for step in bar:
             images, labels, channels = batcher.batch(opt_cfg.batch_size, opt_cfg.real_fraction)
             logits = select_channels(net(images.to(device)), channels.to(device))
-            loss_fn = balanced_masked_segmentation_loss if opt_cfg.balance_classes else masked_segmentation_loss
-            loss = loss_fn(logits, labels.to(device))  # eq. (2)
+            if opt_cfg.balance_classes:
+                # the balanced loss trains the uncorrected logits (its own equal-prior output)
+                logits = logits - model.foreground_prior_logit[channels.to(device)].view(-1, 1, 1)
+                flat = labels.flatten(1)
+                certain_counts[:, 0].index_add_(0, channels, (flat == 1).sum(1).double())
+                certain_counts[:, 1].index_add_(0, channels, (flat == 0).sum(1).double())
+                loss = balanced_masked_segmentation_loss(logits, labels.to(device))  # eq. (2), balanced
+            else:
+                loss = masked_segmentation_loss(logits, labels.to(device))  # eq. (2)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -523,7 +558,13 @@ def train_steps(model: RoiSegmenter, batcher: RoiBatcher, opt_cfg: OptimConfig, 
                 if logger.wants_image(done):
                     logger.image("sample/predicted_green_target_red_ignored_blue", done,
                                  _sample_picture(images, logits, labels))
-    return {"steps": opt_cfg.steps, "seconds": round(time.time() - start, 1), "final_loss": running}
+    info = {"steps": opt_cfg.steps, "seconds": round(time.time() - start, 1), "final_loss": running}
+    if opt_cfg.balance_classes and set_prior:
+        certain_counts = distributed.all_reduce_sum(certain_counts)
+        with torch.no_grad():
+            model.set_foreground_prior(certain_counts[:, 0] / certain_counts.sum(1))  # 0/0 = NaN: unseen, unchanged
+        info["foreground_prior_logit"] = [round(v, 4) for v in model.foreground_prior_logit.tolist()]
+    return info
 
 
 @torch.no_grad()
@@ -565,11 +606,19 @@ def summarise(ious: list[dict]) -> dict:
     ious = [r for r in ious if "iou" in r]
     kept = [r for r in ious if not r["flagged"]]
     per_object: dict[int, list[float]] = {}
+    per_object_refined: dict[int, list[float]] = {}
     for r in kept:
         per_object.setdefault(r["obj_id"], []).append(r["iou"])
+        if "iou_refined" in r:
+            per_object_refined.setdefault(r["obj_id"], []).append(r["iou_refined"])
     return {
         "mean": float(np.mean([r["iou"] for r in kept])) if kept else None,
         "mean_no_box": float(np.mean([r["iou_no_box"] for r in kept])) if kept and "iou_no_box" in kept[0] else None,
+        **({"mean_refined": float(np.mean([r["iou_refined"] for r in kept])),
+            "per_object_refined": {str(o): float(np.mean(v)) for o, v in sorted(per_object_refined.items())}}
+           if kept and "iou_refined" in kept[0] else {}),
+        **({"mean_network": float(np.mean([r["iou_network"] for r in kept]))}
+           if kept and "iou_network" in kept[0] else {}),
         "per_object": {str(o): float(np.mean(v)) for o, v in sorted(per_object.items())},
         "n_targets": len(ious),
         "n_flagged": len(ious) - len(kept),
@@ -596,20 +645,22 @@ def pseudo_label_split(model, split: RealSplit, cfg: SegmentationConfig, channel
             prob_t = torch.from_numpy(prob)
             inside = roi.window_mask(window, split.width, split.height)
             in_box = box_mask(box, split.width, split.height)
-            if cfg.pseudo.box_clip:
-                labels = pseudo_label(prob_t, torch.from_numpy(in_box), cfg.pseudo.confidence).numpy()
-            else:  # "without 2D boxes": no clipping; outside the ROI window nothing is known
-                labels = pseudo_label(prob_t, torch.from_numpy(inside), cfg.pseudo.confidence).numpy()
+            region = in_box if cfg.pseudo.box_clip else inside  # "without 2D boxes": only the ROI window
+            labels = pseudo_label(prob_t, torch.from_numpy(region), cfg.pseudo.confidence).numpy()
+            foreground = (prob >= 0.5) & region
+            if cfg.pseudo.refine == "grabcut":
+                foreground = refined_mask(image, prob, box if cfg.pseudo.box_clip else window_xywh(window), cfg)
+                labels = refined_labels(prob, foreground, region, cfg.pseudo.confidence)
+            if not cfg.pseudo.box_clip:  # outside the ROI window nothing is known
                 labels[~inside] = IGNORE
-            foreground_box = (prob >= 0.5) & in_box
-            foreground_free = (prob >= 0.5) & inside
             record = {"im_id": im_id, "inst": inst, "obj_id": obj_id,
                       "ignored_fraction": float((labels[inside] == IGNORE).mean()) if inside.any() else 0.0}
             if refs is not None:  # ground truth to score against (never used for the labels)
                 ref = refs.get(im_id, inst)
-                record.update(flagged=ref.flagged,
-                              iou=mask_iou(foreground_box if cfg.pseudo.box_clip else foreground_free, ref.mask),
-                              iou_no_box=mask_iou(foreground_free, ref.mask))
+                record.update(flagged=ref.flagged, iou=mask_iou(foreground, ref.mask),
+                              iou_no_box=mask_iou((prob >= 0.5) & inside, ref.mask))
+                if cfg.pseudo.refine != "none":
+                    record["iou_network"] = mask_iou((prob >= 0.5) & region, ref.mask)
             records.append(record)
             sample = RoiSample(image_path, im_id, inst, obj_id, np.asarray(box))
             items.append((sample, labels))
@@ -624,6 +675,27 @@ def pseudo_label_split(model, split: RealSplit, cfg: SegmentationConfig, channel
     return items, records
 
 
+def window_xywh(window) -> np.ndarray:
+    x0, y0, x1, y1 = (int(round(v)) for v in window)
+    return np.array([x0, y0, x1 - x0, y1 - y0])
+
+
+def refined_mask(image: np.ndarray, probability: np.ndarray, box_xywh, cfg: SegmentationConfig) -> np.ndarray:
+    """The network's mask inside ``box_xywh`` cut along image edges (``pseudo.refine``)."""
+    return grabcut_refine(image, probability, box_xywh, background_below=1.0 - cfg.pseudo.confidence,
+                          foreground_above=cfg.pseudo.grabcut_foreground, iterations=cfg.pseudo.grabcut_iterations)
+
+
+def refined_labels(probability: np.ndarray, refined: np.ndarray, region: np.ndarray, confidence: float) -> np.ndarray:
+    """Labels from a refined mask: its decision everywhere in ``region`` (background outside), except
+    where it contradicts a confident network decision (P >= sigma or P <= 1 - sigma, eq. 1): those
+    pixels have two disagreeing sources and are ignored like eq. (1)'s uncertain ones."""
+    labels = np.where(refined & region, 1, 0).astype(np.uint8)
+    conflict = ((probability >= confidence) & ~refined) | ((probability <= 1.0 - confidence) & refined)
+    labels[conflict & region] = IGNORE
+    return labels
+
+
 def bop_io_scene_id(split: RealSplit) -> int:
     return int(split.scene_path.name)
 
@@ -632,7 +704,7 @@ def scored_masks(model, split: RealSplit, cfg: SegmentationConfig, channel, devi
                  desc: str = ""):
     """The network's masks of every target of ``split`` next to its reference, the way the loop scores
     them: yields (im_id, inst, obj_id, reference, mask = P >= 0.5 inside the loosened box, mask without
-    the box clip = P >= 0.5 inside the ROI window)."""
+    the box clip = P >= 0.5 inside the ROI window, the box mask refined by ``eval.refine`` or None)."""
     for im_id in tqdm(split.im_ids, desc=desc, unit="img", dynamic_ncols=True, mininterval=5.0,
                       disable=not (desc and distributed.is_main())):
         entries = split.targets[im_id]
@@ -642,19 +714,27 @@ def scored_masks(model, split: RealSplit, cfg: SegmentationConfig, channel, devi
         predictions = predict_rois(model, image, entries, cfg, channel, device, tta=cfg.eval.tta)
         for (inst, obj_id, box), (prob, window) in zip(entries, predictions):
             foreground = prob >= 0.5
+            refined = refined_mask(image, prob, box, cfg) if cfg.eval.refine != "none" else None
             yield (im_id, inst, obj_id, refs.get(im_id, inst), foreground & box_mask(box, split.width, split.height),
-                   foreground & roi.window_mask(window, split.width, split.height))
+                   foreground & roi.window_mask(window, split.width, split.height), refined)
 
 
 def evaluate_split(model, split: RealSplit, cfg: SegmentationConfig, channel, device, refs: ReferenceMasks | None,
                    desc: str) -> list[dict]:
-    """IoU of the network's masks (P >= 0.5 inside the loosened box) against the references; nothing
+    """IoU of the network's masks (P >= 0.5 inside the loosened box) against the references, and of
+    those masks refined (``iou_refined``, when ``eval.refine`` is set); nothing
     without references (no ground truth) or without images."""
     if refs is None:
         return []
-    return [{"im_id": im_id, "inst": inst, "obj_id": obj_id, "flagged": ref.flagged,
-             "iou": mask_iou(in_box, ref.mask), "iou_no_box": mask_iou(in_window, ref.mask)}
-            for im_id, inst, obj_id, ref, in_box, in_window in scored_masks(model, split, cfg, channel, device, refs, desc)]
+    records = []
+    for im_id, inst, obj_id, ref, in_box, in_window, refined in scored_masks(model, split, cfg, channel, device,
+                                                                             refs, desc):
+        record = {"im_id": im_id, "inst": inst, "obj_id": obj_id, "flagged": ref.flagged,
+                  "iou": mask_iou(in_box, ref.mask), "iou_no_box": mask_iou(in_window, ref.mask)}
+        if refined is not None:
+            record["iou_refined"] = mask_iou(refined, ref.mask)
+        records.append(record)
+    return records
 
 
 # --------------------------------------------------------------------------------------------
@@ -681,7 +761,10 @@ def model_from_checkpoint(path: str | os.PathLike, device="cpu") -> tuple[RoiSeg
     model = RoiSegmenter(len(payload["obj_ids"]), seg["model"]["encoder"], seg["model"]["decoder_channels"],
                          seg["model"].get("output_stride", DEFAULT_OUTPUT_STRIDE),
                          seg["model"].get("atrous_rates", DEFAULT_ATROUS_RATES))
-    model.load_state_dict(payload["state_dict"])
+    state = dict(payload["state_dict"])
+    # saved before the prior correction existed: no correction
+    state.setdefault("foreground_prior_logit", torch.zeros(len(payload["obj_ids"])))
+    model.load_state_dict(state)
     return model.to(device), payload
 
 
@@ -832,16 +915,18 @@ def run_segmentation(config, out: str | os.PathLike | None = None, resume: str |
             bop_io.atomic_write_text(out_dir / "pseudo" / f"iter_{t}" / "iou.json",
                                      json.dumps({"summary": summary, "targets": records}, indent=0))
         if summary["mean"] is not None:
+            refined = f"network alone {summary['mean_network']:.4f}, " if "mean_network" in summary else ""
             print(f"iteration {t}: pseudo-label IoU on {cfg.real.train_split} = {summary['mean']:.4f} "
-                  f"(without box clipping {summary['mean_no_box']:.4f}; {summary['n_flagged']} of "
+                  f"({refined}without box clipping {summary['mean_no_box']:.4f}; {summary['n_flagged']} of "
                   f"{summary['n_targets']} targets flagged)", flush=True)
         else:
             print(f"iteration {t}: {len(items)} pseudo-labelled targets in {cfg.real.train_split} "
                   f"(IoU not measured: {no_iou_reason})", flush=True)
         batcher.set_real(items)
         t1 = time.time()
+        set_prior = cfg.prior_correction == "every_round" or (cfg.prior_correction == "final" and t == cfg.iterations)
         info = train_steps(model, batcher, cfg.finetune, device, f"fine-tune t={t}", logger,
-                           cfg.stage0.steps + (t - 1) * cfg.finetune.steps)
+                           cfg.stage0.steps + (t - 1) * cfg.finetune.steps, set_prior=set_prior)
         save(t)
         results["train_real_iou_per_iter"].append(summary["mean"])
         results["train_real_iou_no_box_clip_per_iter"].append(summary["mean_no_box"])
@@ -855,6 +940,8 @@ def run_segmentation(config, out: str | os.PathLike | None = None, resume: str |
     summary = summarise(val)
     results["val"] = summary
     results["val_iou_mean"] = summary["mean"]
+    if "mean_refined" in summary:  # the final network's masks refined like its pseudo labels (not the network alone)
+        results["val_refined_iou_mean"] = summary["mean_refined"]
     results["machine"] = _machine()
     results["commit"] = _commit()
     if refs is not None:
@@ -862,6 +949,9 @@ def run_segmentation(config, out: str | os.PathLike | None = None, resume: str |
     logger.close()
     write_results()
     if summary["mean"] is not None:
+        if "mean_refined" in summary:
+            print(f"val IoU of the final network's masks refined by {cfg.eval.refine}: {summary['mean_refined']:.4f}",
+                  flush=True)
         print(f"val IoU (final network) = {summary['mean']:.4f} over {summary['n_targets'] - summary['n_flagged']} "
               f"targets ({summary['n_flagged']} flagged); results in {results_path}", flush=True)
     else:

@@ -159,6 +159,35 @@ def test_tiny_end_to_end_loop(tmp_path):
     assert len(json.loads((run / "results.json").read_text())["train_real_iou_per_iter"]) == 1
 
 
+def test_tiny_loop_with_grabcut_labels_and_prior_correction(tmp_path):
+    """pseudo.refine = grabcut: the pseudo labels (and their IoU) are the refined masks, the network's own
+    IoU is kept beside them; eval.refine = grabcut: val reports both; the balanced fine-tuning leaves a
+    prior per channel."""
+    synthetic, real = make_datasets(tmp_path)
+    raw = tiny_config(tmp_path, synthetic, real)
+    raw["segmentation"]["pseudo"]["refine"] = "grabcut"
+    raw["segmentation"]["eval"] = {"refine": "grabcut"}
+    raw["segmentation"]["finetune"]["balance_classes"] = True
+    raw["segmentation"]["iterations"] = 2  # prior_correction "final": set after the second round only
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["--config", str(config)]) == 0
+    run = tmp_path / "run"
+    results = json.loads((run / "results.json").read_text())
+    labelled = results["iterations"][0]["pseudo_label_iou"]
+    assert 0.0 <= labelled["mean"] <= 1.0 and 0.0 <= labelled["mean_network"] <= 1.0
+    assert 0.0 <= results["val_refined_iou_mean"] <= 1.0 and 0.0 <= results["val_iou_mean"] <= 1.0
+    assert "foreground_prior_logit" not in results["iterations"][0]["finetune"]
+    first, _ = model_from_checkpoint(run / "checkpoints" / "seg_iter1.pt")
+    assert torch.count_nonzero(first.foreground_prior_logit) == 0
+    prior = results["iterations"][1]["finetune"]["foreground_prior_logit"]
+    assert len(prior) == 2 and all(p < 0 for p in prior)  # both objects cover under half of their ROIs
+    model, _ = model_from_checkpoint(run / "checkpoints" / "seg_last.pt")
+    assert model.foreground_prior_logit.tolist() == pytest.approx(prior, abs=1e-4)
+    records = json.loads((run / "pseudo" / "iter_1" / "iou.json").read_text())["targets"]
+    assert all("iou_network" in r for r in records)
+
+
 def test_lmo_train_real_boxes_are_loosened_and_seeded(lmo_root):
     from dsc_pose_core.training.segmentation import RealDataConfig, load_real_split
 

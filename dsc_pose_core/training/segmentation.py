@@ -681,7 +681,8 @@ def window_xywh(window) -> np.ndarray:
 
 
 def refined_mask(image: np.ndarray, probability: np.ndarray, box_xywh, cfg: SegmentationConfig) -> np.ndarray:
-    """The network's mask inside ``box_xywh`` cut along image edges (``pseudo.refine``)."""
+    """The network's mask inside ``box_xywh`` cut along image edges (``pseudo.refine`` for labels,
+    ``eval.refine`` for scoring; the seeds' thresholds come from ``pseudo``)."""
     return grabcut_refine(image, probability, box_xywh, background_below=1.0 - cfg.pseudo.confidence,
                           foreground_above=cfg.pseudo.grabcut_foreground, iterations=cfg.pseudo.grabcut_iterations)
 

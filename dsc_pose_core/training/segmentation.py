@@ -65,7 +65,8 @@ from ..data import bop_io
 from ..data.backgrounds import hide_boxes
 from ..data.bop_io import find_rgb, read_rgb
 from ..data.boxes import DEFAULT_MAX_LOOSENING, box_mask, loosen_box_xywh
-from ..losses.segmentation import balanced_masked_segmentation_loss, masked_segmentation_loss
+from ..losses.segmentation import (IOU_SURROGATES, balanced_masked_segmentation_loss, iou_surrogate_loss,
+                                  masked_segmentation_loss)
 from ..models.segmentation import (DEFAULT_ATROUS_RATES, DEFAULT_OUTPUT_STRIDE, ENCODERS, OUTPUT_STRIDES,
                                    RoiSegmenter, normalise_rgb)
 from ..segmentation import roi
@@ -137,6 +138,9 @@ class OptimConfig:
     weight_decay: float = 1e-4
     real_fraction: float = 0.5  # share of real pseudo-labelled ROIs per batch (fine-tuning only)
     balance_classes: bool = False  # foreground/background terms of eq. (2) weighted equally
+    # + weight x an IoU surrogate ("lovasz" | "dice", losses/segmentation.py) on the same certain pixels
+    iou_loss: str = "none"
+    iou_loss_weight: float = 1.0
 
 
 REFINEMENTS = ("none", "grabcut")
@@ -223,6 +227,8 @@ class SegmentationConfig:
             raise ConfigError("segmentation.pseudo: grabcut_foreground in [0.5, 1], grabcut_iterations >= 1")
         for name in ("stage0", "finetune"):
             opt = getattr(self, name)
+            if opt.iou_loss not in IOU_SURROGATES:
+                raise ConfigError(f"segmentation.{name}.iou_loss: {opt.iou_loss!r} not in {IOU_SURROGATES}")
             if opt.steps < 0 or opt.batch_size < 2 or not 0.0 <= opt.real_fraction <= 1.0:
                 raise ConfigError(f"segmentation.{name}: steps >= 0, batch_size >= 2, real_fraction in [0, 1]")
 
@@ -545,6 +551,8 @@ def train_steps(model: RoiSegmenter, batcher: RoiBatcher, opt_cfg: OptimConfig, 
                 loss = balanced_masked_segmentation_loss(logits, labels.to(device))  # eq. (2), balanced
             else:
                 loss = masked_segmentation_loss(logits, labels.to(device))  # eq. (2)
+            if opt_cfg.iou_loss != "none":
+                loss = loss + opt_cfg.iou_loss_weight * iou_surrogate_loss(logits, labels.to(device), opt_cfg.iou_loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

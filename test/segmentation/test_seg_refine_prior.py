@@ -145,3 +145,32 @@ def test_checkpoints_keep_the_prior_and_older_ones_load_without_it(tmp_path):
     ckpt.save_checkpoint(tmp_path / "old.pt", {"format": CHECKPOINT_FORMAT, "state_dict": old_state,
                                                "obj_ids": [1, 5], "config": config})
     assert torch.count_nonzero(model_from_checkpoint(tmp_path / "old.pt")[0].foreground_prior_logit) == 0
+
+
+@pytest.mark.parametrize("kind", ["lovasz", "dice"])
+def test_iou_surrogate_tracks_the_mask_and_skips_ignored_pixels(kind):
+    from dsc_pose_core.losses.segmentation import iou_surrogate_loss
+
+    labels = torch.zeros(2, 16, 16, dtype=torch.uint8)
+    labels[:, 4:12, 4:12] = 1
+    labels[:, 0, :] = IGNORE
+    right = torch.where(labels == 1, 8.0, -8.0)
+    half = right.clone()
+    half[:, 4:12, 8:12] = -8.0  # half of each object missed
+    assert iou_surrogate_loss(right, labels, kind) < 0.01
+    assert iou_surrogate_loss(half, labels, kind) > 0.2
+    scrambled = right.clone()
+    scrambled[:, 0, :] = 8.0  # ignored pixels say anything
+    assert torch.isclose(iou_surrogate_loss(scrambled, labels, kind), iou_surrogate_loss(right, labels, kind))
+    logits = half.clone().requires_grad_(True)
+    iou_surrogate_loss(logits, labels, kind).backward()
+    assert logits.grad[:, 4:12, 8:12].sum() < 0  # raising the missed pixels lowers the loss
+    with pytest.raises(ValueError, match="surrogate"):
+        iou_surrogate_loss(right, labels, "focal")
+
+
+def test_iou_loss_option_is_validated():
+    cfg = SegmentationConfig()
+    cfg.finetune.iou_loss = "focal"
+    with pytest.raises(ConfigError, match="finetune.iou_loss"):
+        cfg.validate()

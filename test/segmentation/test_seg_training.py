@@ -169,6 +169,7 @@ def test_tiny_loop_with_grabcut_labels_and_prior_correction(tmp_path):
     raw["segmentation"]["eval"] = {"refine": "grabcut"}
     raw["segmentation"]["finetune"]["balance_classes"] = True
     raw["segmentation"]["iterations"] = 2  # prior_correction "final": set after the second round only
+    raw["segmentation"]["stage0"]["iou_loss"] = "lovasz"  # + an IoU surrogate in stage 0
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(raw))
     assert main(["--config", str(config)]) == 0

@@ -12,6 +12,8 @@ pixel-edge coordinates (see ``geometry.camera``).
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 import torch
@@ -67,3 +69,10 @@ def window_mask(window_xyxy, width: int, height: int) -> np.ndarray:
     xs = np.arange(width)
     ys = np.arange(height)
     return ((ys >= y1) & (ys <= y2))[:, None] & ((xs >= x1) & (xs <= x2))[None, :]
+
+
+def window_box_xywh(window_xyxy) -> np.ndarray:
+    """The pixels of :func:`window_mask` (centres inside the window) as an integer (x, y, w, h) box."""
+    x1, y1, x2, y2 = window_xyxy
+    first_x, first_y = math.ceil(x1), math.ceil(y1)
+    return np.array([first_x, first_y, math.floor(x2) - first_x + 1, math.floor(y2) - first_y + 1])

@@ -657,7 +657,7 @@ def pseudo_label_split(model, split: RealSplit, cfg: SegmentationConfig, channel
             labels = pseudo_label(prob_t, torch.from_numpy(region), cfg.pseudo.confidence).numpy()
             foreground = (prob >= 0.5) & region
             if cfg.pseudo.refine == "grabcut":
-                foreground = refined_mask(image, prob, box if cfg.pseudo.box_clip else window_xywh(window), cfg)
+                foreground = refined_mask(image, prob, box if cfg.pseudo.box_clip else roi.window_box_xywh(window), cfg)
                 labels = refined_labels(prob, foreground, region, cfg.pseudo.confidence)
             if not cfg.pseudo.box_clip:  # outside the ROI window nothing is known
                 labels[~inside] = IGNORE
@@ -681,11 +681,6 @@ def pseudo_label_split(model, split: RealSplit, cfg: SegmentationConfig, channel
         scene_out.mkdir(parents=True, exist_ok=True)
         bop_io.atomic_write_text(scene_out / "pseudo_boxes.json", json.dumps(boxes_json, indent=1))
     return items, records
-
-
-def window_xywh(window) -> np.ndarray:
-    x0, y0, x1, y1 = (int(round(v)) for v in window)
-    return np.array([x0, y0, x1 - x0, y1 - y0])
 
 
 def refined_mask(image: np.ndarray, probability: np.ndarray, box_xywh, cfg: SegmentationConfig) -> np.ndarray:

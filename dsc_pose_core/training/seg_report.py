@@ -21,7 +21,7 @@ def _fmt(x) -> str:
 
 
 def _row(label: str, summary: dict, obj_ids, suffix: str = "") -> str:
-    """suffix "_refined": the masks refined by ``pseudo.refine`` instead of the network's own."""
+    """suffix "_refined": the masks refined by ``eval.refine`` instead of the network's own."""
     cells = [_fmt(summary["per_object" + suffix].get(str(o))) for o in obj_ids]
     return (f"| {label} | " + " | ".join(cells) + f" | **{_fmt(summary['mean' + suffix])}** | "
             f"{summary['n_targets'] - summary['n_flagged']} ({summary['n_flagged']} flagged) |")

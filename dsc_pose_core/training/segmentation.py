@@ -536,6 +536,7 @@ def train_steps(model: RoiSegmenter, batcher: RoiBatcher, opt_cfg: OptimConfig, 
     start = time.time()
     running = None
     # certain foreground / background pixels per channel, for the prior correction of the balanced loss
+    count_certain = opt_cfg.balance_classes and set_prior
     certain_counts = torch.zeros(model.n_objects, 2, dtype=torch.float64)
     with tqdm(range(opt_cfg.steps), desc=desc, unit="step", dynamic_ncols=True, mininterval=5.0,
               disable=not distributed.is_main()) as bar:
@@ -545,9 +546,10 @@ def train_steps(model: RoiSegmenter, batcher: RoiBatcher, opt_cfg: OptimConfig, 
             if opt_cfg.balance_classes:
                 # the balanced loss trains the uncorrected logits (its own equal-prior output)
                 logits = logits - model.foreground_prior_logit[channels.to(device)].view(-1, 1, 1)
-                flat = labels.flatten(1)
-                certain_counts[:, 0].index_add_(0, channels, (flat == 1).sum(1).double())
-                certain_counts[:, 1].index_add_(0, channels, (flat == 0).sum(1).double())
+                if count_certain:
+                    flat = labels.flatten(1)
+                    certain_counts[:, 0].index_add_(0, channels, (flat == 1).sum(1).double())
+                    certain_counts[:, 1].index_add_(0, channels, (flat == 0).sum(1).double())
                 loss = balanced_masked_segmentation_loss(logits, labels.to(device))  # eq. (2), balanced
             else:
                 loss = masked_segmentation_loss(logits, labels.to(device))  # eq. (2)
@@ -567,7 +569,7 @@ def train_steps(model: RoiSegmenter, batcher: RoiBatcher, opt_cfg: OptimConfig, 
                     logger.image("sample/predicted_green_target_red_ignored_blue", done,
                                  _sample_picture(images, logits, labels))
     info = {"steps": opt_cfg.steps, "seconds": round(time.time() - start, 1), "final_loss": running}
-    if opt_cfg.balance_classes and set_prior:
+    if count_certain:
         certain_counts = distributed.all_reduce_sum(certain_counts)
         with torch.no_grad():
             model.set_foreground_prior(certain_counts[:, 0] / certain_counts.sum(1))  # 0/0 = NaN: unseen, unchanged

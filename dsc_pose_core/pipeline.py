@@ -90,6 +90,7 @@ class PipelineConfig:
     obj_ids: Sequence[int] | None = None  # objects to serve (default: every registry object)
     box_templates: int = 0  # box initialiser: viewpoints scored by box IoU (0: canonical rotation)
     ransac: bool = False  # DSC-PoseNet PnP with RANSAC
+    dsc_keypoint_scales: str = "both"  # "unnorm" / "norm": one scale's keypoints only (ablation)
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,6 +177,10 @@ class PoseEstimator:
             raise PipelineConfigError(f"unknown initialiser {config.init!r}; choose one of {INITIALISERS}")
         if int(config.refine_iterations) < 0:
             raise PipelineConfigError("refine_iterations must be >= 0 (0 disables DeepIM)")
+        from .models.dsc_posenet import KEYPOINT_SCALES
+
+        if config.dsc_keypoint_scales not in KEYPOINT_SCALES:
+            raise PipelineConfigError(f"dsc_keypoint_scales {config.dsc_keypoint_scales!r} not in {KEYPOINT_SCALES}")
         self.registry = registry
         obj_ids = [int(o) for o in (config.obj_ids if config.obj_ids is not None else registry.ids)]
         unknown = [o for o in obj_ids if o not in registry]
@@ -216,7 +221,8 @@ class PoseEstimator:
             model, keypoints_3d, ckpt_obj = _load(model_from_checkpoint, path, "DSC-PoseNet", self.device)
             if ckpt_obj != o:
                 raise PipelineConfigError(f"{path}: DSC-PoseNet checkpoint of object {ckpt_obj}, expected object {o}")
-            estimators[o] = DscPoseNetEstimator(model, keypoints_3d, ransac=self.config.ransac, device=self.device)
+            estimators[o] = DscPoseNetEstimator(model, keypoints_3d, ransac=self.config.ransac, device=self.device,
+                                                 keypoint_scales=self.config.dsc_keypoint_scales)
         return estimators
 
     def _checkpoint_paths(self, spec, init: str, what: str, finder, layout: str) -> dict:

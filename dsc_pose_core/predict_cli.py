@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--box-templates", type=int, default=0, help="box initialiser: viewpoints to score (0: canonical)")
+    p.add_argument("--dsc-scales", default="both", choices=("both", "unnorm", "norm"),
+                   help="DSC-PoseNet keypoints given to PnP: both scales averaged (default) or one alone")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -133,7 +135,7 @@ def run(args) -> dict:
         raise ValueError("--refine > 0 needs --deepim CKPT (no checkpoints/deepim.pt found); or pass --refine 0")
     config = PipelineConfig(init=args.init, dsc_checkpoints=ckpt_dir, self6d_checkpoints=ckpt_dir, deepim_checkpoint=deepim,
                             refine_iterations=args.refine, device=args.device, obj_ids=args.obj_ids,
-                            box_templates=args.box_templates)
+                            box_templates=args.box_templates, dsc_keypoint_scales=args.dsc_scales)
     registry = args.registry or str(repo / "config" / "objects.yaml")
     estimates, skipped = [], Counter()
     n_det, t_pipeline = 0, 0.0

@@ -329,11 +329,14 @@ def resample_map(values: torch.Tensor, src_matrix: torch.Tensor, src_size: int, 
 # --------------------------------------------------------------------------------------------
 # Inference
 # --------------------------------------------------------------------------------------------
+KEYPOINT_SCALES = ("both", "unnorm", "norm")  # inference: ensemble (sec. 4.3) or one scale alone
+
+
 @dataclass
 class DscEstimate:
     R: np.ndarray  # [3,3] object -> camera
     t: np.ndarray  # [3] metres
-    keypoints: np.ndarray  # [N,2] image px (ensemble of both scales)
+    keypoints: np.ndarray  # [N,2] image px given to PnP (the ensemble of both scales by default)
     keypoints_unnorm: np.ndarray
     keypoints_norm: np.ndarray
     confidence: float
@@ -349,14 +352,19 @@ class DscPoseNetEstimator:
        with ``box_votes`` (default) only output cells inside the detection box vote in eq. (3) and
        count as mask in both views: foreground elsewhere in the window belongs to other objects;
     3. ensemble: k = (k_U + N^-1 k_N) / 2 in image pixels; PnP (``solve_pnp``, EPnP + LM, optional
-       RANSAC) with the image's own K and the 3D keypoints.
+       RANSAC) with the image's own K and the 3D keypoints. ``keypoint_scales`` "unnorm" / "norm" uses
+       one scale's keypoints alone (the single-scale ablation of Table 4; both views still run, since
+       the normalised crop comes from the un-normalised view's mask).
     Confidence = mean predicted foreground probability over the predicted mask (p > 0.5) of the
     un-normalised view times exp(-e / (0.1 S)), e the mean reprojection error of the keypoints at the
     PnP pose and S the box's longer side (1 = confident mask and keypoints that agree with the model).
     """
 
     def __init__(self, model: DscPoseNet, keypoints_3d: np.ndarray, ransac: bool = False,
-                 device: str | torch.device = "cpu", box_votes: bool = True):
+                 device: str | torch.device = "cpu", box_votes: bool = True, keypoint_scales: str = "both"):
+        if keypoint_scales not in KEYPOINT_SCALES:
+            raise ValueError(f"keypoint_scales {keypoint_scales!r} not in {KEYPOINT_SCALES}")
+        self.keypoint_scales = keypoint_scales
         self.box_votes = box_votes  # only cells inside the detection box vote and form the mask box
         self.model = model.eval().to(device)
         self.config = model.config
@@ -408,7 +416,7 @@ class DscPoseNetEstimator:
         else:
             mask_box, confidence_mask = box, 0.0
         _, _, k_n = self._run(image, norm_window(cfg, mask_box), cfg.norm_size, "norm", box)
-        keypoints = 0.5 * (k_u + k_n)
+        keypoints = {"both": 0.5 * (k_u + k_n), "unnorm": k_u, "norm": k_n}[self.keypoint_scales]
         result = solve_pnp(self.keypoints_3d, keypoints, K, ransac=self.ransac)
         cam = self.keypoints_3d @ result.rotation.T + result.translation
         reproj = (np.asarray(K)[:2, :2] @ (cam[:, :2] / np.clip(cam[:, 2:3], 1e-6, None)).T).T + np.asarray(K)[:2, 2]

@@ -222,6 +222,14 @@ def test_run_stages_checkpoint_round_trip_and_estimator(tiny_dsc_data, tmp_path)
     assert est.R.shape == (3, 3) and est.t.shape == (3,) and 0.0 <= est.confidence <= 1.0
     if est.success:
         assert abs(np.linalg.det(est.R) - 1) < 1e-6
+    # single-scale ablation: that scale's keypoints alone go to PnP; the views themselves are unchanged
+    for scales, own in (("unnorm", est.keypoints_unnorm), ("norm", est.keypoints_norm)):
+        single = DscPoseNetEstimator(model, kp3d, keypoint_scales=scales).estimate(
+            read_rgb(inst.image_path), inst.K, inst.box_xywh)
+        assert np.allclose(single.keypoints, own) and np.allclose(single.keypoints_norm, est.keypoints_norm)
+        assert np.allclose(solve_pnp(kp3d, own, inst.K).translation, single.t)
+    with pytest.raises(ValueError, match="keypoint_scales"):
+        DscPoseNetEstimator(model, kp3d, keypoint_scales="both_scales")
     # PnP from keypoints placed at the ground-truth projections recovers the pose
     from dsc_pose_core.data.dsc_views import project_keypoints
     k2d = project_keypoints(kp3d, inst.R, inst.t, inst.K)

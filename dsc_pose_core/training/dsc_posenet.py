@@ -16,6 +16,7 @@ stage, step, the config, the object id and its 3D keypoints.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -423,10 +424,12 @@ def run_dsc_posenet(config, out: str | None = None, resume: str | None = None, c
         backgrounds = real_background_frames(str(real_root), cfg.real.scene_id, cfg.real.splits_file,
                                              cfg.real.train_split, [cfg.obj_id], cfg.real.max_loosening,
                                              cfg.real.box_seed)
-    syn_root = ensure_synthetic(cfg.synthetic, [cfg.obj_id], real_root, backgrounds)
+    # "{obj_id}" in synthetic.dir: one render set per object from a single configuration file
+    syn_cfg = dataclasses.replace(cfg.synthetic, dir=cfg.synthetic.dir.replace("{obj_id}", str(cfg.obj_id)))
+    syn_root = ensure_synthetic(syn_cfg, [cfg.obj_id], real_root, backgrounds)
     data_seed = distributed.rank_seed(config.seed)  # DDP: every rank draws its own batches
-    syn = SyntheticPoseDataset(synthetic_instances(syn_root, cfg.obj_id, cfg.synthetic.split,
-                                                   cfg.synthetic.min_visib_fract, cfg.synthetic.min_px),
+    syn = SyntheticPoseDataset(synthetic_instances(syn_root, cfg.obj_id, syn_cfg.split,
+                                                   syn_cfg.min_visib_fract, syn_cfg.min_px),
                                keypoints_3d, cfg.model, cfg.augment, data_seed)
     # the differentiable renderer only serves the alignment term (eq. 12-14): none without it
     needs_renderer = "self" in cfg.stages and cfg.real.mode == "pseudo" and cfg.loss.lambda_2 > 0

@@ -188,8 +188,10 @@ def test_run_stages_checkpoint_round_trip_and_estimator(tiny_dsc_data, tmp_path)
     from dsc_pose_core.training.config import from_dict, to_dict
 
     mc = to_dict(tiny_model_config())
+    # "{obj_id}" in synthetic.dir names the object's own render set (generate=False: it must resolve)
+    (tmp_path / "synth_obj1").symlink_to(tiny_dsc_data["synth"], target_is_directory=True)
     raw = {"models_dir": str(tiny_dsc_data["models"]), "obj_id": 1, "model": mc,
-           "synthetic": {"dir": str(tiny_dsc_data["synth"]), "generate": False, "min_px": 16, "n_images": 6},
+           "synthetic": {"dir": str(tmp_path / "synth_obj{obj_id}"), "generate": False, "min_px": 16, "n_images": 6},
            "real": {"dataset": str(tiny_dsc_data["real"]), "scene_id": 0, "pseudo_dir": str(tiny_dsc_data["pseudo"])},
            "loss": {"align_faces": 200},
            "lb": {"steps": 2, "batch_size": 2, "warmup_steps": 1},

@@ -5,7 +5,8 @@ rendered mask (sec. 3.2). Backbone: the FlowNetSimple encoder (conv1 7x7/2, conv
 conv3 5x5/2, conv3_1, conv4 /2, conv4_1, conv5 /2, conv5_1, conv6 /2, conv6_1; LeakyReLU 0.1) with
 every channel count multiplied by ``width`` so that it runs on a CPU (width 1.0 is FlowNetS:
 64-128-256-512-512-1024). The paper initialises it from pre-trained FlowNetS; no pre-trained
-weights are used here.
+weights are used here, and ``batch_norm`` (FlowNetS-BN: BatchNorm after every encoder convolution)
+is the option for training from scratch.
 
 Pose head (sec. 3.2): the last encoder feature map, average-pooled to a fixed ``pool`` grid (the
 paper flattens the 480x640 map; pooling keeps the head independent of the crop size), FC 256,
@@ -30,7 +31,10 @@ import torch.nn.functional as F
 from ..geometry.rotations import quaternion_to_matrix
 
 
-def _conv(cin: int, cout: int, kernel: int, stride: int) -> nn.Sequential:
+def _conv(cin: int, cout: int, kernel: int, stride: int, batch_norm: bool = False) -> nn.Sequential:
+    if batch_norm:  # FlowNetS-BN: no conv bias before the normalisation
+        return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, padding=(kernel - 1) // 2, bias=False),
+                             nn.BatchNorm2d(cout), nn.LeakyReLU(0.1, inplace=True))
     return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, padding=(kernel - 1) // 2),
                          nn.LeakyReLU(0.1, inplace=True))
 
@@ -52,22 +56,24 @@ class DeepImNet(nn.Module):
     IN_CHANNELS = 8
 
     def __init__(self, width: float = 1.0, fc_dim: int = 256, pool: tuple[int, int] = (3, 4),
-                 aux_heads: bool = True):
+                 aux_heads: bool = True, batch_norm: bool = False):
         super().__init__()
         if not width > 0:
             raise ValueError("width multiplier must be positive")
         c = {n: max(8, int(round(n * width))) for n in (64, 128, 256, 512, 1024)}
         self.width, self.fc_dim, self.pool_hw, self.aux_heads = float(width), int(fc_dim), tuple(pool), aux_heads
-        self.conv1 = _conv(self.IN_CHANNELS, c[64], 7, 2)
-        self.conv2 = _conv(c[64], c[128], 5, 2)
-        self.conv3 = _conv(c[128], c[256], 5, 2)
-        self.conv3_1 = _conv(c[256], c[256], 3, 1)
-        self.conv4 = _conv(c[256], c[512], 3, 2)
-        self.conv4_1 = _conv(c[512], c[512], 3, 1)
-        self.conv5 = _conv(c[512], c[512], 3, 2)
-        self.conv5_1 = _conv(c[512], c[512], 3, 1)
-        self.conv6 = _conv(c[512], c[1024], 3, 2)
-        self.conv6_1 = _conv(c[1024], c[1024], 3, 1)
+        self.batch_norm = bool(batch_norm)
+        bn = self.batch_norm
+        self.conv1 = _conv(self.IN_CHANNELS, c[64], 7, 2, bn)
+        self.conv2 = _conv(c[64], c[128], 5, 2, bn)
+        self.conv3 = _conv(c[128], c[256], 5, 2, bn)
+        self.conv3_1 = _conv(c[256], c[256], 3, 1, bn)
+        self.conv4 = _conv(c[256], c[512], 3, 2, bn)
+        self.conv4_1 = _conv(c[512], c[512], 3, 1, bn)
+        self.conv5 = _conv(c[512], c[512], 3, 2, bn)
+        self.conv5_1 = _conv(c[512], c[512], 3, 1, bn)
+        self.conv6 = _conv(c[512], c[1024], 3, 2, bn)
+        self.conv6_1 = _conv(c[1024], c[1024], 3, 1, bn)
         self.pool = nn.AdaptiveAvgPool2d(self.pool_hw)
         self.fc1 = nn.Linear(c[1024] * self.pool_hw[0] * self.pool_hw[1], fc_dim)
         self.fc2 = nn.Linear(fc_dim, fc_dim)
@@ -84,7 +90,8 @@ class DeepImNet(nn.Module):
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
                 nn.init.kaiming_normal_(m.weight, a=0.1, nonlinearity="leaky_relu")
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Linear):
                 nn.init.kaiming_uniform_(m.weight, a=0.1, nonlinearity="leaky_relu")
                 nn.init.zeros_(m.bias)
@@ -99,7 +106,8 @@ class DeepImNet(nn.Module):
             nn.init.zeros_(self.flow_head.bias)
 
     def config_dict(self) -> dict:
-        return {"width": self.width, "fc_dim": self.fc_dim, "pool": list(self.pool_hw), "aux_heads": self.aux_heads}
+        return {"width": self.width, "fc_dim": self.fc_dim, "pool": list(self.pool_hw), "aux_heads": self.aux_heads,
+                "batch_norm": self.batch_norm}
 
     def forward(self, x: torch.Tensor, aux: bool | None = None) -> dict:
         """x [B,8,H,W] -> {"quat" [B,4] unit (w,x,y,z), "rot" [B,3,3], "trans" [B,3] (v_x, v_y, v_z),

@@ -75,6 +75,9 @@ class DeepImModelConfig:
     # eq. (3)'s f_x, f_y: "zoom" = the zoomed-in camera's focal lengths in crop widths (deepim.inputs:
     # v_x, v_y readable from the crop); "normalized" = 1, the paper's choice (checkpoints before it)
     translation_units: str = "zoom"
+    # BatchNorm after every encoder convolution (FlowNetS-BN): trains faster from scratch, where the
+    # paper starts from pre-trained FlowNetS weights
+    batch_norm: bool = False
 
 
 @dataclass
@@ -109,6 +112,9 @@ class DeepImOptimConfig:
     weight_decay: float = 0.0
     grad_clip: float = 10.0  # 0 = off
     train_iter: int = 4  # sec. 3.5 / Table 1
+    # > 0: train for this many seconds of rank 0's wall clock (``steps`` stays a cap) and place the
+    # lr drops at those fractions of the time: a lease of fixed length, whatever the step rate
+    time_limit_s: float = 0.0
 
 
 @dataclass
@@ -132,6 +138,8 @@ class DeepImConfig:
             raise ConfigError("deepim.data.poses_per_instance must be >= 1")
         if self.optim.train_iter < 1 or self.optim.batch_size < 1 or self.optim.steps < 0:
             raise ConfigError("deepim.optim: train_iter and batch_size must be >= 1, steps >= 0")
+        if self.optim.time_limit_s < 0:
+            raise ConfigError("deepim.optim.time_limit_s must be >= 0 (0 = train for `steps`)")
         if self.zoom.width <= 0 or self.zoom.height <= 0 or not self.zoom.expand > 0:
             raise ConfigError("deepim.zoom: sizes and expand must be positive")
         self.data.validate()
@@ -197,7 +205,8 @@ class DeepImTrainer:
                        for o in self.obj_ids}
         self.vertices = {o: np.asarray(meshes[o].vertices, dtype=np.float64) for o in self.obj_ids}
         self.symmetries = {o: symmetry_tensors(infos.get(o)) for o in self.obj_ids}
-        self.model = DeepImNet(cfg.model.width, cfg.model.fc_dim, tuple(cfg.model.pool)).to(self.device)
+        self.model = DeepImNet(cfg.model.width, cfg.model.fc_dim, tuple(cfg.model.pool),
+                               batch_norm=cfg.model.batch_norm).to(self.device)
         self.net = distributed.wrap(self.model)  # the forward pass (DDP averages gradients over ranks)
         self.first_inputs = self.last_inputs = None  # network inputs of the latest batch (pictures)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr,
@@ -206,6 +215,7 @@ class DeepImTrainer:
         self.noise = PoseNoiseConfig(cfg.noise.rot_std_deg, cfg.noise.max_rot_deg, tuple(cfg.noise.trans_std))
         self.weights = DeepImLossWeights(cfg.loss.pose_weight, cfg.loss.flow_weight, cfg.loss.mask_weight)
         self.step = 0
+        self.train_seconds = 0.0  # wall-clock training time so far (kept across resumes)
 
     def close(self) -> None:
         self.generator.close()
@@ -269,9 +279,15 @@ class DeepImTrainer:
         return batch, focal, torch.stack(flows), torch.stack(valids), torch.stack(masks)
 
     # ------------------------------------------------------------ training
+    def progress(self, step: int) -> float:
+        """The fraction of training done before ``step``: of the time limit when one is set (from
+        ``train_seconds``), else of ``steps``."""
+        if self.cfg.optim.time_limit_s > 0:
+            return self.train_seconds / self.cfg.optim.time_limit_s
+        return step / max(1, self.cfg.optim.steps)
+
     def lr_at(self, step: int) -> float:
-        total = max(1, self.cfg.optim.steps)
-        drops = sum(1 for f in self.cfg.optim.lr_drops if step >= f * total)
+        drops = sum(1 for f in self.cfg.optim.lr_drops if self.progress(step) >= f)
         return self.cfg.optim.lr * (0.1 ** drops)
 
     def initial_poses(self, items: list[Item]) -> tuple[np.ndarray, np.ndarray]:
@@ -338,6 +354,7 @@ class DeepImTrainer:
             "obj_ids": list(self.obj_ids),
             "object_names": [names.get(o, str(o)) for o in self.obj_ids],
             "step": int(self.step),
+            "train_seconds": float(self.train_seconds),
         }
 
     def load_payload(self, payload: dict) -> None:
@@ -345,6 +362,7 @@ class DeepImTrainer:
         if "optimizer" in payload:
             self.optimizer.load_state_dict(payload["optimizer"])
         self.step = int(payload.get("step", 0))
+        self.train_seconds = float(payload.get("train_seconds", 0.0))
 
 
     def sample_picture(self, count: int = 4) -> np.ndarray | None:
@@ -366,7 +384,7 @@ def model_from_checkpoint(path: str | os.PathLike, device="cpu") -> tuple[DeepIm
     if payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a DeepIM checkpoint ({payload.get('format')!r})")
     m = payload["model"]
-    model = DeepImNet(m["width"], m["fc_dim"], tuple(m["pool"]), m.get("aux_heads", True))
+    model = DeepImNet(m["width"], m["fc_dim"], tuple(m["pool"]), m.get("aux_heads", True), m.get("batch_norm", False))
     model.load_state_dict(payload["state_dict"])
     return model.to(device).eval(), payload
 
@@ -424,10 +442,15 @@ def run_deepim(config, out: str | os.PathLike | None = None, resume: str | None 
         bop_io.atomic_write_text(results_path, json.dumps(results, indent=1))
 
     t0 = time.time()
+    seconds_before = trainer.train_seconds
     running: dict[str, float] = {}
     with tqdm(range(trainer.step, cfg.optim.steps), desc="deepim", unit="step", dynamic_ncols=True,
               mininterval=5.0, disable=not distributed.is_main()) as bar:
         for _ in bar:
+            # rank 0's clock for everyone: the ranks must agree on the lr and on the last step
+            trainer.train_seconds = distributed.broadcast_float(seconds_before + time.time() - t0)
+            if cfg.optim.time_limit_s > 0 and trainer.train_seconds >= cfg.optim.time_limit_s:
+                break
             log = trainer.train_step()
             first, last = log[0], log[-1]
             for k, v in (("pose_it1", first["pose"]), ("pose_last", last["pose"]), ("total", last["total"])):
@@ -444,6 +467,7 @@ def run_deepim(config, out: str | os.PathLike | None = None, resume: str | None 
                                        "iterations": log, "elapsed_s": round(time.time() - t0, 1)})
             if trainer.step % max(1, cfg.checkpoint_every) == 0:
                 save()
+    trainer.train_seconds = distributed.broadcast_float(seconds_before + time.time() - t0)
     save()
     logger.close()
     trainer.close()

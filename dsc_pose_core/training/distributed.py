@@ -2,7 +2,7 @@
 
 torchrun starts K copies of the entry point and sets ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``,
 ``MASTER_ADDR`` and ``MASTER_PORT``; :func:`init_from_env` joins the process group from them (NCCL
-on CUDA, Gloo on CPU). Without those variables everything here is a no-op and a run is one
+on CUDA with one GPU per rank, Gloo on CPU or when several ranks share a GPU). Without those variables everything here is a no-op and a run is one
 ordinary process. The rules the trainers follow:
 
 * every rank builds the same model (same seed) and DDP averages the gradients, so the weights stay
@@ -43,11 +43,17 @@ def init_from_env(device: str) -> str:
     if not launched_by_torchrun() or dist.is_initialized():
         return device
     use_cuda = device.startswith("cuda")
+    backend = "gloo"
     if use_cuda:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local_rank)
-        device = f"cuda:{local_rank}"
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+        gpus = torch.cuda.device_count()
+        # NCCL refuses two ranks on one GPU; ranks that share GPUs (more data-producing processes
+        # than GPUs: DeepIM's renders and zoom-ins run on the CPU) reduce their gradients with Gloo
+        backend = "nccl" if local_world <= gpus else "gloo"
+        torch.cuda.set_device(local_rank % max(1, gpus))
+        device = f"cuda:{local_rank % max(1, gpus)}"
+    dist.init_process_group(backend=backend)
     return device
 
 
@@ -94,6 +100,17 @@ def broadcast_object(value):
     holder = [value]
     dist.broadcast_object_list(holder, src=0)
     return holder[0]
+
+
+def broadcast_float(value: float) -> float:
+    """Rank 0's ``value`` on every rank (e.g. its clock); ``value`` itself with one process."""
+    if world_size() == 1:
+        return float(value)
+    # NCCL moves CUDA tensors only
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    holder = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.broadcast(holder, src=0)
+    return float(holder.item())
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

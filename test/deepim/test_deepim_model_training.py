@@ -1,6 +1,7 @@
 """DeepIM network, iterative refinement, a short training run and checkpoints (tiny sizes, CPU)."""
 
 import numpy as np
+import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
@@ -9,8 +10,9 @@ from dsc_pose_core.deepim.zoom import ZoomConfig
 from dsc_pose_core.geometry.untangled import relative_untangled
 from dsc_pose_core.models.deepim import DeepImNet
 from dsc_pose_core.training.checkpoint import load_checkpoint, save_checkpoint
-from dsc_pose_core.training.deepim import (DeepImConfig, DeepImDataConfig, DeepImModelConfig, DeepImOptimConfig,
-                                           DeepImTrainer, DeepImZoomConfig, model_from_checkpoint)
+from dsc_pose_core.training.config import ConfigError
+from dsc_pose_core.training.deepim import (DeepImConfig, DeepImDataConfig, DeepImLossConfig, DeepImModelConfig,
+                                           DeepImOptimConfig, DeepImTrainer, DeepImZoomConfig, model_from_checkpoint)
 
 
 def test_model_shapes_and_identity_init():
@@ -28,6 +30,31 @@ def test_model_shapes_and_identity_init():
     loss = net.train()(x)["trans"].sum() + net(x)["flow"].abs().mean()
     loss.backward()
     assert net.fc_trans.weight.grad.abs().sum() > 0
+
+
+def test_batch_norm_variant_starts_at_identity_and_round_trips(box_mesh, tmp_path):
+    """FlowNetS-BN (``model.batch_norm``): BatchNorm in the encoder, the same identity start, and a
+    checkpoint that rebuilds it (running statistics included) for inference."""
+    torch.manual_seed(0)
+    config = DeepImConfig(model=DeepImModelConfig(width=0.125, fc_dim=32, batch_norm=True),
+                          zoom=DeepImZoomConfig(64, 48), loss=DeepImLossConfig(n_points=100))
+    trainer = DeepImTrainer(config, {1: box_mesh}, seed=0)
+    try:
+        net = trainer.model
+        assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) == 10
+        assert net.conv1[0].bias is None
+        x = torch.randn(4, 8, 48, 64)
+        out = net.train()(x)
+        torch.testing.assert_close(out["rot"], torch.eye(3).expand(4, 3, 3), atol=1e-6, rtol=0)
+        assert not torch.equal(net.conv1[1].running_mean, torch.zeros_like(net.conv1[1].running_mean))
+        path = save_checkpoint(tmp_path / "bn.pt", trainer.payload({"stage": "deepim"}))
+        model, payload = model_from_checkpoint(path)
+        assert payload["model"]["batch_norm"] is True and not model.training
+        net.eval()
+        torch.testing.assert_close(model(x)["trans"], net(x)["trans"])
+        torch.testing.assert_close(model.conv4[1].running_var, net.conv4[1].running_var)
+    finally:
+        trainer.close()
 
 
 class _ExactRefiner(DeepImRefiner):
@@ -137,3 +164,47 @@ def test_poses_per_instance_repeats_rendered_instances_with_own_noise(small_K, b
         assert batch.shape == (6, 8, 48, 64) and focal.shape == (6, 2) and (focal > 1).all()
     finally:
         trainer.close()
+
+
+def test_time_limited_training_stops_on_the_clock_and_drops_lr_by_time(small_K, box_mesh, tmp_path):
+    """``optim.time_limit_s``: a lease of fixed length. Training stops once rank 0's clock passes the
+    limit (``steps`` only caps it), the lr drops at fractions of the time, and the clock survives in
+    the checkpoint (a resumed run continues the schedule instead of restarting it)."""
+    from dsc_pose_core.objects.demo_object import write_demo_models, write_demo_registry
+    from dsc_pose_core.training.cli import TrainConfig
+    from dsc_pose_core.training.config import from_dict
+    from dsc_pose_core.training.deepim import run_deepim
+
+    registry = write_demo_registry(tmp_path / "objects.yaml", write_demo_models(tmp_path / "models"))
+    limit = 3.0
+    config = from_dict(TrainConfig, {
+        "stage": "deepim", "out": str(tmp_path / "run"), "seed": 0, "device": "cpu", "threads": 1,
+        "deepim": {"objects_file": str(registry),
+                   "data": {"width": 160, "height": 120, "objects_per_image": 1, "distractors": 0,
+                            "K": list(small_K.ravel()), "distance": [0.4, 0.6]},
+                   "model": {"width": 0.125, "fc_dim": 64}, "zoom": {"width": 64, "height": 48},
+                   "loss": {"n_points": 200},
+                   "optim": {"steps": 100000, "batch_size": 2, "lr": 1e-3, "lr_drops": [0.5], "train_iter": 1,
+                             "time_limit_s": limit},
+                   "checkpoint_every": 100000, "log_every": 1, "image_every": 0}})
+    results = run_deepim(config)
+    payload = load_checkpoint(tmp_path / "run" / "checkpoints" / "deepim_last.pt")
+    assert 2 <= payload["step"] < 100000
+    assert limit <= payload["train_seconds"] < limit + 2.0
+    lrs = [row["lr"] for row in results["log"]]
+    assert len(lrs) == payload["step"]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-4)
+    assert lrs == sorted(lrs, reverse=True)  # one drop, never back up
+
+    trainer = DeepImTrainer(config.deepim, {1: box_mesh}, seed=0)
+    try:
+        trainer.load_payload(payload)
+        assert trainer.train_seconds == payload["train_seconds"]
+        assert trainer.lr_at(trainer.step) == pytest.approx(1e-4)  # past half of the time
+        trainer.train_seconds = 0.4 * limit
+        assert trainer.lr_at(trainer.step) == pytest.approx(1e-3)
+    finally:
+        trainer.close()
+    with pytest.raises(ConfigError):
+        config.deepim.optim.time_limit_s = -1.0
+        config.deepim.validate()

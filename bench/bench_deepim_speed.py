@@ -10,8 +10,8 @@ times by ``DeepImRefiner`` exactly as the pose node runs it: one batch of all ob
 per iteration (OpenGL render + zoom-in on the CPU side, one network call). Reported: the median
 over frames of (time of one iteration / objects in the frame), split into inputs (render + zoom-in)
 and network; plus the same for one object alone (batch of 1). Timing only: the weights are the
-checkpoint's when given, else untrained (same cost). Writes the section ``deepim_speed_<device>`` of
-docs/BENCHMARKS.md and, with ``--json``, the numbers.
+checkpoint's when given, else untrained (same cost). Writes the section
+``deepim_speed_<device>_<W>x<H>`` of docs/BENCHMARKS.md and, with ``--json``, the numbers.
 """
 
 from __future__ import annotations
@@ -148,10 +148,12 @@ def main(argv=None) -> int:
                f"--width {width:g} --frames {args.frames} --iterations {args.iterations} --threads {args.threads}"
                + (f" --checkpoint {args.checkpoint}" if args.checkpoint else ""))
     tag = "cuda" if device.type == "cuda" else "cpu"
-    start, end = f"<!-- deepim_speed_{tag}:start -->", f"<!-- deepim_speed_{tag}:end -->"
+    key = f"deepim_speed_{tag}_{zoom.width}x{zoom.height}"  # one section per device and resolution
+    start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
     section = "\n".join([
         start,
-        f"## DeepIM refinement time per object per iteration, {tag.upper()} (`bench/bench_deepim_speed.py`)",
+        f"## DeepIM refinement time per object per iteration, {tag.upper()}, {zoom.width}x{zoom.height} "
+        "(`bench/bench_deepim_speed.py`)",
         "",
         f"- Machine: {cpu_model()}, {gpu}, torch {torch.__version__} ({args.threads} CPU thread(s)), "
         f"Python {platform.python_version()}; commit {numbers['commit']}",

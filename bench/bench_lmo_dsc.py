@@ -1,0 +1,138 @@
+"""DSC-PoseNet on LM-O `val`: the LB / Self / UB table (dsc-posenet Tables 1 and 4 in miniature).
+
+One command scores folders of per-object checkpoints (``obj_XXXXXX.pt``, the pipeline's layout)
+with `dsc-pose-predict --init dsc --refine 0` (detections = GT visible boxes loosened U(0, 15 %),
+seed 0) and the BOP evaluator, and writes `docs/results/lmo_dsc.json` and the section
+"DSC-PoseNet on LM-O val: LB / Self / UB" of docs/BENCHMARKS.md:
+
+    python bench/bench_lmo_dsc.py --row Self=checkpoints/dsc_posenet \
+        --row LB=out/lmo_dsc_table/lb --row UB=out/lmo_dsc_table/ub \
+        [--row "Self, normalised scale only=checkpoints/dsc_posenet:norm"] [--note ROW="how it was trained"]
+
+A row is NAME=DIR[:SCALES] with SCALES both (default, the paper's inference), unnorm or norm. Means
+run over the objects the table asks for (``--obj-ids``); an object without a checkpoint in a row's
+folder counts as missing and the row says so (its mean is then over fewer objects).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchlib import cpu_model, git_commit, write_section
+
+REPO = Path(__file__).resolve().parents[1]
+METRICS = ("ADD-S_0.1d", "5cm5deg", "proj2d_5px", "AR_MSPD", "AR_MSSD")
+BEGIN, END = "<!-- bench_lmo_dsc:start -->", "<!-- bench_lmo_dsc:end -->"
+LMO_IDS = "1,5,6,8,9,10,11,12"
+
+
+def parse_row(text: str) -> tuple[str, Path, str]:
+    name, sep, spec = text.partition("=")
+    if not sep or not name.strip():
+        raise SystemExit(f"--row needs NAME=DIR[:SCALES], got {text!r}")
+    directory, _, scales = spec.partition(":")
+    scales = scales or "both"
+    if scales not in ("both", "unnorm", "norm"):
+        raise SystemExit(f"--row {name}: scales must be both, unnorm or norm, got {scales!r}")
+    return name.strip(), Path(directory), scales
+
+
+def score_row(lmo: Path, directory: Path, scales: str, obj_ids: list[int], workdir: Path, val_ids) -> dict:
+    from dsc_pose_core.eval.bop import evaluate_files
+    from dsc_pose_core.pipeline import find_dsc_checkpoint
+    from dsc_pose_core.predict_cli import main as predict_main
+
+    present = [o for o in obj_ids if find_dsc_checkpoint(directory, o) is not None]
+    missing = [o for o in obj_ids if o not in present]
+    if not present:
+        raise SystemExit(f"{directory}: no obj_XXXXXX.pt for any of {obj_ids}")
+    csv = workdir / f"{directory.name}_{scales}.csv"
+    argv = ["--dataset", str(lmo), "--scene", "2", "--split", "val", "--out", str(csv), "--init", "dsc",
+            "--refine", "0", "--checkpoints", str(directory), "--obj-ids", ",".join(map(str, present)),
+            "--threads", "1", "--quiet", "--dsc-scales", scales]
+    start = time.perf_counter()
+    if predict_main(argv) != 0:
+        raise SystemExit(f"dsc-pose-predict failed: {' '.join(argv)}")
+    seconds = time.perf_counter() - start
+    report = evaluate_files(lmo, csv, im_ids=val_ids)
+    per_object = {o: {m: float(report["per_object"][str(o)][m]) for m in METRICS} for o in present}
+    row = {m: sum(v[m] for v in per_object.values()) / len(per_object) for m in METRICS}
+    row.update(per_object={str(o): v for o, v in per_object.items()}, checkpoints=str(directory), scales=scales,
+               missing_objects=missing, seconds_per_image=seconds / len(val_ids))
+    return row
+
+
+def markdown(result: dict, names: dict) -> str:
+    ids = result["obj_ids"]
+    head = "| row | " + " | ".join(names.get(o, str(o)) for o in ids) + " | mean ADD(-S) | 5cm5deg | proj2d_5px | AR_MSPD | AR_MSSD |"
+    lines = [BEGIN, "## DSC-PoseNet on LM-O val: LB / Self / UB (`bench/bench_lmo_dsc.py`)", "",
+             f"- Machine: {result['machine']}; commit {result['commit']}",
+             f"- Command: `{result['command']}`",
+             f"- Data: LM-O scene 2, split `val` ({result['n_images']} images); detections = GT visible boxes "
+             "loosened U(0, 15 %) per side (seed 0); inference as `dsc-pose-predict --init dsc --refine 0` "
+             "(both scales averaged unless the row says otherwise, EPnP with the frame's K)",
+             "- Per-object cells: ADD(-S) recall at 0.1 d (ADD-S for the symmetric eggbox and glue); the means "
+             "are over the row's objects. UB (train_real pose labels) is an upper bound, not a result of the "
+             "method.", "", head, "|---|" + "---|" * (len(ids) + 5)]
+    for name, row in result["rows"].items():
+        cells = [f"{row['per_object'][str(o)]['ADD-S_0.1d']:.3f}" if str(o) in row["per_object"] else "-" for o in ids]
+        lines.append(f"| {name} | " + " | ".join(cells) + " | "
+                     + " | ".join(f"{row[m]:.3f}" for m in METRICS) + " |")
+    lines += ["", "AR_MSPD per object (the BOP average recall of the maximum symmetry-aware projection distance, "
+              "5-50 px: it separates runs whose ADD(-S) is 0):", "",
+              "| row | " + " | ".join(names.get(o, str(o)) for o in ids) + " |", "|---|" + "---|" * len(ids)]
+    for name, row in result["rows"].items():
+        cells = [f"{row['per_object'][str(o)]['AR_MSPD']:.3f}" if str(o) in row["per_object"] else "-" for o in ids]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    notes = [f"- {name}: `{row['checkpoints']}`, scales {row['scales']}"
+             + (f"; {result['notes'][name]}" if name in result["notes"] else "")
+             + (f"; missing objects {row['missing_objects']}" if row["missing_objects"] else "")
+             for name, row in result["rows"].items()]
+    lines += ["", "Rows:", *notes, END]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    from dsc_pose_core.data.bop_io import default_lmo_dir, load_splits
+    from dsc_pose_core.objects.registry import ObjectRegistry
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--row", action="append", required=True, help="NAME=DIR[:both|unnorm|norm]")
+    p.add_argument("--note", action="append", default=[], help="NAME=text: how that row's models were trained")
+    p.add_argument("--obj-ids", default=LMO_IDS)
+    p.add_argument("--json", default=str(REPO / "docs" / "results" / "lmo_dsc.json"))
+    args = p.parse_args(argv)
+    rows = [parse_row(r) for r in args.row]
+    notes = dict(n.split("=", 1) for n in args.note)
+    obj_ids = [int(v) for v in args.obj_ids.split(",")]
+    lmo = default_lmo_dir()
+    val_ids = load_splits(lmo / "splits.json")["val"]
+    registry = ObjectRegistry.from_yaml(REPO / "config" / "objects.yaml")
+    names = {o: registry[o].name for o in obj_ids if o in registry}
+    result = {"split": "val", "n_images": len(val_ids), "obj_ids": obj_ids, "commit": git_commit(),
+              "machine": f"{cpu_model()}, {os.cpu_count()} cores, no GPU",
+              "command": "python bench/bench_lmo_dsc.py " + " ".join(
+                  f"--row '{r}'" for r in args.row) + "".join(f" --note '{n}'" for n in args.note)
+              + (f" --obj-ids {args.obj_ids}" if args.obj_ids != LMO_IDS else ""),
+              "notes": notes, "rows": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, directory, scales in rows:
+            row = score_row(lmo, directory, scales, obj_ids, Path(tmp), val_ids)
+            result["rows"][name] = row
+            print(f"{name}: " + ", ".join(f"{m} {row[m]:.3f}" for m in METRICS), flush=True)
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_section(markdown(result, names), BEGIN, END)
+    print(f"wrote {out} and docs/BENCHMARKS.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

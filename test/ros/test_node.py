@@ -179,9 +179,18 @@ def test_good_frame_gives_detections_poses_tf_and_debug_image(live_node):
         q = det.results[0].pose.pose.orientation
         assert 0.2 < p.z < 3.0 and abs(q.x ** 2 + q.y ** 2 + q.z ** 2 + q.w ** 2 - 1) < 1e-6
         assert 0 < det.results[0].hypothesis.score <= 1 and min(det.bbox.size.x, det.bbox.size.y, det.bbox.size.z) > 0.01
-    assert peer.spin_until(lambda: peer.poses and peer.tf and peer.debug, 10.0), \
-        (len(peer.poses), len(peer.tf), len(peer.debug))
-    assert peer.poses[-1].header.stamp == msg.header.stamp
+
+    def all_outputs_of(answer):
+        return lambda: peer.tf and peer.debug and peer.poses and peer.poses[-1].header.stamp == answer.header.stamp
+
+    received = peer.spin_until(all_outputs_of(msg), 10.0)
+    if not received:
+        # topics match one by one; on a loaded machine the debug-image subscription can match after
+        # the first answer was published (volatile durability: that image is gone): answer again
+        msg = _good(peer, frame)
+        assert msg is not None, f"no Detection3DArray for a resent good frame\n{node_log(proc)}"
+        received = peer.spin_until(all_outputs_of(msg), 10.0)
+    assert received, (len(peer.poses), len(peer.tf), len(peer.debug))
     children = {t.child_frame_id for m in peer.tf for t in m.transforms}
     assert {"dsc_pose/can", "dsc_pose/duck"} <= children
     tf_can = next(t for m in peer.tf for t in m.transforms if t.child_frame_id == "dsc_pose/can")

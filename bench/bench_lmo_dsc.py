@@ -7,7 +7,7 @@ seed 0) and the BOP evaluator, and writes `docs/results/lmo_dsc.json` and the se
 
     python bench/bench_lmo_dsc.py --row Self=checkpoints/dsc_posenet \
         --row LB=out/lmo_dsc_table/lb --row UB=out/lmo_dsc_table/ub \
-        [--row "Self, normalised scale only=checkpoints/dsc_posenet:norm"] [--note ROW="how it was trained"]
+        [--row "Self, normalised scale only=checkpoints/dsc_posenet:norm"] [--note "LB=how it was trained"]
 
 A row is NAME=DIR[:SCALES] with SCALES both (default, the paper's inference), unnorm or norm. Means
 run over the objects the table asks for (``--obj-ids``); an object without a checkpoint in a row's
@@ -33,7 +33,7 @@ LMO_IDS = "1,5,6,8,9,10,11,12"
 
 
 def parse_row(text: str) -> tuple[str, Path, str]:
-    name, sep, spec = text.partition("=")
+    name, sep, spec = text.rpartition("=")  # names may hold "=", folders do not
     if not sep or not name.strip():
         raise SystemExit(f"--row needs NAME=DIR[:SCALES], got {text!r}")
     directory, _, scales = spec.partition(":")
@@ -109,7 +109,12 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=str(REPO / "docs" / "results" / "lmo_dsc.json"))
     args = p.parse_args(argv)
     rows = [parse_row(r) for r in args.row]
-    notes = dict(n.split("=", 1) for n in args.note)
+    notes = {}
+    for note in args.note:  # NAME=text, NAME one of the rows (either may hold "=")
+        name = next((n for n, _, _ in rows if note.startswith(n + "=")), None)
+        if name is None:
+            raise SystemExit(f"--note {note!r}: starts with no row name followed by '='")
+        notes[name] = note[len(name) + 1:]
     obj_ids = [int(v) for v in args.obj_ids.split(",")]
     lmo = default_lmo_dir()
     val_ids = load_splits(lmo / "splits.json")["val"]

@@ -75,8 +75,8 @@ class DeepImModelConfig:
     # eq. (3)'s f_x, f_y: "zoom" = the zoomed-in camera's focal lengths in crop widths (deepim.inputs:
     # v_x, v_y readable from the crop); "normalized" = 1, the paper's choice (checkpoints before it)
     translation_units: str = "zoom"
-    # BatchNorm after every encoder convolution (FlowNetS-BN): trains faster from scratch, where the
-    # paper starts from pre-trained FlowNetS weights
+    # BatchNorm after every encoder convolution (FlowNetS-BN): an option for training from scratch,
+    # where the paper starts from pre-trained FlowNetS weights (no val gain measured yet: BENCHMARKS)
     batch_norm: bool = False
 
 

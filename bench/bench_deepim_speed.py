@@ -1,7 +1,7 @@
 """DeepIM refinement time per object per iteration (deepim sec. 4.1 Testing; issue: "refinement time
 per object per iteration at the CPU resolution (median), and on GPU at 480x640").
 
-    python bench/bench_deepim_speed.py --device cpu --zoom 128x96 --width 0.25          # CPU config
+    python bench/bench_deepim_speed.py --device cpu --zoom 128x96 --width 0.25 --render-faces 0,4000  # CPU
     python bench/bench_deepim_speed.py --device cuda --zoom 640x480 --width 1.0         # paper config
 
 On the first ``--frames`` LM-O `val` frames, every visible LM-O object starts from its ground-truth
@@ -68,17 +68,19 @@ class TimedRefiner:
 def main(argv=None) -> int:
     from dsc_pose_core.data import bop_io
     from dsc_pose_core.deepim.noise import PoseNoiseConfig, sample_pose_noise
-    from dsc_pose_core.deepim.refiner import DeepImRefiner
+    from dsc_pose_core.deepim.refiner import DeepImRefiner, make_zoom_renderer
     from dsc_pose_core.deepim.zoom import ZoomConfig
     from dsc_pose_core.models.deepim import DeepImNet
     from dsc_pose_core.objects.registry import ObjectRegistry
-    from dsc_pose_core.render import FastRenderer
     from dsc_pose_core.training.deepim import model_from_checkpoint
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--zoom", default="128x96", help="zoom-in size WxH (CPU config 128x96, paper 640x480)")
     p.add_argument("--width", type=float, default=0.25, help="network width (1.0 = FlowNetS); ignored with --checkpoint")
+    p.add_argument("--render-faces", default="0",
+                   help="comma-separated mesh face budgets of the zoom-in renders (0 = full meshes), timed "
+                        "side by side on the same frames; ignored with --checkpoint (its own setting)")
     p.add_argument("--checkpoint", help="DeepIM checkpoint (its width and zoom-in override --width / --zoom)")
     p.add_argument("--frames", type=int, default=20)
     p.add_argument("--iterations", type=int, default=4)
@@ -92,24 +94,25 @@ def main(argv=None) -> int:
     if args.checkpoint:
         model, payload = model_from_checkpoint(args.checkpoint, device=device)
         z = payload["zoom"]
-        zoom, units = ZoomConfig(z["width"], z["height"], z["expand"]), payload.get("translation_units", "normalized")
+        zooms = [ZoomConfig(z["width"], z["height"], z["expand"], int(z.get("render_faces", 0)))]
+        units = payload.get("translation_units", "normalized")
         width = float(payload["model"]["width"])
     else:
         width, units = args.width, "zoom"
-        zoom = ZoomConfig(zw, zh)
+        zooms = [ZoomConfig(zw, zh, render_faces=int(f)) for f in args.render_faces.split(",")]
         model = DeepImNet(width).to(device).eval()
+    zoom = zooms[0]
     registry = ObjectRegistry.from_yaml(bop_io.repo_root() / args.objects)
     lmo = bop_io.default_lmo_dir()
     scene = bop_io.select_scene_images(lmo, 2, "test", "val")
     rng = np.random.default_rng(0)
     noise = PoseNoiseConfig()
-    renderer = FastRenderer(zoom.width, zoom.height)
-    for o in registry.ids:
-        renderer.add_object(o, registry[o].mesh)
-    refiner = DeepImRefiner(model, renderer, {o: registry[o].mesh.vertices for o in registry.ids}, zoom,
-                            device=device, translation_units=units)
-    timer = TimedRefiner(refiner, device)
-    per_object, inputs_share, network_share, single = [], [], [], []
+    meshes = {o: registry[o].mesh for o in registry.ids}
+    renderers = [make_zoom_renderer(meshes, z) for z in zooms]
+    timers = [TimedRefiner(DeepImRefiner(model, r, {o: m.vertices for o, m in meshes.items()}, z, device=device,
+                                         translation_units=units), device) for r, z in zip(renderers, zooms)]
+    # per setting: per object per iteration, inputs, network, one object alone
+    times = [{"per_object": [], "inputs": [], "network": [], "single": []} for _ in zooms]
     n_objects = []
     frames = 0
     for im_id in scene.im_ids:
@@ -122,34 +125,45 @@ def main(argv=None) -> int:
             continue
         image = bop_io.read_rgb(bop_io.find_rgb(scene.scene_path, im_id))
         K = scene.cameras[im_id].K
-        if frames == 0:  # warm-up: GL programs, cuDNN algorithm choice
-            timer.run(image, K, initial, 1)
-            timer.run(image, K, initial[:1], 1)
-        total, inputs_s, network_s = timer.run(image, K, initial, args.iterations)
-        per_object.append(total / args.iterations / len(initial))
-        inputs_share.append(inputs_s / args.iterations / len(initial))
-        network_share.append(network_s / args.iterations / len(initial))
-        single.append(timer.run(image, K, initial[:1], args.iterations)[0] / args.iterations)
+        for timer, record in zip(timers, times):  # the settings alternate frame by frame: same load
+            if frames == 0:  # warm-up: GL programs, cuDNN algorithm choice
+                timer.run(image, K, initial, 1)
+                timer.run(image, K, initial[:1], 1)
+            total, inputs_s, network_s = timer.run(image, K, initial, args.iterations)
+            scale = args.iterations * len(initial)
+            record["per_object"].append(total / scale)
+            record["inputs"].append(inputs_s / scale)
+            record["network"].append(network_s / scale)
+            record["single"].append(timer.run(image, K, initial[:1], args.iterations)[0] / args.iterations)
         n_objects.append(len(initial))
         frames += 1
         if frames >= args.frames:
             break
-    renderer.close()
+    for r in renderers:
+        r.close()
     ms = lambda v: float(np.median(v) * 1e3)  # noqa: E731
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU"
+    rows = [{"render_faces": z.render_faces, "per_object_per_iteration_ms": ms(rec["per_object"]),
+             "inputs_ms": ms(rec["inputs"]), "network_ms": ms(rec["network"]),
+             "single_object_per_iteration_ms": ms(rec["single"]),
+             # per-frame ratio to the first setting, median over frames (same frames, same load)
+             "ratio_to_first": float(np.median(np.asarray(rec["per_object"]) / np.asarray(times[0]["per_object"])))}
+            for z, rec in zip(zooms, times)]
     numbers = {"device": args.device, "gpu": gpu, "cpu": cpu_model(), "torch": torch.__version__,
                "threads": args.threads, "zoom": [zoom.width, zoom.height], "width": width,
                "frames": frames, "objects_per_frame_median": float(np.median(n_objects)),
-               "iterations": args.iterations, "per_object_per_iteration_ms": ms(per_object),
-               "inputs_ms": ms(inputs_share), "network_ms": ms(network_share),
-               "single_object_per_iteration_ms": ms(single), "commit": git_commit(),
+               "iterations": args.iterations, "rows": rows, "commit": git_commit(),
                "checkpoint": args.checkpoint or "untrained (timing only)"}
+    numbers.update({k: rows[0][k] for k in ("per_object_per_iteration_ms", "inputs_ms", "network_ms",
+                                             "single_object_per_iteration_ms")})
+    faces_arg = "" if args.checkpoint else f" --render-faces {','.join(str(z.render_faces) for z in zooms)}"
     command = (f"python bench/bench_deepim_speed.py --device {args.device} --zoom {zoom.width}x{zoom.height} "
-               f"--width {width:g} --frames {args.frames} --iterations {args.iterations} --threads {args.threads}"
-               + (f" --checkpoint {args.checkpoint}" if args.checkpoint else ""))
+               f"--width {width:g}{faces_arg} --frames {args.frames} --iterations {args.iterations} "
+               f"--threads {args.threads}" + (f" --checkpoint {args.checkpoint}" if args.checkpoint else ""))
     tag = "cuda" if device.type == "cuda" else "cpu"
     key = f"deepim_speed_{tag}_{zoom.width}x{zoom.height}"  # one section per device and resolution
     start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
+    faces = lambda f: "full meshes" if f == 0 else f"{f} faces"  # noqa: E731
     section = "\n".join([
         start,
         f"## DeepIM refinement time per object per iteration, {tag.upper()}, {zoom.width}x{zoom.height} "
@@ -162,12 +176,16 @@ def main(argv=None) -> int:
         f"{numbers['objects_per_frame_median']:g} per frame) from its GT pose with appendix B.1 noise (seed 0); "
         f"{args.iterations} iterations, one batch of all objects per iteration (as the pose node)",
         f"- Network: FlowNetS width {width:g}, zoom-in {zoom.width}x{zoom.height}; weights: {numbers['checkpoint']}",
-        "- Medians over frames; inputs = OpenGL render + zoom-in (CPU side), network = one forward pass.",
+        "- Medians over frames; inputs = OpenGL render + zoom-in (CPU side), network = one forward pass; "
+        "render meshes = the face budget of the zoom-in renders (`deepim.zoom.render_faces`); the settings "
+        "alternate frame by frame, and the ratio is the median per-frame ratio to the first row.",
         "",
-        "| zoom-in | width | per object per iteration (ms) | inputs (ms) | network (ms) | one object alone, per iteration (ms) |",
-        "|---|---|---|---|---|---|",
-        f"| {zoom.width}x{zoom.height} | {width:g} | {numbers['per_object_per_iteration_ms']:.1f} | "
-        f"{numbers['inputs_ms']:.1f} | {numbers['network_ms']:.1f} | {numbers['single_object_per_iteration_ms']:.1f} |",
+        "| zoom-in | width | render meshes | per object per iteration (ms) | inputs (ms) | network (ms) "
+        "| one object alone, per iteration (ms) | ratio to first row |",
+        "|---|---|---|---|---|---|---|---|",
+        *[f"| {zoom.width}x{zoom.height} | {width:g} | {faces(r['render_faces'])} | "
+          f"{r['per_object_per_iteration_ms']:.1f} | {r['inputs_ms']:.1f} | {r['network_ms']:.1f} | "
+          f"{r['single_object_per_iteration_ms']:.1f} | {r['ratio_to_first']:.2f} |" for r in rows],
         end,
     ])
     write_section(section, start, end)

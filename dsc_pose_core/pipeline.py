@@ -276,7 +276,8 @@ class PoseEstimator:
             raise PipelineConfigError("refine_iterations > 0 needs a DeepIM checkpoint (or set refine_iterations to 0)")
         model, payload = _load(model_from_checkpoint, path, "DeepIM", self.device)
         z = payload.get("zoom", {})
-        zoom = ZoomConfig(int(z.get("width", 128)), int(z.get("height", 96)), float(z.get("expand", 1.4)))
+        zoom = ZoomConfig(int(z.get("width", 128)), int(z.get("height", 96)), float(z.get("expand", 1.4)),
+                          int(z.get("render_faces", 0)))
         trained = payload.get("obj_ids")
         self.refine_ids = set(self.obj_ids) if trained is None else {int(o) for o in trained} & set(self.obj_ids)
         self.refiner = DeepImRefiner(model, None, {o: self.vertices[o] for o in self.refine_ids}, zoom,
@@ -291,12 +292,11 @@ class PoseEstimator:
     def renderer(self):
         """The fast renderer of the refined objects' meshes (made at construction when refining)."""
         if self._renderer is None:
-            from .render import FastRenderer
+            from .deepim.refiner import make_zoom_renderer
 
-            zoom = self.refiner.zoom
-            self._renderer = FastRenderer(zoom.width, zoom.height)
-            for o in sorted(self.refine_ids):
-                self._renderer.add_object(o, self.registry[o].mesh)
+            # the meshes as the network was trained on them (decimated when its checkpoint says so)
+            self._renderer = make_zoom_renderer({o: self.registry[o].mesh for o in sorted(self.refine_ids)},
+                                                self.refiner.zoom)
             self.refiner.renderer = self._renderer
         return self._renderer
 

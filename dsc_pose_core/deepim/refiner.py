@@ -26,6 +26,23 @@ class RefineResult:
     history: list = field(default_factory=list)  # [(R [N,3,3], t [N,3])] after each iteration
 
 
+def make_zoom_renderer(meshes: dict, zoom: ZoomConfig):
+    """A ``FastRenderer`` at the zoom-in size holding ``meshes`` (obj_id -> ObjectMesh), decimated to
+    ``zoom.render_faces`` faces when that is > 0: the renderer the refiner must use for a network
+    trained with that setting (training renders its zoom-in inputs and flow targets the same way)."""
+    from ..render import FastRenderer
+
+    zoom.validate()
+    renderer = FastRenderer(zoom.width, zoom.height)
+    try:
+        for obj_id, mesh in meshes.items():
+            renderer.add_object(int(obj_id), mesh.decimated(zoom.render_faces) if zoom.render_faces > 0 else mesh)
+    except Exception:
+        renderer.close()
+        raise
+    return renderer
+
+
 class DeepImRefiner:
     """``DeepImRefiner(model, renderer, vertices, zoom)``: ``vertices`` maps obj_id -> mesh vertices
     [V,3] (metres; their projection gives the rendered mask's box); every obj_id must be added to the

@@ -32,12 +32,17 @@ class ZoomConfig:
     width: int = 128  # crop size fed to the network (paper: 640 x 480)
     height: int = 96
     expand: float = 1.4  # lambda of eq. (6)
+    # > 0: the zoom-in renders use the meshes quadric-decimated to this many faces (a crop of ~100 px
+    # does not resolve 45k faces, and llvmpipe's cost grows with them: BENCHMARKS, DeepIM CPU speed)
+    render_faces: int = 0
 
     def validate(self) -> None:
         if self.width <= 0 or self.height <= 0:
             raise ValueError("zoom: crop size must be positive")
         if not self.expand > 0:
             raise ValueError("zoom: expand ratio must be positive")
+        if self.render_faces < 0:
+            raise ValueError("zoom: render_faces must be >= 0 (0 = the full meshes)")
 
 
 def mask_box(mask: np.ndarray) -> np.ndarray | None:

@@ -309,6 +309,10 @@ class FastRenderer:
                                          index_buffer=ibo, index_element_size=4)
             self._objects[int(obj_id)] = (vao, vbo, ibo, bool(cull_back_faces))
 
+    def face_count(self, obj_id: int) -> int:
+        """Triangles uploaded for ``obj_id`` (after any decimation by the caller)."""
+        return self._objects[int(obj_id)][2].size // 12  # int32 index triples
+
     def remove_object(self, obj_id: int) -> None:
         with self._lock, self._ctx:
             self._release_object(int(obj_id))

@@ -33,6 +33,7 @@ from ..data.synthetic import (LMO_K, DistractorConfig, PoseSamplingConfig, Synth
 from ..deepim.flow import flow_from_renders
 from ..deepim.inputs import TRANSLATION_UNITS, build_input
 from ..deepim.noise import PoseNoiseConfig, sample_pose_noise
+from ..deepim.refiner import make_zoom_renderer
 from ..deepim.zoom import ZoomConfig, crop_image, mask_box
 from ..losses.deepim import DeepImLossWeights, deepim_loss
 from ..models.deepim import DeepImNet
@@ -85,6 +86,9 @@ class DeepImZoomConfig:
     width: int = 128
     height: int = 96
     expand: float = 1.4  # lambda, appendix A
+    # > 0: zoom-in renders (inputs and flow targets; the observed scene keeps the full meshes) use the
+    # meshes decimated to this many faces; recorded in checkpoints so that the refiner renders alike
+    render_faces: int = 0
 
 
 @dataclass
@@ -142,6 +146,8 @@ class DeepImConfig:
             raise ConfigError("deepim.optim.time_limit_s must be >= 0 (0 = train for `steps`)")
         if self.zoom.width <= 0 or self.zoom.height <= 0 or not self.zoom.expand > 0:
             raise ConfigError("deepim.zoom: sizes and expand must be positive")
+        if self.zoom.render_faces < 0:
+            raise ConfigError("deepim.zoom.render_faces must be >= 0 (0 = the full meshes)")
         self.data.validate()
 
 
@@ -211,13 +217,18 @@ class DeepImTrainer:
         self.first_inputs = self.last_inputs = None  # network inputs of the latest batch (pictures)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr,
                                           weight_decay=cfg.optim.weight_decay)
-        self.zoom = ZoomConfig(cfg.zoom.width, cfg.zoom.height, cfg.zoom.expand)
+        self.zoom = ZoomConfig(cfg.zoom.width, cfg.zoom.height, cfg.zoom.expand, cfg.zoom.render_faces)
+        # zoom-in renders: the scene renderer itself, or one holding the decimated meshes
+        self.zoom_renderer = (make_zoom_renderer(meshes, self.zoom) if self.zoom.render_faces > 0
+                              else self.renderer)
         self.noise = PoseNoiseConfig(cfg.noise.rot_std_deg, cfg.noise.max_rot_deg, tuple(cfg.noise.trans_std))
         self.weights = DeepImLossWeights(cfg.loss.pose_weight, cfg.loss.flow_weight, cfg.loss.mask_weight)
         self.step = 0
         self.train_seconds = 0.0  # wall-clock training time so far (kept across resumes)
 
     def close(self) -> None:
+        if self.zoom_renderer is not self.renderer:
+            self.zoom_renderer.close()
         self.generator.close()
 
     # ------------------------------------------------------------ data
@@ -251,7 +262,7 @@ class DeepImTrainer:
         plus flow / mask targets (zoomed like the inputs)."""
         tensors, focals, flows, valids, masks = [], [], [], [], []
         for i, it in enumerate(items):
-            z = build_input(self.renderer, it.obj_id, self.vertices[it.obj_id], it.image, it.K, R_cur[i], t_cur[i],
+            z = build_input(self.zoom_renderer, it.obj_id, self.vertices[it.obj_id], it.image, it.K, R_cur[i], t_cur[i],
                             self.zoom, obs_box=it.obs_box)
             tensors.append(z.tensor)
             focals.append(z.eq3_focal(self.cfg.model.translation_units))
@@ -263,7 +274,7 @@ class DeepImTrainer:
                     flows.append(torch.zeros(2, h, w))
                     valids.append(torch.zeros(h, w, dtype=torch.bool))
                     continue
-                target = self.renderer.render(z.K_crop, [(it.obj_id, it.R_gt, it.t_gt)], width=w, height=h, rgb=False)
+                target = self.zoom_renderer.render(z.K_crop, [(it.obj_id, it.R_gt, it.t_gt)], width=w, height=h, rgb=False)
                 flow, valid = flow_from_renders(
                     torch.from_numpy(z.depth_rend)[None].double(), torch.from_numpy(z.K_crop),
                     torch.from_numpy(R_cur[i])[None], torch.from_numpy(t_cur[i])[None],
@@ -348,7 +359,8 @@ class DeepImTrainer:
             "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "model": self.model.config_dict(),
-            "zoom": {"width": self.zoom.width, "height": self.zoom.height, "expand": self.zoom.expand},
+            "zoom": {"width": self.zoom.width, "height": self.zoom.height, "expand": self.zoom.expand,
+                     "render_faces": self.zoom.render_faces},
             "translation_units": self.cfg.model.translation_units,
             "config": cfg_dict,
             "obj_ids": list(self.obj_ids),

@@ -43,7 +43,30 @@ def parse_row(text: str) -> tuple[str, Path, str]:
     return name.strip(), Path(directory), scales
 
 
-def score_row(lmo: Path, directory: Path, scales: str, obj_ids: list[int], workdir: Path, val_ids) -> dict:
+def depth_errors(lmo: Path, csv: Path, diameters: dict) -> dict:
+    """Per object: the median relative depth error |z_est / z_true - 1| of the estimates (matched to
+    the image's instance of that object; LM-O has one per object) and the median relative depth error
+    ADD at 0.1 d tolerates, 0.1 d / z_true (a pose with only a depth error e passes iff e z_true < 0.1 d)."""
+    import numpy as np
+
+    from dsc_pose_core.data.bop_io import load_scene_gt, read_bop_results, scene_dir
+
+    gt = load_scene_gt(scene_dir(lmo, 2) / "scene_gt.json")
+    errors: dict[int, list[float]] = {}
+    tolerances: dict[int, list[float]] = {}
+    for est in read_bop_results(csv):
+        truth = [g for g in gt.get(est.im_id, []) if g.obj_id == est.obj_id]
+        if len(truth) != 1 or est.obj_id not in diameters:
+            continue
+        z_true = float(truth[0].t[2])
+        errors.setdefault(est.obj_id, []).append(abs(float(est.t[2]) / z_true - 1.0))
+        tolerances.setdefault(est.obj_id, []).append(0.1 * diameters[est.obj_id] / z_true)
+    return {o: {"depth_rel_err_median": float(np.median(errors[o])),
+                "add_depth_tolerance_median": float(np.median(tolerances[o]))} for o in errors}
+
+
+def score_row(lmo: Path, directory: Path, scales: str, obj_ids: list[int], workdir: Path, val_ids,
+              diameters: dict | None = None) -> dict:
     from dsc_pose_core.eval.bop import evaluate_files
     from dsc_pose_core.pipeline import find_dsc_checkpoint
     from dsc_pose_core.predict_cli import main as predict_main
@@ -62,6 +85,9 @@ def score_row(lmo: Path, directory: Path, scales: str, obj_ids: list[int], workd
     seconds = time.perf_counter() - start
     report = evaluate_files(lmo, csv, im_ids=val_ids)
     per_object = {o: {m: float(report["per_object"][str(o)][m]) for m in METRICS} for o in present}
+    for o, errors in depth_errors(lmo, csv, diameters or {}).items():
+        if o in per_object:
+            per_object[o].update(errors)
     row = {m: sum(v[m] for v in per_object.values()) / len(per_object) for m in METRICS}
     row.update(per_object={str(o): v for o, v in per_object.items()}, checkpoints=str(directory), scales=scales,
                missing_objects=missing, seconds_per_image=seconds / len(val_ids))
@@ -90,6 +116,22 @@ def markdown(result: dict, names: dict) -> str:
     for name, row in result["rows"].items():
         cells = [f"{row['per_object'][str(o)]['AR_MSPD']:.3f}" if str(o) in row["per_object"] else "-" for o in ids]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    tolerance = {}
+    for row in result["rows"].values():
+        for o, v in row["per_object"].items():
+            tolerance.setdefault(o, v.get("add_depth_tolerance_median"))
+    lines += ["", "Median relative depth error |z_est / z_true - 1| per object; last line: the relative depth "
+              "error ADD at 0.1 d tolerates, 0.1 d / z_true (median over the targets). ADD, the mean distance "
+              "between the model's points at the two poses, is at least the distance between the two "
+              "positions of their mean point, so a non-symmetric object passes only if its depth is about that "
+              "close, whatever its rotation (ADD-S, for eggbox and glue, is more lenient).", "",
+              "| row | " + " | ".join(names.get(o, str(o)) for o in ids) + " | mean |", "|---|" + "---|" * (len(ids) + 1)]
+    for name, row in [*result["rows"].items(), ("ADD depth tolerance", None)]:
+        values = [(row["per_object"].get(str(o), {}).get("depth_rel_err_median") if row is not None
+                   else tolerance.get(str(o))) for o in ids]
+        cells = ["-" if v is None else f"{v:.3f}" for v in values]
+        known = [v for v in values if v is not None]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {sum(known) / len(known):.3f} |")
     notes = [f"- {name}: `{row['checkpoints']}`, scales {row['scales']}"
              + (f"; {result['notes'][name]}" if name in result["notes"] else "")
              + (f"; missing objects {row['missing_objects']}" if row["missing_objects"] else "")
@@ -120,6 +162,7 @@ def main(argv=None) -> int:
     val_ids = load_splits(lmo / "splits.json")["val"]
     registry = ObjectRegistry.from_yaml(REPO / "config" / "objects.yaml")
     names = {o: registry[o].name for o in obj_ids if o in registry}
+    diameters = {o: registry[o].model_info.diameter for o in obj_ids if o in registry}
     result = {"split": "val", "n_images": len(val_ids), "obj_ids": obj_ids, "commit": git_commit(),
               "machine": f"{cpu_model()}, {os.cpu_count()} cores, no GPU",
               "command": "python bench/bench_lmo_dsc.py " + " ".join(
@@ -128,7 +171,7 @@ def main(argv=None) -> int:
               "notes": notes, "rows": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name, directory, scales in rows:
-            row = score_row(lmo, directory, scales, obj_ids, Path(tmp), val_ids)
+            row = score_row(lmo, directory, scales, obj_ids, Path(tmp), val_ids, diameters)
             result["rows"][name] = row
             print(f"{name}: " + ", ".join(f"{m} {row[m]:.3f}" for m in METRICS), flush=True)
     out = Path(args.json)

@@ -43,15 +43,15 @@ def parse_row(text: str) -> tuple[str, Path, str]:
     return name.strip(), Path(directory), scales
 
 
-def depth_errors(lmo: Path, csv: Path, diameters: dict) -> dict:
+def depth_errors(gt: dict, csv: Path, diameters: dict) -> dict:
     """Per object: the median relative depth error |z_est / z_true - 1| of the estimates (matched to
     the image's instance of that object; LM-O has one per object) and the median relative depth error
-    ADD at 0.1 d tolerates, 0.1 d / z_true (a pose with only a depth error e passes iff e z_true < 0.1 d)."""
+    ADD at 0.1 d tolerates, 0.1 d / z_true (a pose with only a depth error e passes iff e z_true < 0.1 d).
+    ``gt``: the scene's ground truth (``load_scene_gt``), read once for all rows."""
     import numpy as np
 
-    from dsc_pose_core.data.bop_io import load_scene_gt, read_bop_results, scene_dir
+    from dsc_pose_core.data.bop_io import read_bop_results
 
-    gt = load_scene_gt(scene_dir(lmo, 2) / "scene_gt.json")
     errors: dict[int, list[float]] = {}
     tolerances: dict[int, list[float]] = {}
     for est in read_bop_results(csv):
@@ -66,7 +66,7 @@ def depth_errors(lmo: Path, csv: Path, diameters: dict) -> dict:
 
 
 def score_row(lmo: Path, directory: Path, scales: str, obj_ids: list[int], workdir: Path, val_ids,
-              diameters: dict | None = None) -> dict:
+              gt: dict, diameters: dict) -> dict:
     from dsc_pose_core.eval.bop import evaluate_files
     from dsc_pose_core.pipeline import find_dsc_checkpoint
     from dsc_pose_core.predict_cli import main as predict_main
@@ -85,7 +85,7 @@ def score_row(lmo: Path, directory: Path, scales: str, obj_ids: list[int], workd
     seconds = time.perf_counter() - start
     report = evaluate_files(lmo, csv, im_ids=val_ids)
     per_object = {o: {m: float(report["per_object"][str(o)][m]) for m in METRICS} for o in present}
-    for o, errors in depth_errors(lmo, csv, diameters or {}).items():
+    for o, errors in depth_errors(gt, csv, diameters).items():
         if o in per_object:
             per_object[o].update(errors)
     row = {m: sum(v[m] for v in per_object.values()) / len(per_object) for m in METRICS}
@@ -141,7 +141,7 @@ def markdown(result: dict, names: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from dsc_pose_core.data.bop_io import default_lmo_dir, load_splits
+    from dsc_pose_core.data.bop_io import default_lmo_dir, load_scene_gt, load_splits, scene_dir
     from dsc_pose_core.objects.registry import ObjectRegistry
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -163,6 +163,7 @@ def main(argv=None) -> int:
     registry = ObjectRegistry.from_yaml(REPO / "config" / "objects.yaml")
     names = {o: registry[o].name for o in obj_ids if o in registry}
     diameters = {o: registry[o].model_info.diameter for o in obj_ids if o in registry}
+    gt = load_scene_gt(scene_dir(lmo, 2) / "scene_gt.json")
     result = {"split": "val", "n_images": len(val_ids), "obj_ids": obj_ids, "commit": git_commit(),
               "machine": f"{cpu_model()}, {os.cpu_count()} cores, no GPU",
               "command": "python bench/bench_lmo_dsc.py " + " ".join(
@@ -171,7 +172,7 @@ def main(argv=None) -> int:
               "notes": notes, "rows": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name, directory, scales in rows:
-            row = score_row(lmo, directory, scales, obj_ids, Path(tmp), val_ids, diameters)
+            row = score_row(lmo, directory, scales, obj_ids, Path(tmp), val_ids, gt, diameters)
             result["rows"][name] = row
             print(f"{name}: " + ", ".join(f"{m} {row[m]:.3f}" for m in METRICS), flush=True)
     out = Path(args.json)

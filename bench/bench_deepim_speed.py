@@ -56,11 +56,11 @@ class TimedRefiner:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def run(self, image, K, initial, iterations: int) -> tuple[float, float, float]:
+    def run(self, image, K, initial, iterations: int, boxes) -> tuple[float, float, float]:
         self.inputs_s = self.network_s = 0.0
         self._sync()
         t0 = time.perf_counter()
-        self.refiner.refine(image, K, initial, iterations)
+        self.refiner.refine(image, K, initial, iterations, boxes=boxes)
         self._sync()
         return time.perf_counter() - t0, self.inputs_s, self.network_s
 
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     from dsc_pose_core.data import bop_io
     from dsc_pose_core.deepim.noise import PoseNoiseConfig, sample_pose_noise
     from dsc_pose_core.deepim.refiner import DeepImRefiner, make_zoom_renderer
-    from dsc_pose_core.deepim.zoom import ZoomConfig
+    from dsc_pose_core.deepim.zoom import ZoomConfig, projected_box
     from dsc_pose_core.models.deepim import DeepImNet
     from dsc_pose_core.objects.registry import ObjectRegistry
     from dsc_pose_core.training.deepim import model_from_checkpoint
@@ -96,9 +96,10 @@ def main(argv=None) -> int:
         z = payload["zoom"]
         zooms = [ZoomConfig(z["width"], z["height"], z["expand"], int(z.get("render_faces", 0)))]
         units = payload.get("translation_units", "normalized")
+        observed_box = payload.get("observed_box", "rendered")
         width = float(payload["model"]["width"])
     else:
-        width, units = args.width, "zoom"
+        width, units, observed_box = args.width, "zoom", "rendered"
         zooms = [ZoomConfig(zw, zh, render_faces=int(f)) for f in args.render_faces.split(",")]
         model = DeepImNet(width).to(device).eval()
     zoom = zooms[0]
@@ -110,31 +111,34 @@ def main(argv=None) -> int:
     meshes = {o: registry[o].mesh for o in registry.ids}
     renderers = [make_zoom_renderer(meshes, z) for z in zooms]
     timers = [TimedRefiner(DeepImRefiner(model, r, {o: m.vertices for o, m in meshes.items()}, z, device=device,
-                                         translation_units=units), device) for r, z in zip(renderers, zooms)]
+                                         translation_units=units, observed_box=observed_box), device)
+              for r, z in zip(renderers, zooms)]
     # per setting: per object per iteration, inputs, network, one object alone
     times = [{"per_object": [], "inputs": [], "network": [], "single": []} for _ in zooms]
     n_objects = []
     frames = 0
     for im_id in scene.im_ids:
-        initial = []
+        initial, boxes = [], []
+        K = scene.cameras[im_id].K
         for gt in scene.gt[im_id]:
             if gt.obj_id in registry:
                 R, t = sample_pose_noise(rng, gt.R, gt.t, noise)
                 initial.append((gt.obj_id, R, t))
+                # for networks that read a detection box: the GT pose's projected box stands in
+                boxes.append(projected_box(meshes[gt.obj_id].vertices, gt.R, gt.t, K))
         if not initial:
             continue
         image = bop_io.read_rgb(bop_io.find_rgb(scene.scene_path, im_id))
-        K = scene.cameras[im_id].K
         for timer, record in zip(timers, times):  # the settings alternate frame by frame: same load
             if frames == 0:  # warm-up: GL programs, cuDNN algorithm choice
-                timer.run(image, K, initial, 1)
-                timer.run(image, K, initial[:1], 1)
-            total, inputs_s, network_s = timer.run(image, K, initial, args.iterations)
+                timer.run(image, K, initial, 1, boxes)
+                timer.run(image, K, initial[:1], 1, boxes[:1])
+            total, inputs_s, network_s = timer.run(image, K, initial, args.iterations, boxes)
             scale = args.iterations * len(initial)
             record["per_object"].append(total / scale)
             record["inputs"].append(inputs_s / scale)
             record["network"].append(network_s / scale)
-            record["single"].append(timer.run(image, K, initial[:1], args.iterations)[0] / args.iterations)
+            record["single"].append(timer.run(image, K, initial[:1], args.iterations, boxes[:1])[0] / args.iterations)
         n_objects.append(len(initial))
         frames += 1
         if frames >= args.frames:

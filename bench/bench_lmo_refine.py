@@ -24,7 +24,9 @@ import numpy as np
 
 from dsc_pose_core.data.bop_io import (PoseEstimate, default_lmo_dir, load_scene_camera, load_scene_gt,
                                        load_scene_gt_info, load_splits, write_bop_results)
+from dsc_pose_core.data.boxes import loosen_box_xywh
 from dsc_pose_core.deepim.noise import sample_pose_noise
+from dsc_pose_core.models.dsc_posenet import box_xyxy_edges
 from dsc_pose_core.pipeline import PipelineConfig, load_pose_estimator
 from dsc_pose_core.eval.bop import evaluate_files
 from dsc_pose_core.eval.metrics import rotation_error_deg, translation_error
@@ -99,9 +101,12 @@ def run_noisy_gt_rows(lmo: Path, obj_ids: list[int], iterations: list[int], deep
         image = cv2.cvtColor(cv2.imread(str(scene / "rgb" / f"{im_id:06d}.png")), cv2.COLOR_BGR2RGB)
         kept = [g for g, info in zip(gts[im_id], infos[im_id]) if g.obj_id in obj_ids and info.visib_fract >= 0.1]
         initial = [(g.obj_id, *sample_pose_noise(rng, g.R, g.t)) for g in kept]
+        # the detections of the other rows (for networks that read the detection box)
+        boxes = [box_xyxy_edges(loosen_box_xywh(info.bbox_visib, rng, image.shape[1], image.shape[0]))
+                 for g, info in zip(gts[im_id], infos[im_id]) if g.obj_id in obj_ids and info.visib_fract >= 0.1]
         truth += [(g.R, g.t) for g in kept]
         start = time.perf_counter()
-        result = estimator.refiner.refine(image, cameras[im_id].K, initial, max(iterations))
+        result = estimator.refiner.refine(image, cameras[im_id].K, initial, max(iterations), boxes=boxes)
         seconds += time.perf_counter() - start
         stages = [(np.stack([r for _, r, _ in initial]), np.stack([v for _, _, v in initial]))] + result.history
         for n in iterations:

@@ -282,7 +282,8 @@ class PoseEstimator:
         self.refine_ids = set(self.obj_ids) if trained is None else {int(o) for o in trained} & set(self.obj_ids)
         self.refiner = DeepImRefiner(model, None, {o: self.vertices[o] for o in self.refine_ids}, zoom,
                                      device=self.device,
-                                     translation_units=payload.get("translation_units", "normalized"))
+                                     translation_units=payload.get("translation_units", "normalized"),
+                                     observed_box=payload.get("observed_box", "rendered"))
         try:
             _ = self.renderer  # made now: a start-up failure, not one in the first frame
         except Exception as exc:
@@ -387,7 +388,7 @@ class PoseEstimator:
         if refine and self.refiner is not None and self.config.refine_iterations > 0:
             t0 = time.perf_counter()
             out = self.refiner.refine(image_rgb, K, [(r.obj_id, r.init_R, r.init_t) for r, _ in refine],
-                                      int(self.config.refine_iterations))
+                                      int(self.config.refine_iterations), boxes=[b for _, b in refine])
             t_refine = time.perf_counter() - t0
             for i, (r, _) in enumerate(refine):
                 if np.isfinite(out.R[i]).all() and np.isfinite(out.t[i]).all():

@@ -5,7 +5,9 @@
    mask without a full-image render; unlike a render it is not clipped at the image border).
 2. The observed box: in training the tight box of the ground-truth visible mask, randomly dilated
    by up to 10 px (sec. 4.1); at test time the rendered mask's box itself (sec. 4.1, Testing: "we
-   use the tightest bounding box of the rendered mask m_rend instead").
+   use the tightest bounding box of the rendered mask m_rend instead"). Networks trained with
+   ``deepim.data.observed_box: detection`` get the detector's box instead, in training (the GT
+   visible box loosened like the detections) and at test time (``deepim.refiner``).
 3. The zoom-in window of eq. (6) over both boxes, centred on the projected object origin.
 4. The rendered RGB, mask and depth are rendered at the crop resolution with the cropped K; the
    observed RGB is resampled with the same affine map; the observed-mask channel is the observed

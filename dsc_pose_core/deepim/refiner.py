@@ -5,6 +5,11 @@ observed mask is the rendered mask's box, sec. 4.1), runs the network once on th
 objects of the image and applies the predicted untangled transform (eq. 1-3) to each estimate, with
 the focal lengths the network was trained with (``translation_units``: "zoom" = the zoomed-in
 camera's, "normalized" = 1; see ``deepim.inputs``). The auxiliary flow and mask heads are not evaluated.
+
+The observed-mask channel (``observed_box``): "rendered" is sec. 4.1's (the rendered mask's box, for
+networks trained on dilated GT boxes); "detection" draws the detector's box of each object, for
+networks trained with that box in the channel (``deepim.data.observed_box: detection``, recorded in
+their checkpoints): a deviation from the paper for a package that always has the detector's box.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import torch
 from ..geometry.untangled import apply_untangled
 from .inputs import TRANSLATION_UNITS, build_input
 from .zoom import ZoomConfig
+
+OBSERVED_BOX = ("rendered", "detection")
 
 
 @dataclass
@@ -49,9 +56,13 @@ class DeepImRefiner:
     renderer."""
 
     def __init__(self, model, renderer, vertices: dict, zoom: ZoomConfig = ZoomConfig(), device="cpu",
-                 min_depth: float = 0.05, light=None, translation_units: str = "zoom"):
+                 min_depth: float = 0.05, light=None, translation_units: str = "zoom",
+                 observed_box: str = "rendered"):
         if translation_units not in TRANSLATION_UNITS:
             raise ValueError(f"translation_units must be one of {TRANSLATION_UNITS}, got {translation_units!r}")
+        if observed_box not in OBSERVED_BOX:
+            raise ValueError(f"observed_box must be one of {OBSERVED_BOX}, got {observed_box!r}")
+        self.observed_box = observed_box
         self.translation_units = translation_units
         self.focal = None  # [N,2] eq. (3)'s focal lengths of the current iteration (set before predict)
         self.model = model.eval() if model is not None else None
@@ -62,9 +73,12 @@ class DeepImRefiner:
         self.min_depth = float(min_depth)
         self.light = light
 
-    def inputs(self, image, K, obj_ids, R, t):
+    def inputs(self, image, K, obj_ids, R, t, boxes=None):
+        """``boxes``: the detectors' boxes (pixel-edge x1, y1, x2, y2) when ``observed_box`` is "detection"."""
+        if self.observed_box == "rendered":
+            boxes = [None] * len(obj_ids)
         return [build_input(self.renderer, o, self.vertices[int(o)], image, K, R[i], t[i], self.zoom,
-                            light=self.light) for i, o in enumerate(obj_ids)]
+                            obs_box=boxes[i], light=self.light) for i, o in enumerate(obj_ids)]
 
     @torch.no_grad()
     def predict(self, batch: torch.Tensor, obj_ids, R, t) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,16 +86,22 @@ class DeepImRefiner:
         out = self.model(batch.to(self.device), aux=False)
         return out["rot"].double().cpu(), out["trans"].double().cpu()
 
-    def refine(self, image: np.ndarray, K: np.ndarray, initial, n_iterations: int = 2) -> RefineResult:
-        """``initial`` = [(obj_id, R [3,3], t [3]), ...] -> refined poses (same order)."""
+    def refine(self, image: np.ndarray, K: np.ndarray, initial, n_iterations: int = 2, boxes=None) -> RefineResult:
+        """``initial`` = [(obj_id, R [3,3], t [3]), ...] -> refined poses (same order). ``boxes``: one
+        detection box (pixel-edge x1, y1, x2, y2) per entry, needed when ``observed_box`` is "detection"
+        and ignored otherwise."""
         obj_ids = [int(o) for o, _, _ in initial]
+        if self.observed_box == "detection":
+            if boxes is None or len(boxes) != len(obj_ids):
+                raise ValueError("this DeepIM network reads the detection box: refine() needs one box per initial pose")
+            boxes = [np.asarray(b, dtype=np.float64).reshape(4) for b in boxes]
         R = np.stack([np.asarray(r, dtype=np.float64) for _, r, _ in initial]) if initial else np.zeros((0, 3, 3))
         t = np.stack([np.asarray(v, dtype=np.float64).reshape(3) for _, _, v in initial]) if initial else np.zeros((0, 3))
         result = RefineResult(R.copy(), t.copy())
         if not obj_ids:
             return result
         for _ in range(int(n_iterations)):
-            zoomed = self.inputs(image, K, obj_ids, R, t)
+            zoomed = self.inputs(image, K, obj_ids, R, t, boxes)
             batch = torch.from_numpy(np.stack([z.tensor for z in zoomed]))
             self.focal = np.stack([z.eq3_focal(self.translation_units) for z in zoomed])
             rot_delta, v = self.predict(batch, obj_ids, R, t)

@@ -28,6 +28,7 @@ import torch
 import trimesh
 from tqdm import tqdm
 
+from ..data.boxes import DEFAULT_MAX_LOOSENING, loosen_box_xywh, mask_box_xywh
 from ..data.synthetic import (LMO_K, DistractorConfig, PoseSamplingConfig, SynthConfig,
                               SyntheticSceneGenerator)
 from ..deepim.flow import flow_from_renders
@@ -37,12 +38,14 @@ from ..deepim.refiner import make_zoom_renderer
 from ..deepim.zoom import ZoomConfig, crop_image, mask_box
 from ..losses.deepim import DeepImLossWeights, deepim_loss
 from ..models.deepim import DeepImNet
+from ..models.dsc_posenet import box_xyxy_edges
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ConfigError, to_dict
 from .tensorboard_log import TrainLogger, mask_overlay, tile
 
 CHECKPOINT_FORMAT = "dsc_pose.deepim.v1"
+OBSERVED_BOX_TRAINING = ("dilated_gt", "detection")
 
 
 # --------------------------------------------------------------------------------------------
@@ -59,6 +62,11 @@ class DeepImDataConfig:
     elevation: list[float] = field(default_factory=lambda: [0.0, 80.0])
     min_visib_fract: float = 0.3  # instances seen less than this are not used
     obs_box_dilation_px: float = 10.0  # "randomly dilated with no more than 10 pixels" (sec. 4.1), at 640 px
+    # the observed-mask channel (deepim.inputs): "dilated_gt" = the paper's (GT visible box dilated in
+    # training, the rendered mask's box at test, sec. 4.1); "detection" = the detector's box in both
+    # (training: the GT visible box loosened U(0, detection_loosening) per side, as the detections)
+    observed_box: str = "dilated_gt"
+    detection_loosening: float = DEFAULT_MAX_LOOSENING
     # noisy initial poses drawn per rendered instance (each one batch element): > 1 spends the scene
     # render (the costly part on a CPU) on several pose-noise samples, which is what the network learns
     poses_per_instance: int = 1
@@ -66,6 +74,11 @@ class DeepImDataConfig:
     def validate(self) -> None:
         if len(self.K) != 9 or len(self.distance) != 2 or len(self.elevation) != 2:
             raise ConfigError("deepim.data: K needs 9 numbers, distance and elevation 2")
+        if self.observed_box not in OBSERVED_BOX_TRAINING:
+            raise ConfigError(f"deepim.data.observed_box must be one of {OBSERVED_BOX_TRAINING}, "
+                              f"got {self.observed_box!r}")
+        if not 0 <= self.detection_loosening < 1:
+            raise ConfigError("deepim.data.detection_loosening must be in [0, 1)")
 
 
 @dataclass
@@ -249,13 +262,24 @@ class DeepImTrainer:
             for k, obj_id in enumerate(sample.obj_ids):
                 if sample.infos[k].visib_fract < d.min_visib_fract or len(items) >= n:
                     continue
-                box = mask_box(sample.masks_visib[k])
+                box = self._observed_box(sample.masks_visib[k], dilation)
                 if box is None:
                     continue
-                box = box + np.array([-1, -1, 1, 1]) * self.rng.uniform(0, dilation, size=4)
                 items.append(Item(int(obj_id), sample.R[k], sample.t[k], sample.rgb, sample.K,
                                   sample.masks_visib[k], box))
         return items
+
+    def _observed_box(self, mask_visib: np.ndarray, dilation: float) -> np.ndarray | None:
+        """The observed-mask box (x1, y1, x2, y2) of one rendered instance (``data.observed_box``)."""
+        d = self.cfg.data
+        if d.observed_box == "detection":
+            tight = mask_box_xywh(mask_visib)
+            if tight is None:
+                return None
+            h, w = mask_visib.shape
+            return box_xyxy_edges(loosen_box_xywh(tight, self.rng, w, h, d.detection_loosening))
+        box = mask_box(mask_visib)
+        return None if box is None else box + np.array([-1, -1, 1, 1]) * self.rng.uniform(0, dilation, size=4)
 
     def make_inputs(self, items: list[Item], R_cur: np.ndarray, t_cur: np.ndarray, with_targets: bool = True):
         """Network inputs at the current poses, eq. (3)'s focal lengths [B,2] (``translation_units``),
@@ -362,6 +386,8 @@ class DeepImTrainer:
             "zoom": {"width": self.zoom.width, "height": self.zoom.height, "expand": self.zoom.expand,
                      "render_faces": self.zoom.render_faces},
             "translation_units": self.cfg.model.translation_units,
+            # what the refiner draws in the observed-mask channel (deepim.refiner.OBSERVED_BOX)
+            "observed_box": "detection" if self.cfg.data.observed_box == "detection" else "rendered",
             "config": cfg_dict,
             "obj_ids": list(self.obj_ids),
             "object_names": [names.get(o, str(o)) for o in self.obj_ids],

@@ -114,7 +114,7 @@ def test_short_training_lowers_point_matching_loss(small_K, box_mesh, tmp_path):
         items = trainer.draw_items(8)
         initial = trainer.initial_poses(items)
         before = trainer.train_step(items, train=False, initial=initial, n_iter=1)[0]
-        for _ in range(40):
+        for _ in range(80):  # 40 sufficed on Intel Xeon, not on AMD EPYC (0.74x): 80 gives 0.29x on both seeds tried
             log = trainer.train_step(items, initial=initial)
             assert len(log) == 2  # train_iter iterations, one update each
         after = trainer.train_step(items, train=False, initial=initial, n_iter=1)[0]
@@ -128,10 +128,10 @@ def test_short_training_lowers_point_matching_loss(small_K, box_mesh, tmp_path):
         trainer.model.eval()
         torch.testing.assert_close(model(x)["rot"], trainer.model(x)["rot"])
         torch.testing.assert_close(model(x)["trans"], trainer.model(x)["trans"])
-        assert payload["obj_ids"] == [1] and payload["step"] == 40
+        assert payload["obj_ids"] == [1] and payload["step"] == 80
         other = DeepImTrainer(_tiny_config(small_K), {1: box_mesh}, seed=1)
         other.load_payload(payload)
-        assert other.step == 40
+        assert other.step == 80
         other.close()
     finally:
         trainer.close()
@@ -258,3 +258,64 @@ def test_decimated_zoom_renders_are_recorded_and_match_the_full_mesh(small_K, bo
     finally:
         full.close()
         coarse.close()
+
+
+def test_detection_box_in_the_observed_mask_channel(small_K, box_mesh, renderer, tmp_path, repo_root):
+    """``data.observed_box: detection``: training draws the GT visible box loosened like the
+    detections (each side by U(0, 15 %) of the box) into the observed-mask channel, the checkpoint
+    says so, and the refiner then draws the detector's box there (and refuses to run without one);
+    networks of the paper's setting keep the rendered mask's box and ignore given boxes."""
+    from dsc_pose_core.data.boxes import mask_box_xywh
+    from dsc_pose_core.deepim.zoom import box_in_crop, box_mask, projected_box
+    from dsc_pose_core.models.dsc_posenet import box_xyxy_edges
+    from dsc_pose_core.objects.registry import ObjectRegistry
+    from dsc_pose_core.pipeline import Detection, PipelineConfig, PoseEstimator
+
+    config = _tiny_config(small_K)
+    config.data.observed_box = "detection"
+    trainer = DeepImTrainer(config, {1: box_mesh}, seed=0)
+    try:
+        items = trainer.draw_items(12)
+        grown = []
+        for it in items:
+            tight = box_xyxy_edges(mask_box_xywh(it.mask_visib))
+            size = np.tile(tight[2:] - tight[:2], 2)
+            growth = (it.obs_box - tight) * np.array([-1, -1, 1, 1])
+            at_border = (it.obs_box[:2] <= -0.5).tolist() + (it.obs_box[2:] >= [159.5, 119.5]).tolist()
+            assert (growth >= 0).all() and (growth <= 0.15 * size + 1).all()
+            grown += [g for g, b in zip(growth, at_border) if not b]
+        assert np.mean(grown) > 1.0  # loosened, not the tight box
+        batch, *_ = trainer.make_inputs(items[:1], *trainer.initial_poses(items[:1]))
+        path = save_checkpoint(tmp_path / "deepim.pt", trainer.payload({"stage": "deepim"}))
+    finally:
+        trainer.close()
+    assert load_checkpoint(path)["observed_box"] == "detection"
+    with pytest.raises(ConfigError):
+        config.data.observed_box = "mask"
+        config.validate()
+
+    image = np.random.default_rng(0).integers(0, 255, size=(120, 160, 3), dtype=np.uint8)
+    R = Rotation.from_euler("xyz", [20, -10, 30], degrees=True).as_matrix()[None]
+    t = np.array([[0.01, 0.0, 0.5]])
+    detection = np.array([40.5, 30.5, 110.5, 90.5])  # larger than the object's rendered box
+    net = DeepImNet(width=0.125, fc_dim=32)
+    reads_box = DeepImRefiner(net, renderer, {1: box_mesh.vertices}, ZoomConfig(64, 48), observed_box="detection")
+    with pytest.raises(ValueError, match="box"):
+        reads_box.refine(image, small_K, [(1, R[0], t[0])], 1)
+    assert len(reads_box.refine(image, small_K, [(1, R[0], t[0])], 1, boxes=[detection]).history) == 1
+    z = reads_box.inputs(image, small_K, [1], R, t, [detection])[0]
+    np.testing.assert_array_equal(z.tensor[6], box_mask(box_in_crop(detection, z.window, 64, 48), 64, 48))
+    paper = DeepImRefiner(net, renderer, {1: box_mesh.vertices}, ZoomConfig(64, 48))
+    z_paper = paper.inputs(image, small_K, [1], R, t, [detection])[0]
+    rendered_box = projected_box(box_mesh.vertices, R[0], t[0], small_K)
+    np.testing.assert_array_equal(z_paper.tensor[6], box_mask(box_in_crop(rendered_box, z_paper.window, 64, 48), 64, 48))
+    assert not np.array_equal(z_paper.tensor[6], box_mask(box_in_crop(detection, z_paper.window, 64, 48), 64, 48))
+
+    registry = ObjectRegistry.from_yaml(repo_root / "config/objects.yaml")
+    with PoseEstimator(registry, PipelineConfig(init="box", refine_iterations=1, deepim_checkpoint=path,
+                                                obj_ids=[1])) as est:
+        assert est.refiner.observed_box == "detection"
+        frame = np.random.default_rng(1).integers(0, 255, size=(480, 640, 3), dtype=np.uint8)
+        K = np.array([[572.4, 0, 325.3], [0, 573.6, 242.0], [0, 0, 1]])
+        (result,) = est.estimate(frame, K, [Detection(1, [300, 200, 60, 50])])
+        assert result.refined and result.reason is None  # the pipeline handed the refiner its box

@@ -9,7 +9,8 @@ then a confidence. The parts are the existing modules; this file only composes t
   ``"self6d"``: ``models.self6d.Self6dEstimator`` (one ROI regression network per object: rotation,
   image-space centre and depth, the pose built with the frame's own K).
 * refinement: ``deepim.refiner.DeepImRefiner`` with ``refine_iterations`` iterations (0 disables),
-  one network pass per iteration for all detections of the frame (batched). Objects the DeepIM
+  one network pass per iteration for all detections of the frame (batched), each with its detection
+  box (drawn in the observed-mask channel when the checkpoint was trained so). Objects the DeepIM
   checkpoint was not trained for keep their initial pose (``refined = False``).
 * confidence (``score``): silhouette agreement at box level = IoU between the tight box of the
   final pose's rendered silhouette (the model vertices projected with the pose, clipped to the

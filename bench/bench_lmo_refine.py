@@ -108,12 +108,15 @@ def run_noisy_gt_rows(lmo: Path, obj_ids: list[int], iterations: list[int], deep
     for im_id in val_ids:
         rng = np.random.default_rng([seed, im_id])
         image = cv2.cvtColor(cv2.imread(str(scene / "rgb" / f"{im_id:06d}.png")), cv2.COLOR_BGR2RGB)
-        kept = [g for g, info in zip(gts[im_id], infos[im_id]) if g.obj_id in obj_ids and info.visib_fract >= 0.1]
-        initial = [(g.obj_id, *sample_pose_noise(rng, g.R, g.t)) for g in kept]
+        kept = [(g, info) for g, info in zip(gts[im_id], infos[im_id])
+                if g.obj_id in obj_ids and info.visib_fract >= 0.1]
+        if not kept:  # none of the objects in this image (e.g. a one-object run)
+            continue
+        initial = [(g.obj_id, *sample_pose_noise(rng, g.R, g.t)) for g, _ in kept]
         # the detections of the other rows (for networks that read the detection box)
         boxes = [box_xyxy_edges(loosen_box_xywh(info.bbox_visib, rng, image.shape[1], image.shape[0]))
-                 for g, info in zip(gts[im_id], infos[im_id]) if g.obj_id in obj_ids and info.visib_fract >= 0.1]
-        truth += [(g.R, g.t) for g in kept]
+                 for _, info in kept]
+        truth += [(g.R, g.t) for g, _ in kept]
         start = time.perf_counter()
         result = estimator.refiner.refine(image, cameras[im_id].K, initial, max(iterations), boxes=boxes)
         seconds += time.perf_counter() - start

@@ -24,9 +24,8 @@ import numpy as np
 
 from dsc_pose_core.data.bop_io import (PoseEstimate, default_lmo_dir, load_scene_camera, load_scene_gt,
                                        load_scene_gt_info, load_splits, read_bop_results, write_bop_results)
-from dsc_pose_core.data.boxes import loosen_box_xywh
+from dsc_pose_core.data.boxes import box_xyxy_edges, loosen_box_xywh
 from dsc_pose_core.deepim.noise import sample_pose_noise
-from dsc_pose_core.models.dsc_posenet import box_xyxy_edges
 from dsc_pose_core.pipeline import PipelineConfig, load_pose_estimator
 from dsc_pose_core.eval.bop import evaluate_files
 from dsc_pose_core.eval.metrics import rotation_error_deg, translation_error

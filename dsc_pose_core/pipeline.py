@@ -37,10 +37,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .data.boxes import box_iou_xywh
+from .data.boxes import box_iou_xywh, box_xyxy_edges
 from .deepim.box_init import BoxInitConfig, box_initial_pose
 from .deepim.zoom import projected_box
-from .models.dsc_posenet import box_xyxy_edges
 
 INITIALISERS = ("dsc", "box", "self6d")
 

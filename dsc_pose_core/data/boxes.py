@@ -24,6 +24,12 @@ def loosen_box_xywh(box_xywh, rng: np.random.Generator, width: int, height: int,
     return np.array([x1, y1, x2 - x1, y2 - y1], dtype=np.int64)
 
 
+def box_xyxy_edges(box_xywh) -> np.ndarray:
+    """An integer-pixel (x, y, w, h) box -> pixel-edge (x1, y1, x2, y2) (pixel centres at integers)."""
+    x, y, w, h = (float(v) for v in box_xywh)
+    return np.array([x - 0.5, y - 0.5, x + w - 0.5, y + h - 0.5])
+
+
 def box_mask(box_xywh, width: int, height: int) -> np.ndarray:
     """Boolean HxW image, True inside the box."""
     x, y, w, h = (int(v) for v in box_xywh)

@@ -26,11 +26,11 @@ import cv2
 import numpy as np
 import torch
 
-from ..models.dsc_posenet import (DscModelConfig, box_xyxy_edges, norm_window, unnorm_window, view_matrix,
+from ..models.dsc_posenet import (DscModelConfig, norm_window, unnorm_window, view_matrix,
                                   warp_view)
 from . import bop_io
 from .bop_io import find_rgb, read_rgb
-from .boxes import loosen_box_xywh
+from .boxes import box_xyxy_edges, loosen_box_xywh
 
 MODES = ("pseudo", "with_real_pose_labels")
 

@@ -52,6 +52,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.boxes import box_xyxy_edges
+
 BACKBONES = ("resnet18", "resnet34", "resnet50")
 VIEW_SCALES = ("unnorm", "norm")  # the un-normalised window and the normalised crop N (eq. 6)
 RGB_MEAN = (0.485, 0.456, 0.406)
@@ -260,11 +262,6 @@ def square_window(center_xy, side: float) -> np.ndarray:
     """Pixel-edge (x1, y1, x2, y2) square window."""
     cx, cy = float(center_xy[0]), float(center_xy[1])
     return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
-
-
-def box_xyxy_edges(box_xywh) -> np.ndarray:
-    x, y, w, h = (float(v) for v in box_xywh)
-    return np.array([x - 0.5, y - 0.5, x + w - 0.5, y + h - 0.5])
 
 
 def unnorm_window(config: DscModelConfig, box_xyxy, image_size: tuple[int, int]) -> np.ndarray:

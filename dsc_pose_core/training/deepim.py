@@ -28,7 +28,7 @@ import torch
 import trimesh
 from tqdm import tqdm
 
-from ..data.boxes import DEFAULT_MAX_LOOSENING, loosen_box_xywh, mask_box_xywh
+from ..data.boxes import DEFAULT_MAX_LOOSENING, box_xyxy_edges, loosen_box_xywh, mask_box_xywh
 from ..data.synthetic import (LMO_K, DistractorConfig, PoseSamplingConfig, SynthConfig,
                               SyntheticSceneGenerator)
 from ..deepim.flow import flow_from_renders
@@ -38,7 +38,6 @@ from ..deepim.refiner import make_zoom_renderer
 from ..deepim.zoom import ZoomConfig, crop_image, mask_box
 from ..losses.deepim import DeepImLossWeights, deepim_loss
 from ..models.deepim import DeepImNet
-from ..models.dsc_posenet import box_xyxy_edges
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ConfigError, to_dict

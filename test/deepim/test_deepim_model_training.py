@@ -269,9 +269,8 @@ def test_detection_box_in_the_observed_mask_channel(small_K, box_mesh, renderer,
     detections (each side by U(0, 15 %) of the box) into the observed-mask channel, the checkpoint
     says so, and the refiner then draws the detector's box there (and refuses to run without one);
     networks of the paper's setting keep the rendered mask's box and ignore given boxes."""
-    from dsc_pose_core.data.boxes import mask_box_xywh
+    from dsc_pose_core.data.boxes import box_xyxy_edges, mask_box_xywh
     from dsc_pose_core.deepim.zoom import box_in_crop, box_mask, projected_box
-    from dsc_pose_core.models.dsc_posenet import box_xyxy_edges
     from dsc_pose_core.objects.registry import ObjectRegistry
     from dsc_pose_core.pipeline import Detection, PipelineConfig, PoseEstimator
 

@@ -255,20 +255,19 @@ class DeepImTrainer:
     def _draw_instances(self, n: int) -> list[Item]:
         items: list[Item] = []
         d = self.cfg.data
-        dilation = d.obs_box_dilation_px * d.width / 640.0
         while len(items) < n:
             sample = self.generator.sample_from(self.rng)
             for k, obj_id in enumerate(sample.obj_ids):
                 if sample.infos[k].visib_fract < d.min_visib_fract or len(items) >= n:
                     continue
-                box = self._observed_box(sample.masks_visib[k], dilation)
+                box = self._observed_box(sample.masks_visib[k])
                 if box is None:
                     continue
                 items.append(Item(int(obj_id), sample.R[k], sample.t[k], sample.rgb, sample.K,
                                   sample.masks_visib[k], box))
         return items
 
-    def _observed_box(self, mask_visib: np.ndarray, dilation: float) -> np.ndarray | None:
+    def _observed_box(self, mask_visib: np.ndarray) -> np.ndarray | None:
         """The observed-mask box (x1, y1, x2, y2) of one rendered instance (``data.observed_box``)."""
         d = self.cfg.data
         if d.observed_box == "detection":
@@ -278,6 +277,7 @@ class DeepImTrainer:
             h, w = mask_visib.shape
             return box_xyxy_edges(loosen_box_xywh(tight, self.rng, w, h, d.detection_loosening))
         box = mask_box(mask_visib)
+        dilation = d.obs_box_dilation_px * d.width / 640.0
         return None if box is None else box + np.array([-1, -1, 1, 1]) * self.rng.uniform(0, dilation, size=4)
 
     def make_inputs(self, items: list[Item], R_cur: np.ndarray, t_cur: np.ndarray, with_targets: bool = True):

@@ -66,7 +66,7 @@ from ..data.backgrounds import hide_boxes
 from ..data.bop_io import find_rgb, read_rgb
 from ..data.boxes import DEFAULT_MAX_LOOSENING, box_mask, loosen_box_xywh
 from ..losses.segmentation import (IOU_SURROGATES, balanced_masked_segmentation_loss, iou_surrogate_loss,
-                                  masked_segmentation_loss)
+                                  masked_segmentation_loss, pairwise_affinity_loss)
 from ..models.segmentation import (DEFAULT_ATROUS_RATES, DEFAULT_OUTPUT_STRIDE, ENCODERS, OUTPUT_STRIDES,
                                    RoiSegmenter, normalise_rgb)
 from ..segmentation import roi
@@ -95,6 +95,10 @@ class RealDataConfig:
     max_loosening: float = DEFAULT_MAX_LOOSENING
     box_seed: int = 0
     max_images: int = 0  # use only the first N images of each split (0 = all): smoke runs
+    # what the real images are fine-tuned on: "pseudo" (the method: the network's own labels, eq. 1-2) or
+    # "reference_upper_bound" (the reference masks rendered from the GT poses, flagged targets ignored
+    # inside their box): an experiment "with real mask labels" that bounds the method, never a result of it
+    labels: str = "pseudo"
 
 
 @dataclass
@@ -141,9 +145,15 @@ class OptimConfig:
     # + weight x an IoU surrogate ("lovasz" | "dice", losses/segmentation.py) on the same certain pixels
     iou_loss: str = "none"
     iou_loss_weight: float = 1.0
+    # + weight x BoxInst's colour-affinity term on the real ROIs, inside their loosened box
+    # (losses/segmentation.py pairwise_affinity_loss; label-free, not in dsc-posenet); 0 = off
+    pairwise_weight: float = 0.0
+    pairwise_dilation: int = 2
+    pairwise_threshold: float = 0.3
 
 
 REFINEMENTS = ("none", "grabcut")
+REAL_LABELS = ("pseudo", "reference_upper_bound")
 PRIOR_CORRECTIONS = ("none", "final", "every_round")
 
 
@@ -218,6 +228,8 @@ class SegmentationConfig:
             raise ConfigError("segmentation.model.atrous_rates: three positive integers")
         if self.model.crop_size < 32 or self.model.context < 1.0:
             raise ConfigError("segmentation.model: crop_size >= 32 and context >= 1 required")
+        if self.real.labels not in REAL_LABELS:
+            raise ConfigError(f"segmentation.real.labels: {self.real.labels!r} not in {REAL_LABELS}")
         if self.prior_correction not in PRIOR_CORRECTIONS:
             raise ConfigError(f"segmentation.prior_correction: {self.prior_correction!r} not in {PRIOR_CORRECTIONS}")
         for name, value in (("pseudo", self.pseudo.refine), ("eval", self.eval.refine)):
@@ -231,6 +243,9 @@ class SegmentationConfig:
                 raise ConfigError(f"segmentation.{name}.iou_loss: {opt.iou_loss!r} not in {IOU_SURROGATES}")
             if opt.steps < 0 or opt.batch_size < 2 or not 0.0 <= opt.real_fraction <= 1.0:
                 raise ConfigError(f"segmentation.{name}: steps >= 0, batch_size >= 2, real_fraction in [0, 1]")
+            if opt.pairwise_weight < 0 or opt.pairwise_dilation < 1 or not 0.0 < opt.pairwise_threshold <= 1.0:
+                raise ConfigError(f"segmentation.{name}: pairwise_weight >= 0, pairwise_dilation >= 1, "
+                                  "pairwise_threshold in (0, 1]")
 
 
 # --------------------------------------------------------------------------------------------
@@ -468,26 +483,38 @@ class RoiBatcher:
         size = self.cfg.model.crop_size
         crop = roi.crop(image, window, size)
         label = roi.crop(labels, window, size, nearest=True, border_value=0 if self.cfg.pseudo.box_clip else IGNORE)
-        return crop, label
+        height, width = image.shape[:2]
+        in_box = roi.crop(box_mask(sample.box, width, height).astype(np.uint8), window, size, nearest=True) > 0
+        return crop, label, in_box
 
-    def batch(self, batch_size: int, real_fraction: float):
+    def batch(self, batch_size: int, real_fraction: float, with_affinity: bool = False):
+        """(images [B,3,S,S] normalised, labels [B,S,S], channels [B]); ``with_affinity`` adds the crops'
+        LAB colours [B,3,S,S] and where the colour-affinity term applies [B,S,S] (inside the loosened box
+        of real ROIs; nowhere on synthetic ones, which have full labels)."""
         n_real = int(round(batch_size * real_fraction)) if self.real else 0
-        crops, labels, channels = [], [], []
+        size = self.cfg.model.crop_size
+        crops, labels, channels, regions = [], [], [], []
         for k in range(batch_size):
             if k < n_real:
                 sample, label_map = self.real[self.rng.integers(len(self.real))]
-                crop, label = self._real_item(sample, label_map)
+                crop, label, region = self._real_item(sample, label_map)
             else:
                 sample = self.synthetic[self.rng.integers(len(self.synthetic))]
                 crop, label = self._synthetic_item(sample)
+                region = np.zeros((size, size), dtype=bool)
             crop = _photometric(crop, self.rng, self.cfg.augment)
             if self.cfg.augment.flip and self.rng.uniform() < 0.5:
-                crop, label = crop[:, ::-1], label[:, ::-1]
+                crop, label, region = crop[:, ::-1], label[:, ::-1], region[:, ::-1]
             crops.append(np.ascontiguousarray(crop))
             labels.append(np.ascontiguousarray(label))
+            regions.append(np.ascontiguousarray(region))
             channels.append(self.channel[sample.obj_id])
         images = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2)
-        return normalise_rgb(images), torch.from_numpy(np.stack(labels)), torch.tensor(channels)
+        batch = (normalise_rgb(images), torch.from_numpy(np.stack(labels)), torch.tensor(channels))
+        if not with_affinity:
+            return batch
+        lab = np.stack([cv2.cvtColor((c / 255.0).astype(np.float32), cv2.COLOR_RGB2LAB) for c in crops])
+        return batch + (torch.from_numpy(lab).permute(0, 3, 1, 2), torch.from_numpy(np.stack(regions)))
 
 
 def select_channels(logits: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
@@ -541,7 +568,8 @@ def train_steps(model: RoiSegmenter, batcher: RoiBatcher, opt_cfg: OptimConfig, 
     with tqdm(range(opt_cfg.steps), desc=desc, unit="step", dynamic_ncols=True, mininterval=5.0,
               disable=not distributed.is_main()) as bar:
         for step in bar:
-            images, labels, channels = batcher.batch(opt_cfg.batch_size, opt_cfg.real_fraction)
+            affinity = opt_cfg.pairwise_weight > 0 and opt_cfg.real_fraction > 0
+            images, labels, channels, *colour = batcher.batch(opt_cfg.batch_size, opt_cfg.real_fraction, affinity)
             logits = select_channels(net(images.to(device)), channels.to(device))
             if opt_cfg.balance_classes:
                 # the balanced loss trains the uncorrected logits (its own equal-prior output)
@@ -555,6 +583,10 @@ def train_steps(model: RoiSegmenter, batcher: RoiBatcher, opt_cfg: OptimConfig, 
                 loss = masked_segmentation_loss(logits, labels.to(device))  # eq. (2)
             if opt_cfg.iou_loss != "none":
                 loss = loss + opt_cfg.iou_loss_weight * iou_surrogate_loss(logits, labels.to(device), opt_cfg.iou_loss)
+            if affinity:
+                lab, region = (t.to(device) for t in colour)
+                loss = loss + opt_cfg.pairwise_weight * pairwise_affinity_loss(
+                    logits, lab, region, opt_cfg.pairwise_dilation, opt_cfg.pairwise_threshold)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -661,6 +693,8 @@ def pseudo_label_split(model, split: RealSplit, cfg: SegmentationConfig, channel
             if cfg.pseudo.refine == "grabcut":
                 foreground = refined_mask(image, prob, box if cfg.pseudo.box_clip else roi.window_box_xywh(window), cfg)
                 labels = refined_labels(prob, foreground, region, cfg.pseudo.confidence)
+            if cfg.real.labels == "reference_upper_bound":  # trains on ground truth: an upper bound only
+                labels = reference_labels(refs.get(im_id, inst), in_box)
             if not cfg.pseudo.box_clip:  # outside the ROI window nothing is known
                 labels[~inside] = IGNORE
             record = {"im_id": im_id, "inst": inst, "obj_id": obj_id,
@@ -683,6 +717,16 @@ def pseudo_label_split(model, split: RealSplit, cfg: SegmentationConfig, channel
         scene_out.mkdir(parents=True, exist_ok=True)
         bop_io.atomic_write_text(scene_out / "pseudo_boxes.json", json.dumps(boxes_json, indent=1))
     return items, records
+
+
+def reference_labels(reference, in_box: np.ndarray) -> np.ndarray:
+    """Training labels from a reference mask (the "with real mask labels" upper bound): the reference
+    inside the loosened box, background outside; a flagged reference (an unmodelled occluder makes it
+    too large) is ignored inside the box."""
+    labels = np.where(reference.mask & in_box, 1, 0).astype(np.uint8)
+    if reference.flagged:
+        labels[in_box] = IGNORE
+    return labels
 
 
 def refined_mask(image: np.ndarray, probability: np.ndarray, box_xywh, cfg: SegmentationConfig) -> np.ndarray:
@@ -847,6 +891,8 @@ def run_segmentation(config, out: str | os.PathLike | None = None, resume: str |
                               cfg.eval.flag_tolerance)
     else:
         print(f"mask IoU not measured: {no_iou_reason}", flush=True)
+        if cfg.real.labels == "reference_upper_bound":
+            raise ConfigError(f"segmentation.real.labels=reference_upper_bound needs ground truth: {no_iou_reason}")
     if not val_split.im_ids:
         print(f"no validation split {cfg.real.val_split!r}: val IoU not measured", flush=True)
     results_no_iou = no_iou_reason or (None if val_split.im_ids else f"no validation split {cfg.real.val_split!r}")

@@ -91,7 +91,7 @@ def test_refine_option_is_validated():
 class FixedBatcher:
     """Every batch: channel 0 ROIs with a 25 % foreground square, channel 1 with 50 % (plus ignored pixels)."""
 
-    def batch(self, batch_size, real_fraction):
+    def batch(self, batch_size, real_fraction, with_affinity=False):
         images = torch.randn(batch_size, 3, 32, 32)
         labels = torch.zeros(batch_size, 32, 32, dtype=torch.uint8)
         channels = torch.tensor([i % 2 for i in range(batch_size)])

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 from pathlib import Path
 
@@ -237,3 +238,42 @@ def test_balanced_loss_weighs_foreground_and_background_equally():
     bg = torch.nn.functional.softplus(torch.tensor(0.0))
     assert torch.isclose(balanced_masked_segmentation_loss(logits, labels), (fg + bg) / 2)
     assert balanced_masked_segmentation_loss(logits, torch.full((1, 4, 4), IGNORE, dtype=torch.uint8)) == 0
+
+
+def test_upper_bound_trains_on_the_reference_masks_and_the_affinity_term_runs(tmp_path):
+    """real.labels = reference_upper_bound: the real labels written and trained on are the reference
+    masks inside the loosened box (background outside), not the network's; a fine-tuning with the
+    colour-affinity term runs through the loop."""
+    synthetic, real = make_datasets(tmp_path)
+    raw = tiny_config(tmp_path, synthetic, real)
+    raw["segmentation"]["real"]["labels"] = "reference_upper_bound"
+    raw["segmentation"]["finetune"]["pairwise_weight"] = 1.0
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["--config", str(config)]) == 0
+    scene = tmp_path / "run" / "pseudo" / "iter_1" / "test" / "000002"
+    boxes = json.loads((scene / "pseudo_boxes.json").read_text())
+    for im_id in (0, 1):
+        for entry in boxes[str(im_id)]:
+            name = f"{im_id:06d}_{entry['inst']:06d}.png"
+            label = cv2.imread(str(scene / "mask_visib" / name), cv2.IMREAD_UNCHANGED) > 0
+            reference = cv2.imread(str(real / "test" / "000002" / "mask_visib" / name), cv2.IMREAD_UNCHANGED) > 0
+            x, y, w, h = entry["bbox_loose"]
+            in_box = np.zeros_like(reference)
+            in_box[y:y + h, x:x + w] = True
+            assert np.array_equal(label, reference & in_box)
+            assert not (cv2.imread(str(scene / "mask_ignore" / name), cv2.IMREAD_UNCHANGED) > 0).any()
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert math.isfinite(results["iterations"][0]["finetune"]["final_loss"])
+
+
+def test_real_label_source_and_affinity_options_are_validated(tmp_path, repo_root):
+    synthetic, real = make_datasets(tmp_path)
+    for key, section, value in (("labels", "real", "ground_truth"), ("pairwise_weight", "finetune", -1.0),
+                                ("pairwise_threshold", "finetune", 0.0)):
+        raw = tiny_config(tmp_path, synthetic, real)
+        raw["segmentation"][section][key] = value
+        config = tmp_path / "bad.yaml"
+        config.write_text(yaml.safe_dump(raw))
+        with pytest.raises(ConfigError):
+            parse_config(config)

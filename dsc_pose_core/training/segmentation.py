@@ -689,22 +689,23 @@ def pseudo_label_split(model, split: RealSplit, cfg: SegmentationConfig, channel
             in_box = box_mask(box, split.width, split.height)
             region = in_box if cfg.pseudo.box_clip else inside  # "without 2D boxes": only the ROI window
             labels = pseudo_label(prob_t, torch.from_numpy(region), cfg.pseudo.confidence).numpy()
-            foreground = (prob >= 0.5) & region
+            foreground = network_foreground = (prob >= 0.5) & region
             if cfg.pseudo.refine == "grabcut":
                 foreground = refined_mask(image, prob, box if cfg.pseudo.box_clip else roi.window_box_xywh(window), cfg)
                 labels = refined_labels(prob, foreground, region, cfg.pseudo.confidence)
             if cfg.real.labels == "reference_upper_bound":  # trains on ground truth: an upper bound only
                 labels = reference_labels(refs.get(im_id, inst), in_box)
+                foreground = labels == 1
             if not cfg.pseudo.box_clip:  # outside the ROI window nothing is known
                 labels[~inside] = IGNORE
             record = {"im_id": im_id, "inst": inst, "obj_id": obj_id,
                       "ignored_fraction": float((labels[inside] == IGNORE).mean()) if inside.any() else 0.0}
-            if refs is not None:  # ground truth to score against (never used for the labels)
+            if refs is not None:  # ground truth to score against (the labels only in the upper-bound run)
                 ref = refs.get(im_id, inst)
                 record.update(flagged=ref.flagged, iou=mask_iou(foreground, ref.mask),
                               iou_no_box=mask_iou((prob >= 0.5) & inside, ref.mask))
-                if cfg.pseudo.refine != "none":
-                    record["iou_network"] = mask_iou((prob >= 0.5) & region, ref.mask)
+                if cfg.pseudo.refine != "none" or cfg.real.labels != "pseudo":  # the labels are not the network's
+                    record["iou_network"] = mask_iou(network_foreground, ref.mask)
             records.append(record)
             sample = RoiSample(image_path, im_id, inst, obj_id, np.asarray(box))
             items.append((sample, labels))

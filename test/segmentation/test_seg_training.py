@@ -265,6 +265,9 @@ def test_upper_bound_trains_on_the_reference_masks_and_the_affinity_term_runs(tm
             assert not (cv2.imread(str(scene / "mask_ignore" / name), cv2.IMREAD_UNCHANGED) > 0).any()
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert math.isfinite(results["iterations"][0]["finetune"]["final_loss"])
+    # the labels' IoU is that of the reference inside the box (1 here), the network's is kept beside it
+    labelled = results["iterations"][0]["pseudo_label_iou"]
+    assert labelled["mean"] == pytest.approx(1.0) and 0.0 <= labelled["mean_network"] < 1.0
 
 
 def test_real_label_source_and_affinity_options_are_validated(tmp_path, repo_root):

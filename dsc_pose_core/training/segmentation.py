@@ -68,7 +68,8 @@ from ..data.boxes import DEFAULT_MAX_LOOSENING, box_mask, loosen_box_xywh
 from ..losses.segmentation import (IOU_SURROGATES, balanced_masked_segmentation_loss, iou_surrogate_loss,
                                   masked_segmentation_loss, pairwise_affinity_loss)
 from ..models import backbone
-from ..models.segmentation import DEFAULT_ATROUS_RATES, DEFAULT_OUTPUT_STRIDE, ENCODERS, OUTPUT_STRIDES, RoiSegmenter
+from ..models.segmentation import (DECODERS, DEFAULT_ATROUS_RATES, DEFAULT_OUTPUT_STRIDE, ENCODERS, OUTPUT_STRIDES,
+                                   RoiSegmenter)
 from ..segmentation import roi
 from ..segmentation.grabcut_refine import grabcut_refine
 from ..segmentation.pseudo_labels import DEFAULT_CONFIDENCE, IGNORE, mask_iou, pseudo_label, tta_probability
@@ -136,6 +137,7 @@ class ModelConfig:
     pretrained: bool = True
     frozen_stages: int = 0  # stem + this many block stages without gradient (backbone.freeze)
     frozen_bn: bool = False  # every BatchNorm of the trunk with fixed statistics
+    decoder: str = "deeplabv3plus"  # or "unet" (models/segmentation.py DECODERS)
 
 
 @dataclass
@@ -229,6 +231,8 @@ class SegmentationConfig:
         if (self.model.frozen_stages or self.model.frozen_bn) and spec.timm_name is None:
             raise ConfigError(f"segmentation.model: frozen_stages / frozen_bn need an EfficientNet trunk, "
                               f"not {self.model.encoder!r}")
+        if self.model.decoder not in DECODERS:
+            raise ConfigError(f"segmentation.model.decoder: {self.model.decoder!r} not in {DECODERS}")
         if not 0 <= self.model.frozen_stages <= 7:
             raise ConfigError("segmentation.model.frozen_stages must be in [0, 7]")
         if self.iterations < 0:
@@ -836,7 +840,8 @@ def model_from_checkpoint(path: str | os.PathLike, device="cpu") -> tuple[RoiSeg
                          seg["model"].get("output_stride", DEFAULT_OUTPUT_STRIDE),
                          seg["model"].get("atrous_rates", DEFAULT_ATROUS_RATES), pretrained=False,
                          frozen_stages=seg["model"].get("frozen_stages", 0),
-                         frozen_bn=seg["model"].get("frozen_bn", False))
+                         frozen_bn=seg["model"].get("frozen_bn", False),
+                         decoder=seg["model"].get("decoder", "deeplabv3plus"))
     state = dict(payload["state_dict"])
     # saved before the prior correction existed: no correction
     state.setdefault("foreground_prior_logit", torch.zeros(len(payload["obj_ids"])))
@@ -925,7 +930,8 @@ def run_segmentation(config, out: str | os.PathLike | None = None, resume: str |
 
     model = RoiSegmenter(len(obj_ids), cfg.model.encoder, cfg.model.decoder_channels, cfg.model.output_stride,
                          cfg.model.atrous_rates, pretrained=cfg.model.pretrained,
-                         frozen_stages=cfg.model.frozen_stages, frozen_bn=cfg.model.frozen_bn).to(device)
+                         frozen_stages=cfg.model.frozen_stages, frozen_bn=cfg.model.frozen_bn,
+                         decoder=cfg.model.decoder).to(device)
     results_path = out_dir / "results.json"
     results = {"stage": "segmentation", "command": command, "config": cfg_dict, "obj_ids": obj_ids,
                "train_real_iou_per_iter": [], "train_real_iou_no_box_clip_per_iter": [], "iterations": [],

@@ -77,3 +77,13 @@ def test_window_as_box_covers_the_window_mask():
         box = roi.window_box_xywh(window)
         assert np.array_equal(box_mask(box, 100, 80), roi.window_mask(window, 100, 80))
     assert roi.window_box_xywh([34.5, 19.5, 64.5, 49.5]).tolist() == [35, 20, 30, 30]
+
+
+def test_unet_decoder_returns_full_resolution_logits_for_any_size():
+    torch.manual_seed(0)
+    model = RoiSegmenter(3, "efficientnet_lite0", decoder_channels=32, decoder="unet").eval()
+    assert model.size_multiple == 32
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 100, 90)).shape == (1, 3, 100, 90)  # padded to /32, cropped back
+    with pytest.raises(ValueError, match="decoder"):
+        RoiSegmenter(2, "efficientnet_lite0", decoder="fpn")

@@ -289,7 +289,7 @@ def test_pretrained_trunk_loop_reports_val_per_iteration_and_the_report_compares
 
     synthetic, real = make_datasets(tmp_path)
     runs = {}
-    for name, model in (("lite", {"encoder": "efficientnet_lite0", "frozen_stages": 2, "output_stride": 16}),
+    for name, model in (("lite", {"encoder": "efficientnet_lite0", "frozen_stages": 2, "decoder": "unet"}),
                         ("scratch", {"encoder": "resnet18"})):
         cfg = tiny_config(tmp_path / name, synthetic, real)
         cfg["segmentation"]["iterations"] = 2

@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     from dsc_pose_core.deepim.zoom import ZoomConfig, projected_box
     from dsc_pose_core.models.deepim import DeepImNet
     from dsc_pose_core.objects.registry import ObjectRegistry
-    from dsc_pose_core.training.deepim import model_from_checkpoint
+    from dsc_pose_core.models.deepim import model_from_checkpoint
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu")

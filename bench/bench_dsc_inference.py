@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     from dsc_pose_core.data import bop_io
     from dsc_pose_core.models.dsc_posenet import DscPoseNetEstimator
     from dsc_pose_core.predict_cli import gt_detections
-    from dsc_pose_core.training.dsc_posenet import model_from_checkpoint
+    from dsc_pose_core.models.dsc_posenet import model_from_checkpoint
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True)

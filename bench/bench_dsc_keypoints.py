@@ -30,7 +30,7 @@ import torch
 from dsc_pose_core.data.bop_io import (find_rgb, load_scene_camera, load_scene_gt, load_scene_gt_info, load_splits,
                                        read_rgb)
 from dsc_pose_core.models.dsc_posenet import DscPoseNetEstimator
-from dsc_pose_core.training.dsc_posenet import model_from_checkpoint
+from dsc_pose_core.models.dsc_posenet import model_from_checkpoint
 
 from benchlib import cpu_model, git_commit, write_section
 

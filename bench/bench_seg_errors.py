@@ -29,7 +29,7 @@ import torch
 from dsc_pose_core.objects.registry import ObjectRegistry
 from dsc_pose_core.segmentation.pseudo_labels import mask_iou
 from dsc_pose_core.segmentation.reference import ReferenceMasks
-from dsc_pose_core.training.config import from_dict
+from dsc_pose_core.typed_config import from_dict
 from dsc_pose_core.training.segmentation import SegmentationConfig, load_real_split, model_from_checkpoint, scored_masks
 
 from benchlib import REPO, cpu_model, git_commit, write_section

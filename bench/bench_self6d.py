@@ -75,6 +75,7 @@ def transductive_scores() -> dict:
     import torch
 
     from dsc_pose_core.data.roi_crops import crops_path, load_crops
+    from dsc_pose_core.models.self6d import model_from_checkpoint as load_self6d
     from dsc_pose_core.training import self6d as S
     from dsc_pose_core.training.cli import parse_config
 
@@ -90,7 +91,7 @@ def transductive_scores() -> dict:
                    "no_geom": out_dir("no_geom") / "checkpoints" / "self6d_self.pt"}
     out = {}
     for name, path in checkpoints.items():
-        model, _, _ = S.model_from_checkpoint(path)
+        model, _, _ = load_self6d(path)
         out[name] = pick(S.evaluate(S.Self6dTrainer(cfg, obj, model=model), data))
     return out
 

@@ -35,6 +35,7 @@ def main(argv=None) -> int:
     from dsc_pose_core.geometry.camera import crop_intrinsics
     from dsc_pose_core.geometry.rotations import axis_angle_to_matrix, rotation_angle_between
     from dsc_pose_core.losses import self6d as L
+    from dsc_pose_core.models.self6d import model_from_checkpoint as load_self6d
     from dsc_pose_core.training import self6d as S
     from dsc_pose_core.training.cli import parse_config
 
@@ -54,7 +55,7 @@ def main(argv=None) -> int:
     data = S.to_tensors(load_crops(path))
     batch = {k: v[:args.n] for k, v in data.items()}
     trainer = S.Self6dTrainer(cfg, obj)
-    model, _, _ = S.model_from_checkpoint(REPO / args.checkpoint)
+    model, _, _ = load_self6d(REPO / args.checkpoint)
     trainer.model = model
     trainer.freeze_perceptual_features()
     size = cfg.model.input_size

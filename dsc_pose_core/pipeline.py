@@ -3,11 +3,13 @@
 For every detection of a known object: an initial pose from the 2D box, then DeepIM refinement,
 then a confidence. The parts are the existing modules; this file only composes them:
 
-* initialiser ``"dsc"``: ``models.dsc_posenet.DscPoseNetEstimator`` (one network per object, one
-  forward pass pair per detection: the networks differ per object, so there is no batch);
-  ``"box"``: ``deepim.box_init.box_initial_pose`` (pose from the box alone, no network);
-  ``"self6d"``: ``models.self6d.Self6dEstimator`` (one ROI regression network per object: rotation,
-  image-space centre and depth, the pose built with the frame's own K).
+* initialiser (``INITIALISERS``: name -> class implementing :class:`Initialiser`): ``"dsc"``
+  (:class:`DscInitialiser`: ``models.dsc_posenet.DscPoseNetEstimator``, one network per object, one
+  forward pass pair per detection: the networks differ per object, so there is no batch); ``"box"``
+  (:class:`BoxInitialiser`: ``deepim.box_init.box_initial_pose``, pose from the box alone, no network);
+  ``"self6d"`` (:class:`Self6dInitialiser`: ``models.self6d.Self6dEstimator``, one ROI regression
+  network per object: rotation, image-space centre and depth, the pose built with the frame's own K).
+  A new initialiser is a class with ``from_config`` and ``initial_pose`` and an entry in the table.
 * refinement: ``deepim.refiner.DeepImRefiner`` with ``refine_iterations`` iterations (0 disables),
   one network pass per iteration for all detections of the frame (batched), each with its detection
   box (drawn in the observed-mask channel when the checkpoint was trained so). Objects the DeepIM
@@ -24,7 +26,7 @@ or non-finite box, or a box entirely outside the image gives a :class:`PoseResul
 False and ``reason`` set (same order as the detections). Bad frames (image not uint8 HxWx3, K not a
 finite 3x3 with positive focal lengths) raise ``ValueError``; bad configuration or checkpoints raise
 :class:`PipelineConfigError` at construction. Checkpoints are read weights-only
-(``training.checkpoint.load_checkpoint``: ``torch.load(weights_only=True)``). No ROS imports.
+(``checkpoint.load_checkpoint``: ``torch.load(weights_only=True)``). No ROS imports.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -41,7 +43,6 @@ from .data.boxes import box_iou_xywh, box_xyxy_edges
 from .deepim.box_init import BoxInitConfig, box_initial_pose
 from .deepim.zoom import projected_box
 
-INITIALISERS = ("dsc", "box", "self6d")
 
 
 class PipelineConfigError(ValueError):
@@ -161,6 +162,97 @@ def _check_frame(image, K) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
+# Initialisers: one protocol, one table
+# --------------------------------------------------------------------------------------------
+class Initialiser(Protocol):
+    """A first pose for one detection: ``initial_pose(image [H,W,3] uint8 RGB, K [3,3], obj_id,
+    box_xywh (clipped to the image), box_xyxy (pixel edges)) -> (R [3,3], t [3] metres, own confidence
+    or None)``; raises when it has no answer (the pipeline turns that into ``PoseResult.reason``).
+    ``estimators``: the per-object networks it loaded ({} for the box initialiser)."""
+
+    estimators: dict
+
+    def initial_pose(self, image: np.ndarray, K: np.ndarray, obj_id: int, box_xywh: np.ndarray,
+                     box_xyxy: np.ndarray) -> tuple[np.ndarray, np.ndarray, float | None]: ...
+
+
+class BoxInitialiser:
+    """The pose from the box alone (no network): canonical rotation or ``box_templates`` viewpoints
+    scored by box IoU, the distance from the box size (``deepim.box_init``)."""
+
+    def __init__(self, vertices: dict, diameters: dict, n_templates: int = 0):
+        self.vertices, self.diameters = vertices, diameters
+        self.config = BoxInitConfig(n_templates=n_templates)
+        self.estimators: dict = {}
+
+    @classmethod
+    def from_config(cls, pipeline: "PoseEstimator", config: "PipelineConfig") -> "BoxInitialiser":
+        return cls(pipeline.vertices, pipeline.diameters, config.box_templates)
+
+    def initial_pose(self, image, K, obj_id, box_xywh, box_xyxy):
+        R, t = box_initial_pose(box_xyxy, K, self.vertices[obj_id], self.config, diameter=self.diameters[obj_id])
+        return R, t, None
+
+
+class DscInitialiser:
+    """DSC-PoseNet (one network per object): keypoints of both scales, PnP with the frame's K; its own
+    confidence (mask probability x keypoint agreement) is returned."""
+
+    def __init__(self, estimators: dict):
+        self.estimators = estimators
+
+    @classmethod
+    def from_config(cls, pipeline: "PoseEstimator", config: "PipelineConfig") -> "DscInitialiser":
+        from .models.dsc_posenet import DscPoseNetEstimator, model_from_checkpoint
+
+        paths = pipeline.checkpoint_paths(config.dsc_checkpoints, "dsc", "DSC-PoseNet", find_dsc_checkpoint,
+                                          "obj_XXXXXX.pt, NAME.pt or dsc_NAME.pt")
+        estimators = {}
+        for o, path in paths.items():
+            model, keypoints_3d, ckpt_obj = _load(model_from_checkpoint, path, "DSC-PoseNet", pipeline.device)
+            if ckpt_obj != o:
+                raise PipelineConfigError(f"{path}: DSC-PoseNet checkpoint of object {ckpt_obj}, expected object {o}")
+            estimators[o] = DscPoseNetEstimator(model, keypoints_3d, ransac=config.ransac, device=pipeline.device,
+                                                 keypoint_scales=config.dsc_keypoint_scales)
+        return cls(estimators)
+
+    def initial_pose(self, image, K, obj_id, box_xywh, box_xyxy):
+        est = self.estimators[obj_id].estimate(image, K, box_xywh)
+        if not est.success:
+            raise RuntimeError("DSC-PoseNet keypoints gave no PnP solution")
+        return est.R, est.t, float(est.confidence)
+
+
+class Self6dInitialiser:
+    """Self6D (one ROI regression network per object): rotation, image-space centre and depth."""
+
+    def __init__(self, estimators: dict):
+        self.estimators = estimators
+
+    @classmethod
+    def from_config(cls, pipeline: "PoseEstimator", config: "PipelineConfig") -> "Self6dInitialiser":
+        from .models.self6d import Self6dEstimator, model_from_checkpoint
+
+        paths = pipeline.checkpoint_paths(config.self6d_checkpoints, "self6d", "Self6D", find_self6d_checkpoint,
+                                          "self6d/obj_XXXXXX.pt, self6d_obj_XXXXXX.pt or self6d_NAME.pt")
+        estimators = {}
+        for o, path in paths.items():
+            model, ckpt_obj, diameter = _load(model_from_checkpoint, path, "Self6D", pipeline.device)
+            if ckpt_obj != o:
+                raise PipelineConfigError(f"{path}: Self6D checkpoint of object {ckpt_obj}, expected object {o}")
+            estimators[o] = Self6dEstimator(model, diameter, device=pipeline.device)
+        return cls(estimators)
+
+    def initial_pose(self, image, K, obj_id, box_xywh, box_xyxy):
+        R, t = self.estimators[obj_id].estimate(image, K, box_xywh)
+        return R, t, None
+
+
+# name -> initialiser class (``PipelineConfig.init``, the node's ``init`` parameter)
+INITIALISERS: dict[str, type] = {"dsc": DscInitialiser, "box": BoxInitialiser, "self6d": Self6dInitialiser}
+
+
+# --------------------------------------------------------------------------------------------
 # The pipeline
 # --------------------------------------------------------------------------------------------
 class PoseEstimator:
@@ -174,7 +266,7 @@ class PoseEstimator:
 
         self.config = config = config or PipelineConfig()
         if config.init not in INITIALISERS:
-            raise PipelineConfigError(f"unknown initialiser {config.init!r}; choose one of {INITIALISERS}")
+            raise PipelineConfigError(f"unknown initialiser {config.init!r}; choose one of {tuple(INITIALISERS)}")
         if int(config.refine_iterations) < 0:
             raise PipelineConfigError("refine_iterations must be >= 0 (0 disables DeepIM)")
         from .models.dsc_posenet import KEYPOINT_SCALES
@@ -200,32 +292,22 @@ class PoseEstimator:
                 self.diameters[o] = float(entry.diameter)
             except Exception as exc:  # missing / corrupt mesh
                 raise PipelineConfigError(f"object {o} ({entry.name}): cannot load mesh {entry.mesh_path}: {exc}") from None
-        self.dsc = {}
-        if config.init == "dsc":
-            self.dsc = self._load_dsc(config.dsc_checkpoints)
-        self.self6d = {}
-        if config.init == "self6d":
-            self.self6d = self._load_self6d(config.self6d_checkpoints)
+        self.initialiser: Initialiser = INITIALISERS[config.init].from_config(self, config)
         if int(config.refine_iterations) > 0:
             self._load_deepim(config.deepim_checkpoint)
 
     # ------------------------------------------------------------ loading
-    def _load_dsc(self, spec) -> dict:
-        from .models.dsc_posenet import DscPoseNetEstimator
-        from .training.dsc_posenet import model_from_checkpoint
+    @property
+    def dsc(self) -> dict:
+        """{obj_id: DscPoseNetEstimator} when the initialiser is DSC-PoseNet, else {}."""
+        return self.initialiser.estimators if isinstance(self.initialiser, DscInitialiser) else {}
 
-        paths = self._checkpoint_paths(spec, "dsc", "DSC-PoseNet", find_dsc_checkpoint,
-                                       "obj_XXXXXX.pt, NAME.pt or dsc_NAME.pt")
-        estimators = {}
-        for o, path in paths.items():
-            model, keypoints_3d, ckpt_obj = _load(model_from_checkpoint, path, "DSC-PoseNet", self.device)
-            if ckpt_obj != o:
-                raise PipelineConfigError(f"{path}: DSC-PoseNet checkpoint of object {ckpt_obj}, expected object {o}")
-            estimators[o] = DscPoseNetEstimator(model, keypoints_3d, ransac=self.config.ransac, device=self.device,
-                                                 keypoint_scales=self.config.dsc_keypoint_scales)
-        return estimators
+    @property
+    def self6d(self) -> dict:
+        """{obj_id: Self6dEstimator} when the initialiser is Self6D, else {}."""
+        return self.initialiser.estimators if isinstance(self.initialiser, Self6dInitialiser) else {}
 
-    def _checkpoint_paths(self, spec, init: str, what: str, finder, layout: str) -> dict:
+    def checkpoint_paths(self, spec, init: str, what: str, finder, layout: str) -> dict:
         """{obj_id: checkpoint path} for every served object, from {obj_id: path} or a directory
         searched with ``finder``; a missing directory or object is one clear error."""
         if spec is None:
@@ -253,24 +335,10 @@ class PoseEstimator:
                                       "restrict obj_ids or add the checkpoints")
         return paths
 
-    def _load_self6d(self, spec) -> dict:
-        from .models.self6d import Self6dEstimator
-        from .training.self6d import model_from_checkpoint
-
-        estimators = {}
-        paths = self._checkpoint_paths(spec, "self6d", "Self6D", find_self6d_checkpoint,
-                                       "self6d/obj_XXXXXX.pt, self6d_obj_XXXXXX.pt or self6d_NAME.pt")
-        for o, path in paths.items():
-            model, ckpt_obj, diameter = _load(model_from_checkpoint, path, "Self6D", self.device)
-            if ckpt_obj != o:
-                raise PipelineConfigError(f"{path}: Self6D checkpoint of object {ckpt_obj}, expected object {o}")
-            estimators[o] = Self6dEstimator(model, diameter, device=self.device)
-        return estimators
-
     def _load_deepim(self, path) -> None:
         from .deepim.refiner import DeepImRefiner
         from .deepim.zoom import ZoomConfig
-        from .training.deepim import model_from_checkpoint
+        from .models.deepim import model_from_checkpoint
 
         if path is None:
             raise PipelineConfigError("refine_iterations > 0 needs a DeepIM checkpoint (or set refine_iterations to 0)")
@@ -313,20 +381,6 @@ class PoseEstimator:
         self.close()
 
     # ------------------------------------------------------------ inference
-    def _initial(self, image, K, obj_id: int, box_xywh, box_xyxy):
-        """(R, t, own confidence or None)."""
-        if self.config.init == "dsc":
-            est = self.dsc[obj_id].estimate(image, K, box_xywh)
-            if not est.success:
-                raise RuntimeError("DSC-PoseNet keypoints gave no PnP solution")
-            return est.R, est.t, float(est.confidence)
-        if self.config.init == "self6d":
-            R, t = self.self6d[obj_id].estimate(image, K, box_xywh)
-            return R, t, None
-        R, t = box_initial_pose(box_xyxy, K, self.vertices[obj_id], BoxInitConfig(n_templates=self.config.box_templates),
-                                diameter=self.diameters[obj_id])
-        return R, t, None
-
     def confidence(self, obj_id: int, R, t, K, box_xyxy, width: int, height: int) -> float:
         """IoU of the pose's rendered-silhouette box (projected model, clipped to the image) and the box."""
         if not (np.isfinite(R).all() and np.isfinite(t).all()):
@@ -370,7 +424,7 @@ class PoseEstimator:
             res.box_xywh, box_xyxy = boxes
             t0 = time.perf_counter()
             try:
-                R, t, own = self._initial(image_rgb, K, obj_id, res.box_xywh, box_xyxy)
+                R, t, own = self.initialiser.initial_pose(image_rgb, K, obj_id, res.box_xywh, box_xyxy)
             except Exception as exc:  # e.g. PnP failure inside the estimator: skip, keep the frame
                 res.reason = f"initial pose failed: {type(exc).__name__}: {exc}"
                 continue
@@ -413,5 +467,6 @@ def load_pose_estimator(registry_path: str | os.PathLike, config: PipelineConfig
     return PoseEstimator(registry, config)
 
 
-__all__ = ["Detection", "PoseResult", "PipelineConfig", "PipelineConfigError", "PoseEstimator",
+__all__ = ["Detection", "PoseResult", "PipelineConfig", "PipelineConfigError", "PoseEstimator", "Initialiser",
+           "BoxInitialiser", "DscInitialiser", "Self6dInitialiser",
            "find_dsc_checkpoint", "find_self6d_checkpoint", "load_pose_estimator", "INITIALISERS"]

@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NODE_NAME = "dsc_pose"
+# the pipeline's initialiser table (dsc_pose_core.pipeline.INITIALISERS) by name; not imported here so that
+# the launch file stays free of torch (a test keeps the two equal)
 INITIALISERS = ("box", "dsc", "self6d")
 RELIABILITY = ("best_effort", "reliable")
 SYNC_MODES = ("exact", "approximate")

@@ -28,7 +28,7 @@ def _worker(rank: int, world: int, port: int, registry: str, out: str, dump_dir:
     import dsc_pose_core.training.deepim as deepim_module
     from dsc_pose_core.training import distributed
     from dsc_pose_core.training.cli import TrainConfig
-    from dsc_pose_core.training.config import from_dict
+    from dsc_pose_core.typed_config import from_dict
 
     created = []
 
@@ -59,7 +59,7 @@ def _worker(rank: int, world: int, port: int, registry: str, out: str, dump_dir:
 
 
 def test_two_gloo_processes_end_with_identical_weights_and_rank0_writes(tmp_path):
-    from dsc_pose_core.training.checkpoint import load_checkpoint
+    from dsc_pose_core.checkpoint import load_checkpoint
 
     registry = write_demo_registry(tmp_path / "objects.yaml", write_demo_models(tmp_path / "models"))
     out = tmp_path / "run"

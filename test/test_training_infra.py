@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dsc_pose_core.models.dsc_posenet import DscModelConfig, DscPoseNet
-from dsc_pose_core.training.checkpoint import compact_payload, load_checkpoint, main as checkpoint_main, save_checkpoint
+from dsc_pose_core.checkpoint import compact_payload, load_checkpoint, main as checkpoint_main, save_checkpoint
 
 
 def test_three_stage_backbone_is_small_and_keeps_the_output_grid():
@@ -92,7 +92,7 @@ def test_config_inherits_from_bases_and_saves_the_resolved_config(tmp_path, caps
     import yaml
 
     from dsc_pose_core.training.cli import parse_config, save_resolved_config
-    from dsc_pose_core.training.config import ConfigError
+    from dsc_pose_core.typed_config import ConfigError
 
     (tmp_path / "base").mkdir()
     (tmp_path / "base" / "machine.yaml").write_text("seed: 3\ndevice: cpu\nthreads: 1\n")

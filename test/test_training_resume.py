@@ -12,7 +12,7 @@ import time
 import yaml
 
 from dsc_pose_core.objects.demo_object import write_demo_models, write_demo_registry
-from dsc_pose_core.training.checkpoint import load_checkpoint
+from dsc_pose_core.checkpoint import load_checkpoint
 
 STEPS = 16
 

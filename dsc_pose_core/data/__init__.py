@@ -1,1 +1,1 @@
-"""See DESIGN.md: filled in by later issues."""
+"""Data: BOP files, synthetic renders, 2D boxes, training crops and their augmentation."""

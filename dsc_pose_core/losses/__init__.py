@@ -1,1 +1,1 @@
-"""See DESIGN.md: filled in by later issues."""
+"""Training losses, one module per paper; each term cites its equation."""

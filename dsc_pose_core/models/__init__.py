@@ -1,1 +1,1 @@
-"""See DESIGN.md: filled in by later issues."""
+"""Networks: the image trunks (``backbone``), the segmentation network, DSC-PoseNet, DeepIM, Self6D."""

@@ -30,6 +30,8 @@ import torch.nn.functional as F
 
 from ..geometry.rotations import quaternion_to_matrix
 
+CHECKPOINT_FORMAT = "dsc_pose.deepim.v1"
+
 
 def _conv(cin: int, cout: int, kernel: int, stride: int, batch_norm: bool = False) -> nn.Sequential:
     if batch_norm:  # FlowNetS-BN: no conv bias before the normalisation
@@ -133,3 +135,16 @@ class DeepImNet(nn.Module):
             out["mask"] = F.interpolate(self.mask_head(d4), size=size, mode="bilinear", align_corners=False)
             out["flow"] = F.interpolate(self.flow_head(d4), size=size, mode="bilinear", align_corners=False)
         return out
+
+
+def model_from_checkpoint(path, device="cpu") -> tuple[DeepImNet, dict]:
+    """The network (eval mode) and the payload of a DeepIM checkpoint (weights-only load)."""
+    from ..checkpoint import load_checkpoint
+
+    payload = load_checkpoint(path, map_location=device)
+    if payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a DeepIM checkpoint ({payload.get('format')!r})")
+    m = payload["model"]
+    model = DeepImNet(m["width"], m["fc_dim"], tuple(m["pool"]), m.get("aux_heads", True), m.get("batch_norm", False))
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device).eval(), payload

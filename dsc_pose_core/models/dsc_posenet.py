@@ -55,6 +55,7 @@ from torch import nn
 from ..data.boxes import box_xyxy_edges
 
 BACKBONES = ("resnet18", "resnet34", "resnet50")
+CHECKPOINT_FORMAT = "dsc_pose.dsc_posenet/1"
 VIEW_SCALES = ("unnorm", "norm")  # the un-normalised window and the normalised crop N (eq. 6)
 RGB_MEAN = (0.485, 0.456, 0.406)
 RGB_STD = (0.229, 0.224, 0.225)
@@ -75,7 +76,7 @@ class DscModelConfig:
     norm_context: float = 1.2  # normalised crop side / box longer side
 
     def validate(self) -> None:
-        from ..training.config import ConfigError
+        from ..typed_config import ConfigError
 
         if self.backbone not in BACKBONES:
             raise ConfigError(f"model.backbone {self.backbone!r} not in {BACKBONES}")
@@ -421,3 +422,16 @@ class DscPoseNetEstimator:
         scale = max(box[2] - box[0], box[3] - box[1], 1.0)
         confidence = confidence_mask * float(np.exp(-error / (0.1 * scale))) if result.success else 0.0
         return DscEstimate(result.rotation, result.translation, keypoints, k_u, k_n, confidence, result.success)
+
+
+def model_from_checkpoint(path, device="cpu") -> tuple[DscPoseNet, np.ndarray, int]:
+    """(network, its 3D keypoints [K,3] in metres, object id) from a DSC-PoseNet checkpoint (weights-only)."""
+    from ..checkpoint import load_checkpoint
+    from ..typed_config import from_dict
+
+    payload = load_checkpoint(path, map_location=device)
+    if payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a DSC-PoseNet checkpoint (format {payload.get('format')!r})")
+    model = DscPoseNet(from_dict(DscModelConfig, payload["model_config"], "model_config"))
+    model.load_state_dict(payload["model"])
+    return model.to(device), payload["keypoints_3d"].cpu().numpy(), int(payload["obj_id"])

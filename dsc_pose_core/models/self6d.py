@@ -34,6 +34,7 @@ from ..geometry.allocentric import allocentric_to_egocentric, egocentric_to_allo
 from ..geometry.rotations import rotation_6d_to_matrix
 
 BACKBONES = ("resnet18", "resnet34")
+CHECKPOINT_FORMAT = "dsc_pose.self6d/1"
 RGB_MEAN = (0.485, 0.456, 0.406)
 RGB_STD = (0.229, 0.224, 0.225)
 
@@ -202,3 +203,16 @@ class Self6dEstimator:
         K_t = torch.as_tensor(np.asarray(K), dtype=torch.float32, device=self.device)[None]
         R, t = decode_pose(out["rot6d"], out["offsets"], windows, K_t, self.diameter)
         return R[0].double().cpu().numpy(), t[0].double().cpu().numpy()
+
+
+def model_from_checkpoint(path, device="cpu") -> tuple[Self6dNet, int, float]:
+    """(network in eval mode, object id, diameter in metres) from a Self6D checkpoint (weights-only)."""
+    from ..checkpoint import load_checkpoint
+    from ..typed_config import from_dict
+
+    payload = load_checkpoint(path, map_location=device)
+    if payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a Self6D checkpoint (format {payload.get('format')!r})")
+    model = Self6dNet(from_dict(Self6dModelConfig, payload["model_config"], "model_config"))
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["model"].items()})
+    return model.to(device).eval(), int(payload["obj_id"]), float(payload["diameter"])

@@ -1,1 +1,3 @@
-"""See DESIGN.md: filled in by later issues."""
+"""Trainers and their infrastructure: one trainer per method (segmentation, DSC-PoseNet, DeepIM, Self6D),
+the stage chain, strict YAML configs, atomic weights-only checkpoints, DDP and TensorBoard logging.
+Inference (``dsc_pose_core.pipeline``) does not need this package."""

@@ -55,7 +55,7 @@ import yaml
 
 from . import distributed
 from .cli import TrainConfig
-from .config import ConfigError, from_dict, to_dict
+from ..typed_config import ConfigError, from_dict, to_dict
 from .deepim import DeepImConfig
 from .dsc_posenet import DscPoseNetConfig
 from .segmentation import SegmentationConfig, SyntheticDataConfig, resolve_path
@@ -550,7 +550,7 @@ def _checkpoints(chain: Chain) -> list[Path]:
 
 def _export(src: Path, dst: Path) -> None:
     """A compact (float16, weights-only, no optimiser) copy for the pipeline and the node (atomic)."""
-    from .checkpoint import compact_payload, load_checkpoint, save_checkpoint
+    from ..checkpoint import compact_payload, load_checkpoint, save_checkpoint
 
     save_checkpoint(dst, compact_payload(load_checkpoint(src)))
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import distributed
-from .config import ConfigError, apply_overrides, from_dict, load_yaml
+from ..typed_config import ConfigError, apply_overrides, from_dict, load_yaml
 from .segmentation import SegmentationConfig, run_segmentation
 from .deepim import DeepImConfig, run_deepim
 from .dsc_posenet import DscPoseNetConfig, run_dsc_posenet
@@ -129,7 +129,7 @@ def save_resolved_config(config: TrainConfig, out: str, command: str) -> Path:
     import yaml
 
     from ..data.bop_io import atomic_write_text
-    from .config import to_dict
+    from ..typed_config import to_dict
     from .segmentation import resolve_path
 
     text = f"# {command}\n" + yaml.safe_dump(to_dict(config), sort_keys=False)

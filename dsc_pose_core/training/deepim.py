@@ -37,13 +37,12 @@ from ..deepim.noise import PoseNoiseConfig, sample_pose_noise
 from ..deepim.refiner import make_zoom_renderer
 from ..deepim.zoom import ZoomConfig, crop_image, mask_box
 from ..losses.deepim import DeepImLossWeights, deepim_loss
-from ..models.deepim import DeepImNet
+from ..models.deepim import CHECKPOINT_FORMAT, DeepImNet
 from . import distributed
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import ConfigError, to_dict
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..typed_config import ConfigError, to_dict
 from .tensorboard_log import TrainLogger, mask_overlay, tile
 
-CHECKPOINT_FORMAT = "dsc_pose.deepim.v1"
 OBSERVED_BOX_TRAINING = ("dilated_gt", "detection")
 
 
@@ -413,17 +412,6 @@ class DeepImTrainer:
             picture = mask_overlay(observed, first[7].numpy() > 0.5, (255, 0, 0), 0.35)
             pictures.append(mask_overlay(picture, last[7].numpy() > 0.5, (0, 255, 0), 0.35))
         return tile(pictures)
-
-
-def model_from_checkpoint(path: str | os.PathLike, device="cpu") -> tuple[DeepImNet, dict]:
-    """The network (eval mode) and the payload of a DeepIM checkpoint (weights-only load)."""
-    payload = load_checkpoint(path, map_location=device)
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a DeepIM checkpoint ({payload.get('format')!r})")
-    m = payload["model"]
-    model = DeepImNet(m["width"], m["fc_dim"], tuple(m["pool"]), m.get("aux_heads", True), m.get("batch_norm", False))
-    model.load_state_dict(payload["state_dict"])
-    return model.to(device).eval(), payload
 
 
 # --------------------------------------------------------------------------------------------

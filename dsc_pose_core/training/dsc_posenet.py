@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,15 +30,14 @@ from ..data import bop_io
 from ..data.dsc_views import (MODES, RealPoseDataset, SyntheticPoseDataset, ViewAugmentConfig, real_instances,
                               synthetic_instances)
 from ..losses import dsc_posenet as L
-from ..models.dsc_posenet import (DscModelConfig, DscPoseNet, ScaleSpecificBatchNorm2d, image_to_view,
-                                  normalise_rgb, resample_map, view_to_image)
+from ..models.dsc_posenet import (CHECKPOINT_FORMAT, DscModelConfig, DscPoseNet, ScaleSpecificBatchNorm2d,
+                                  image_to_view, normalise_rgb, resample_map, view_to_image)
 from . import distributed
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import ConfigError, to_dict
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..typed_config import ConfigError, to_dict
 from .tensorboard_log import TrainLogger, tile
 from .segmentation import SyntheticDataConfig, ensure_synthetic, resolve_path
 
-CHECKPOINT_FORMAT = "dsc_pose.dsc_posenet/1"
 STAGE_NAMES = ("lb", "self")
 # the data's view tags ("u", "n"; "x_u", "a_n", ...) -> the model's view scale (its BatchNorm statistics)
 VIEW_SCALE_OF_TAG = {"u": "unnorm", "n": "norm"}
@@ -311,17 +309,6 @@ def calibrate_view_statistics(model: DscPoseNet, batches) -> int:
             m.momentum = momentum
         model.train(was_training)
     return count
-
-
-def model_from_checkpoint(path, device="cpu") -> tuple[DscPoseNet, np.ndarray, int]:
-    from .config import from_dict
-
-    payload = load_checkpoint(path, map_location=device)
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a DSC-PoseNet checkpoint (format {payload.get('format')!r})")
-    model = DscPoseNet(from_dict(DscModelConfig, payload["model_config"], "model_config"))
-    model.load_state_dict(payload["model"])
-    return model.to(device), payload["keypoints_3d"].cpu().numpy(), int(payload["obj_id"])
 
 
 def save(path: Path, trainer: DscPoseNetTrainer, optimiser, stage: str, step: int, cfg: DscPoseNetConfig,

@@ -75,8 +75,8 @@ from ..segmentation.grabcut_refine import grabcut_refine
 from ..segmentation.pseudo_labels import DEFAULT_CONFIDENCE, IGNORE, mask_iou, pseudo_label, tta_probability
 from ..segmentation.reference import ReferenceMasks, load_mask_png
 from . import distributed
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import ConfigError, to_dict
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..typed_config import ConfigError, to_dict
 from .tensorboard_log import TrainLogger, mask_overlay, tile
 
 CHECKPOINT_FORMAT = "dsc_pose.segmentation/1"

@@ -41,12 +41,11 @@ from ..data import bop_io
 from ..data.roi_crops import CropAugmentConfig, augment_crops, ensure_synthetic_crops, load_crops, make_lmo_crops
 from ..geometry.camera import crop_intrinsics
 from ..losses import self6d as L
-from ..models.self6d import Self6dModelConfig, Self6dNet, decode_pose
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import ConfigError, from_dict, to_dict
+from ..models.self6d import CHECKPOINT_FORMAT, Self6dModelConfig, Self6dNet, decode_pose, model_from_checkpoint
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..typed_config import ConfigError, to_dict
 from .segmentation import resolve_path
 
-CHECKPOINT_FORMAT = "dsc_pose.self6d/1"
 STAGE_NAMES = ("synthetic", "self")
 UNLABELED = ("target", "lmo")
 MASK_SOURCES = ("model", "dataset")
@@ -310,15 +309,6 @@ def save(path: Path, trainer: Self6dTrainer, optimiser, stage: str, step: int, c
         "config": to_dict(cfg), "model_config": to_dict(cfg.model), "obj_id": int(cfg.obj_id),
         "diameter": float(trainer.obj.diameter), "history": json.dumps(history[-2000:]),
     })
-
-
-def model_from_checkpoint(path, device="cpu") -> tuple[Self6dNet, int, float]:
-    payload = load_checkpoint(path, map_location=device)
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a Self6D checkpoint (format {payload.get('format')!r})")
-    model = Self6dNet(from_dict(Self6dModelConfig, payload["model_config"], "model_config"))
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["model"].items()})
-    return model.to(device).eval(), int(payload["obj_id"]), float(payload["diameter"])
 
 
 def sample_picture(sample) -> np.ndarray:

@@ -107,7 +107,7 @@ def test_segmenter_starts_from_the_wheel_and_freezes_what_it_is_told():
 
 
 def test_segmentation_checkpoint_records_the_trunk_and_loads_without_the_wheel(tmp_path, monkeypatch):
-    from dsc_pose_core.training.checkpoint import save_checkpoint
+    from dsc_pose_core.checkpoint import save_checkpoint
     from dsc_pose_core.training.segmentation import checkpoint_payload, model_from_checkpoint
 
     torch.manual_seed(0)

@@ -9,10 +9,11 @@ from dsc_pose_core.deepim.refiner import DeepImRefiner
 from dsc_pose_core.deepim.zoom import ZoomConfig
 from dsc_pose_core.geometry.untangled import relative_untangled
 from dsc_pose_core.models.deepim import DeepImNet
-from dsc_pose_core.training.checkpoint import load_checkpoint, save_checkpoint
-from dsc_pose_core.training.config import ConfigError
+from dsc_pose_core.checkpoint import load_checkpoint, save_checkpoint
+from dsc_pose_core.typed_config import ConfigError
 from dsc_pose_core.training.deepim import (DeepImConfig, DeepImDataConfig, DeepImLossConfig, DeepImModelConfig,
-                                           DeepImOptimConfig, DeepImTrainer, DeepImZoomConfig, model_from_checkpoint)
+                                           DeepImOptimConfig, DeepImTrainer, DeepImZoomConfig)
+from dsc_pose_core.models.deepim import model_from_checkpoint
 
 
 def test_model_shapes_and_identity_init():
@@ -176,7 +177,7 @@ def test_time_limited_training_stops_on_the_clock_and_drops_lr_by_time(small_K, 
     the checkpoint (a resumed run continues the schedule instead of restarting it)."""
     from dsc_pose_core.objects.demo_object import write_demo_models, write_demo_registry
     from dsc_pose_core.training.cli import TrainConfig
-    from dsc_pose_core.training.config import from_dict
+    from dsc_pose_core.typed_config import from_dict
     from dsc_pose_core.training.deepim import run_deepim
 
     registry = write_demo_registry(tmp_path / "objects.yaml", write_demo_models(tmp_path / "models"))

@@ -8,8 +8,8 @@ import torch
 from dsc_testlib import tiny_model_config
 from dsc_pose_core.models.dsc_posenet import DscPoseNet
 from dsc_pose_core.models.segmentation import RoiSegmenter
-from dsc_pose_core.training.checkpoint import save_checkpoint
-from dsc_pose_core.training.config import ConfigError
+from dsc_pose_core.checkpoint import save_checkpoint
+from dsc_pose_core.typed_config import ConfigError
 from dsc_pose_core.training.dsc_posenet import load_backbone_from_segmentation
 from dsc_pose_core.training.segmentation import checkpoint_payload
 

@@ -16,6 +16,7 @@ from dsc_pose_core.geometry import axis_angle_to_matrix, crop_affine, uncrop_pix
 from dsc_pose_core.losses import dsc_posenet as L
 from dsc_pose_core.models.dsc_posenet import (DscPoseNet, DscPoseNetEstimator, attention_keypoints, cell_centres,
                                               image_to_view, norm_window, view_matrix, view_to_image)
+from dsc_pose_core.models import dsc_posenet as M
 from dsc_pose_core.training import dsc_posenet as T
 
 
@@ -184,8 +185,8 @@ def test_run_stages_checkpoint_round_trip_and_estimator(tiny_dsc_data, tmp_path)
     import yaml
 
     from dsc_pose_core.geometry import solve_pnp
-    from dsc_pose_core.training.checkpoint import load_checkpoint
-    from dsc_pose_core.training.config import from_dict, to_dict
+    from dsc_pose_core.checkpoint import load_checkpoint
+    from dsc_pose_core.typed_config import from_dict, to_dict
 
     mc = to_dict(tiny_model_config())
     # "{obj_id}" in synthetic.dir names the object's own render set (generate=False: it must resolve)
@@ -206,13 +207,13 @@ def test_run_stages_checkpoint_round_trip_and_estimator(tiny_dsc_data, tmp_path)
     assert set(results["stages"]) == {"lb", "self"} and results["n_real"] > 0
     path = tmp_path / "run" / "checkpoints" / "dsc_last.pt"
     payload = torch.load(path, weights_only=True)
-    assert payload["format"] == T.CHECKPOINT_FORMAT and payload["stage"] == "self"
+    assert payload["format"] == M.CHECKPOINT_FORMAT and payload["stage"] == "self"
     assert load_checkpoint(path)["obj_id"] == 1
-    model, kp3d, obj_id = T.model_from_checkpoint(path)
+    model, kp3d, obj_id = M.model_from_checkpoint(path)
     assert kp3d.shape == (9, 3) and obj_id == 1
     model.eval()
     x = torch.randn(1, 3, 64, 64)
-    reloaded, _, _ = T.model_from_checkpoint(path)
+    reloaded, _, _ = M.model_from_checkpoint(path)
     assert torch.equal(model(x)["keypoints"], reloaded.eval()(x)["keypoints"])
 
     from dsc_pose_core.data.dsc_views import read_rgb
@@ -250,7 +251,7 @@ def test_configs_parse(repo_root, name):
 
 def test_config_rejects_unknown_mode(repo_root):
     from dsc_pose_core.training.cli import parse_config
-    from dsc_pose_core.training.config import ConfigError
+    from dsc_pose_core.typed_config import ConfigError
 
     with pytest.raises(ConfigError):
         parse_config(repo_root / "config" / "train" / "lmo_dsc_cpu.yaml", ["dsc_posenet.real.mode=gt"])

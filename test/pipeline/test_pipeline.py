@@ -34,8 +34,8 @@ def tiny_deepim_checkpoint(path: Path, obj_ids=(1, 2)) -> Path:
     import torch
 
     from dsc_pose_core.models.deepim import DeepImNet
-    from dsc_pose_core.training.checkpoint import save_checkpoint
-    from dsc_pose_core.training.deepim import CHECKPOINT_FORMAT
+    from dsc_pose_core.checkpoint import save_checkpoint
+    from dsc_pose_core.models.deepim import CHECKPOINT_FORMAT
 
     torch.manual_seed(0)
     net = DeepImNet(width=0.125, fc_dim=16, pool=(3, 4), aux_heads=False)
@@ -208,9 +208,9 @@ def tiny_dsc_checkpoint(path: Path, obj_id: int, keypoints_3d: np.ndarray) -> Pa
     import torch
 
     from dsc_pose_core.models.dsc_posenet import DscModelConfig, DscPoseNet
-    from dsc_pose_core.training.checkpoint import save_checkpoint
-    from dsc_pose_core.training.config import to_dict
-    from dsc_pose_core.training.dsc_posenet import CHECKPOINT_FORMAT
+    from dsc_pose_core.checkpoint import save_checkpoint
+    from dsc_pose_core.typed_config import to_dict
+    from dsc_pose_core.models.dsc_posenet import CHECKPOINT_FORMAT
 
     torch.manual_seed(0)
     cfg = DscModelConfig(decoder_channels=16, unnorm_size=64, window_px=100.0, norm_size=32)

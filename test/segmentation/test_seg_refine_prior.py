@@ -10,8 +10,8 @@ import torch
 from dsc_pose_core.models.segmentation import RoiSegmenter
 from dsc_pose_core.segmentation.grabcut_refine import grabcut_refine
 from dsc_pose_core.segmentation.pseudo_labels import IGNORE, mask_iou
-from dsc_pose_core.training import checkpoint as ckpt
-from dsc_pose_core.training.config import ConfigError
+from dsc_pose_core import checkpoint as ckpt
+from dsc_pose_core.typed_config import ConfigError
 from dsc_pose_core.training.segmentation import (CHECKPOINT_FORMAT, OptimConfig, SegmentationConfig,
                                                  model_from_checkpoint, refined_labels, train_steps)
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 import yaml
 
-from dsc_pose_core.training import checkpoint as ckpt
+from dsc_pose_core import checkpoint as ckpt
 from dsc_pose_core.training.cli import main, parse_config
-from dsc_pose_core.training.config import ConfigError, load_yaml
+from dsc_pose_core.typed_config import ConfigError, load_yaml
 from dsc_pose_core.training.segmentation import model_from_checkpoint
 
 from dsc_pose_core.data import bop_io

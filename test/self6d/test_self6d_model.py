@@ -106,7 +106,7 @@ def tiny_run(demo_models, tmp_path_factory):
 
 
 def test_short_training_run_lowers_the_losses(tiny_run):
-    from dsc_pose_core.training.checkpoint import load_checkpoint
+    from dsc_pose_core.checkpoint import load_checkpoint
 
     payload = load_checkpoint(tiny_run / "checkpoints" / "self6d_last.pt")
     history = json.loads(payload["history"])

@@ -7,7 +7,8 @@ import numpy as np
 import torch
 
 from dsc_pose_core.data.roi_crops import make_synthetic_crops
-from dsc_pose_core.training.self6d import model_from_checkpoint, to_tensors
+from dsc_pose_core.models.self6d import model_from_checkpoint
+from dsc_pose_core.training.self6d import to_tensors
 
 SHIPPED_OBJ = 5
 

@@ -1,4 +1,7 @@
-"""Training configuration: YAML -> dataclasses, strictly (unknown keys and wrong types are errors).
+"""Typed configuration: YAML -> dataclasses, strictly (unknown keys and wrong types are errors).
+
+The trainers' configs are parsed here, and loaders rebuild a network from the config its checkpoint
+recorded (``from_dict``) without importing any trainer.
 
 A config file has a ``stage:`` key naming the trainer and one section per stage::
 

@@ -61,7 +61,7 @@ def compact_payload(payload: dict) -> dict:
 
 
 def main(argv=None) -> int:
-    """``python -m dsc_pose_core.training.checkpoint SRC DST``: write a compact float16 copy."""
+    """``python -m dsc_pose_core.checkpoint SRC DST``: write a compact float16 copy."""
     import argparse
     import sys
 

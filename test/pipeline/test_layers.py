@@ -1,0 +1,44 @@
+"""Inference sits beside training, not on top of it: the node and the pipeline, with every method's
+committed checkpoint loaded, import no module of ``dsc_pose_core.training`` (trainers, synthetic data,
+losses). Checked in a fresh interpreter, so other tests' imports cannot hide or fake it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+PROBE = r"""
+import json, sys
+import dsc_pose_ros.node  # noqa: F401
+from dsc_pose_core.objects.registry import ObjectRegistry
+from dsc_pose_core.pipeline import PipelineConfig, PoseEstimator
+
+registry = ObjectRegistry.from_yaml("config/objects.yaml")
+loaded = []
+for config in (PipelineConfig(init="dsc", dsc_checkpoints="checkpoints", deepim_checkpoint="checkpoints/deepim.pt",
+                              refine_iterations=2),
+               PipelineConfig(init="self6d", self6d_checkpoints="checkpoints", obj_ids=[5], refine_iterations=0),
+               PipelineConfig(init="box", refine_iterations=0)):
+    with PoseEstimator(registry, config) as estimator:
+        loaded.append([config.init, len(estimator.dsc), len(estimator.self6d), estimator.refiner is not None])
+print(json.dumps({"loaded": loaded,
+                  "training": sorted(m for m in sys.modules if m.startswith("dsc_pose_core.training"))}))
+"""
+
+
+def test_node_and_pipeline_import_no_training_module(repo_root, lmo_root):
+    out = subprocess.run([sys.executable, "-c", PROBE], cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["loaded"] == [["dsc", 8, 0, True], ["self6d", 0, 1, False], ["box", 0, 0, False]]
+    assert result["training"] == []
+
+
+def test_every_registered_initialiser_is_one_the_node_offers():
+    from dsc_pose_core.pipeline import INITIALISERS
+    from dsc_pose_ros.params import INITIALISERS as NODE_INITIALISERS
+
+    assert set(INITIALISERS) == set(NODE_INITIALISERS)
+    for cls in INITIALISERS.values():
+        assert callable(getattr(cls, "from_config")) and callable(getattr(cls, "initial_pose"))

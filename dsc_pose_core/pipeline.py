@@ -10,7 +10,8 @@ then a confidence. The parts are the existing modules; this file only composes t
   ``"self6d"`` (:class:`Self6dInitialiser`: ``models.self6d.Self6dEstimator``, one ROI regression
   network per object: rotation, image-space centre and depth, the pose built with the frame's own K).
   A new initialiser is a class with ``from_config`` and ``initial_pose`` and an entry in the table.
-* refinement: ``deepim.refiner.DeepImRefiner`` with ``refine_iterations`` iterations (0 disables),
+* refinement (``REFINERS``: classes implementing :class:`Refiner`, applied in turn): DeepIM
+  (:class:`DeepImStage`: ``deepim.refiner.DeepImRefiner``) with ``refine_iterations`` iterations (0 disables),
   one network pass per iteration for all detections of the frame (batched), each with its detection
   box (drawn in the observed-mask channel when the checkpoint was trained so). Objects the DeepIM
   checkpoint was not trained for keep their initial pose (``refined = False``).
@@ -253,6 +254,69 @@ INITIALISERS: dict[str, type] = {"dsc": DscInitialiser, "box": BoxInitialiser, "
 
 
 # --------------------------------------------------------------------------------------------
+# Refiners: one protocol, one table
+# --------------------------------------------------------------------------------------------
+class Refiner(Protocol):
+    """Improves poses of one frame: ``refine_poses(image, K, [(obj_id, R [3,3], t [3] metres, detection
+    box xyxy pixel edges)]) -> [(R, t) or None (left as it was)]``, one batch for the frame.
+    ``obj_ids``: the objects it can refine; ``close()`` frees what it holds (renderers)."""
+
+    obj_ids: set[int]
+
+    def refine_poses(self, image: np.ndarray, K: np.ndarray, items: list) -> list: ...
+
+    def close(self) -> None: ...
+
+
+class DeepImStage:
+    """DeepIM (deepim.txt sec. 3): ``iterations`` render-and-compare network passes, batched over the
+    frame's detections, each with its detection box (drawn in the observed-mask channel when the
+    checkpoint was trained so). Objects its checkpoint was not trained for are not refined."""
+
+    def __init__(self, refiner, renderer, obj_ids: set[int], iterations: int):
+        self.refiner, self.renderer, self.obj_ids, self.iterations = refiner, renderer, obj_ids, int(iterations)
+        self.refiner.renderer = renderer
+
+    @classmethod
+    def from_config(cls, pipeline: "PoseEstimator", config: "PipelineConfig") -> "DeepImStage":
+        from .deepim.refiner import DeepImRefiner, make_zoom_renderer
+        from .deepim.zoom import ZoomConfig
+        from .models.deepim import model_from_checkpoint
+
+        if config.deepim_checkpoint is None:
+            raise PipelineConfigError("refine_iterations > 0 needs a DeepIM checkpoint (or set refine_iterations to 0)")
+        model, payload = _load(model_from_checkpoint, config.deepim_checkpoint, "DeepIM", pipeline.device)
+        z = payload.get("zoom", {})
+        zoom = ZoomConfig(int(z.get("width", 128)), int(z.get("height", 96)), float(z.get("expand", 1.4)),
+                          int(z.get("render_faces", 0)))
+        trained = payload.get("obj_ids")
+        obj_ids = set(pipeline.obj_ids) if trained is None else {int(o) for o in trained} & set(pipeline.obj_ids)
+        refiner = DeepImRefiner(model, None, {o: pipeline.vertices[o] for o in obj_ids}, zoom, device=pipeline.device,
+                                translation_units=payload.get("translation_units", "normalized"),
+                                observed_box=payload.get("observed_box", "rendered"))
+        try:  # made now: a start-up failure, not one in the first frame; the meshes as the network was
+            # trained on them (decimated when its checkpoint says so)
+            renderer = make_zoom_renderer({o: pipeline.registry[o].mesh for o in sorted(obj_ids)}, zoom)
+        except Exception as exc:
+            raise PipelineConfigError(f"DeepIM refinement needs the OpenGL renderer: {exc}") from None
+        return cls(refiner, renderer, obj_ids, config.refine_iterations)
+
+    def refine_poses(self, image, K, items):
+        out = self.refiner.refine(image, K, [(o, R, t) for o, R, t, _ in items], self.iterations,
+                                  boxes=[box for *_, box in items])
+        return [(out.R[i], out.t[i]) for i in range(len(items))]
+
+    def close(self) -> None:
+        if self.renderer is not None:
+            self.renderer.close()
+            self.renderer = None
+
+
+# name -> refiner class; the pipeline runs DeepIM when ``refine_iterations`` > 0
+REFINERS: dict[str, type] = {"deepim": DeepImStage}
+
+
+# --------------------------------------------------------------------------------------------
 # The pipeline
 # --------------------------------------------------------------------------------------------
 class PoseEstimator:
@@ -280,9 +344,7 @@ class PoseEstimator:
             raise PipelineConfigError(f"object ids {unknown} are not in the object registry (known: {registry.ids})")
         self.obj_ids = obj_ids
         self.device = torch.device(config.device)
-        self._renderer = None
-        self.refiner = None
-        self.refine_ids: set[int] = set()
+        self.refiners: list[Refiner] = []
         self.vertices = {}
         self.diameters = {}
         for o in obj_ids:
@@ -294,7 +356,7 @@ class PoseEstimator:
                 raise PipelineConfigError(f"object {o} ({entry.name}): cannot load mesh {entry.mesh_path}: {exc}") from None
         self.initialiser: Initialiser = INITIALISERS[config.init].from_config(self, config)
         if int(config.refine_iterations) > 0:
-            self._load_deepim(config.deepim_checkpoint)
+            self.refiners.append(REFINERS["deepim"].from_config(self, config))
 
     # ------------------------------------------------------------ loading
     @property
@@ -335,44 +397,26 @@ class PoseEstimator:
                                       "restrict obj_ids or add the checkpoints")
         return paths
 
-    def _load_deepim(self, path) -> None:
-        from .deepim.refiner import DeepImRefiner
-        from .deepim.zoom import ZoomConfig
-        from .models.deepim import model_from_checkpoint
-
-        if path is None:
-            raise PipelineConfigError("refine_iterations > 0 needs a DeepIM checkpoint (or set refine_iterations to 0)")
-        model, payload = _load(model_from_checkpoint, path, "DeepIM", self.device)
-        z = payload.get("zoom", {})
-        zoom = ZoomConfig(int(z.get("width", 128)), int(z.get("height", 96)), float(z.get("expand", 1.4)),
-                          int(z.get("render_faces", 0)))
-        trained = payload.get("obj_ids")
-        self.refine_ids = set(self.obj_ids) if trained is None else {int(o) for o in trained} & set(self.obj_ids)
-        self.refiner = DeepImRefiner(model, None, {o: self.vertices[o] for o in self.refine_ids}, zoom,
-                                     device=self.device,
-                                     translation_units=payload.get("translation_units", "normalized"),
-                                     observed_box=payload.get("observed_box", "rendered"))
-        try:
-            _ = self.renderer  # made now: a start-up failure, not one in the first frame
-        except Exception as exc:
-            raise PipelineConfigError(f"DeepIM refinement needs the OpenGL renderer: {exc}") from None
+    @property
+    def refiner(self):
+        """The DeepIM network refiner (``deepim.refiner.DeepImRefiner``) when DeepIM refines, else None."""
+        stage = next((r for r in self.refiners if isinstance(r, DeepImStage)), None)
+        return None if stage is None else stage.refiner
 
     @property
     def renderer(self):
-        """The fast renderer of the refined objects' meshes (made at construction when refining)."""
-        if self._renderer is None:
-            from .deepim.refiner import make_zoom_renderer
+        """DeepIM's fast renderer of the refined objects' meshes, or None."""
+        stage = next((r for r in self.refiners if isinstance(r, DeepImStage)), None)
+        return None if stage is None else stage.renderer
 
-            # the meshes as the network was trained on them (decimated when its checkpoint says so)
-            self._renderer = make_zoom_renderer({o: self.registry[o].mesh for o in sorted(self.refine_ids)},
-                                                self.refiner.zoom)
-            self.refiner.renderer = self._renderer
-        return self._renderer
+    @property
+    def refine_ids(self) -> set[int]:
+        """Objects that at least one refiner refines."""
+        return set().union(*(r.obj_ids for r in self.refiners))
 
     def close(self) -> None:
-        if self._renderer is not None:
-            self._renderer.close()
-            self._renderer = None
+        for refiner in self.refiners:
+            refiner.close()
 
     def __enter__(self):
         return self
@@ -436,17 +480,18 @@ class PoseEstimator:
             res.init_R, res.init_t, res.init_score = R, t, own
             res.R, res.t = R.copy(), t.copy()
             todo.append((res, box_xyxy))
-        # DeepIM: one batch of all refinable detections per iteration
-        refine = [(r, b) for r, b in todo if r.obj_id in self.refine_ids]
+        # each refiner in turn, on every detection of an object it refines (one batch per frame)
         t_refine = 0.0
-        if refine and self.refiner is not None and self.config.refine_iterations > 0:
+        for refiner in self.refiners:
+            refine = [(r, b) for r, b in todo if r.obj_id in refiner.obj_ids]
+            if not refine:
+                continue
             t0 = time.perf_counter()
-            out = self.refiner.refine(image_rgb, K, [(r.obj_id, r.init_R, r.init_t) for r, _ in refine],
-                                      int(self.config.refine_iterations), boxes=[b for _, b in refine])
-            t_refine = time.perf_counter() - t0
-            for i, (r, _) in enumerate(refine):
-                if np.isfinite(out.R[i]).all() and np.isfinite(out.t[i]).all():
-                    r.R, r.t, r.refined = out.R[i].copy(), out.t[i].copy(), True
+            out = refiner.refine_poses(image_rgb, K, [(r.obj_id, r.R, r.t, b) for r, b in refine])
+            t_refine += time.perf_counter() - t0
+            for (r, _), pose in zip(refine, out):
+                if pose is not None and np.isfinite(pose[0]).all() and np.isfinite(pose[1]).all():
+                    r.R, r.t, r.refined = np.array(pose[0], dtype=np.float64), np.array(pose[1], dtype=np.float64), True
         for r, box_xyxy in todo:
             r.score = self.confidence(r.obj_id, r.R, r.t, K, box_xyxy, width, height)
         total = time.perf_counter() - t_frame
@@ -468,5 +513,5 @@ def load_pose_estimator(registry_path: str | os.PathLike, config: PipelineConfig
 
 
 __all__ = ["Detection", "PoseResult", "PipelineConfig", "PipelineConfigError", "PoseEstimator", "Initialiser",
-           "BoxInitialiser", "DscInitialiser", "Self6dInitialiser",
+           "BoxInitialiser", "DscInitialiser", "Self6dInitialiser", "Refiner", "DeepImStage", "REFINERS",
            "find_dsc_checkpoint", "find_self6d_checkpoint", "load_pose_estimator", "INITIALISERS"]

@@ -46,6 +46,14 @@ def mask_box_xywh(mask: np.ndarray) -> np.ndarray | None:
     return np.array([xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1], dtype=np.int64)
 
 
+def mask_box_xyxy(mask: np.ndarray) -> np.ndarray | None:
+    """Tightest box of a boolean mask as pixel-edge coordinates (x1, y1, x2, y2); None when empty."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return None
+    return np.array([xs.min() - 0.5, ys.min() - 0.5, xs.max() + 0.5, ys.max() + 0.5], dtype=np.float64)
+
+
 def box_iou_xywh(box_a, box_b) -> float:
     ax, ay, aw, ah = box_a
     bx, by, bw, bh = box_b

@@ -30,7 +30,7 @@ from ..models.dsc_posenet import (DscModelConfig, norm_window, unnorm_window, vi
                                   warp_view)
 from . import bop_io
 from .bop_io import find_rgb, read_rgb
-from .boxes import box_xyxy_edges, loosen_box_xywh
+from .boxes import box_xyxy_edges, loosen_box_xywh, mask_box_xyxy
 
 MODES = ("pseudo", "with_real_pose_labels")
 
@@ -88,13 +88,6 @@ def transformed_box(matrix: np.ndarray, box_xyxy) -> np.ndarray:
     x1, y1, x2, y2 = box_xyxy
     corners = np.array([[x1, y1, 1], [x2, y1, 1], [x1, y2, 1], [x2, y2, 1.0]]) @ matrix.T
     return np.array([corners[:, 0].min(), corners[:, 1].min(), corners[:, 0].max(), corners[:, 1].max()])
-
-
-def mask_box_xyxy(mask: np.ndarray) -> np.ndarray | None:
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
-        return None
-    return np.array([xs.min() - 0.5, ys.min() - 0.5, xs.max() + 0.5, ys.max() + 0.5], dtype=np.float64)
 
 
 def augmented_mask_box(mask: np.ndarray, A: np.ndarray) -> np.ndarray | None:

@@ -11,9 +11,9 @@ from .box_init import BoxInitConfig, box_initial_pose
 from .flow import flow_from_renders
 from .noise import PoseNoiseConfig, sample_pose_noise
 from .refiner import DeepImRefiner
-from .zoom import ZoomConfig, mask_box, zoom_window
+from .zoom import ZoomConfig, zoom_window
 
 __all__ = [
     "BoxInitConfig", "box_initial_pose", "flow_from_renders", "PoseNoiseConfig", "sample_pose_noise",
-    "DeepImRefiner", "ZoomConfig", "mask_box", "zoom_window",
+    "DeepImRefiner", "ZoomConfig", "zoom_window",
 ]

@@ -45,14 +45,6 @@ class ZoomConfig:
             raise ValueError("zoom: render_faces must be >= 0 (0 = the full meshes)")
 
 
-def mask_box(mask: np.ndarray) -> np.ndarray | None:
-    """Tightest box of a boolean mask as pixel-edge coordinates (x1, y1, x2, y2); None when empty."""
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
-        return None
-    return np.array([xs.min() - 0.5, ys.min() - 0.5, xs.max() + 0.5, ys.max() + 0.5], dtype=np.float64)
-
-
 def union_box(*boxes) -> np.ndarray:
     boxes = [np.asarray(b, dtype=np.float64) for b in boxes if b is not None]
     if not boxes:

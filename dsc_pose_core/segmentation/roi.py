@@ -18,19 +18,14 @@ import cv2
 import numpy as np
 import torch
 
+from ..data.boxes import box_xyxy_edges
 from ..geometry.camera import crop_affine
-
-
-def box_edges_xyxy(box_xywh) -> np.ndarray:
-    """BOP (x, y, w, h) -> pixel-edge (x1, y1, x2, y2)."""
-    x, y, w, h = (float(v) for v in box_xywh)
-    return np.array([x - 0.5, y - 0.5, x + w - 0.5, y + h - 0.5])
 
 
 def roi_window(box_xywh, context: float = 1.2, shift=(0.0, 0.0), scale: float = 1.0) -> np.ndarray:
     """Square pixel-edge window (x1, y1, x2, y2) around a box: side ``context * scale * max(w, h)``,
     centre moved by ``shift`` (fractions of the side). The window may leave the image."""
-    x1, y1, x2, y2 = box_edges_xyxy(box_xywh)
+    x1, y1, x2, y2 = box_xyxy_edges(box_xywh)
     side = max(x2 - x1, y2 - y1, 2.0) * float(context) * float(scale)
     cx = 0.5 * (x1 + x2) + shift[0] * side
     cy = 0.5 * (y1 + y2) + shift[1] * side

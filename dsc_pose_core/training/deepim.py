@@ -35,7 +35,8 @@ from ..deepim.flow import flow_from_renders
 from ..deepim.inputs import TRANSLATION_UNITS, build_input
 from ..deepim.noise import PoseNoiseConfig, sample_pose_noise
 from ..deepim.refiner import make_zoom_renderer
-from ..deepim.zoom import ZoomConfig, crop_image, mask_box
+from ..data.boxes import mask_box_xyxy
+from ..deepim.zoom import ZoomConfig, crop_image
 from ..losses.deepim import DeepImLossWeights, deepim_loss
 from ..models.deepim import CHECKPOINT_FORMAT, DeepImNet
 from . import distributed
@@ -275,7 +276,7 @@ class DeepImTrainer:
                 return None
             h, w = mask_visib.shape
             return box_xyxy_edges(loosen_box_xywh(tight, self.rng, w, h, d.detection_loosening))
-        box = mask_box(mask_visib)
+        box = mask_box_xyxy(mask_visib)
         dilation = d.obs_box_dilation_px * d.width / 640.0
         return None if box is None else box + np.array([-1, -1, 1, 1]) * self.rng.uniform(0, dilation, size=4)
 

@@ -206,16 +206,14 @@ class DscInitialiser:
     def from_config(cls, pipeline: "PoseEstimator", config: "PipelineConfig") -> "DscInitialiser":
         from .models.dsc_posenet import DscPoseNetEstimator, model_from_checkpoint
 
-        paths = pipeline.checkpoint_paths(config.dsc_checkpoints, "dsc", "DSC-PoseNet", find_dsc_checkpoint,
-                                          "obj_XXXXXX.pt, NAME.pt or dsc_NAME.pt")
-        estimators = {}
-        for o, path in paths.items():
-            model, keypoints_3d, ckpt_obj = _load(model_from_checkpoint, path, "DSC-PoseNet", pipeline.device)
-            if ckpt_obj != o:
-                raise PipelineConfigError(f"{path}: DSC-PoseNet checkpoint of object {ckpt_obj}, expected object {o}")
-            estimators[o] = DscPoseNetEstimator(model, keypoints_3d, ransac=config.ransac, device=pipeline.device,
-                                                 keypoint_scales=config.dsc_keypoint_scales)
-        return cls(estimators)
+        def estimator(loaded):
+            model, keypoints_3d, obj_id = loaded
+            return obj_id, DscPoseNetEstimator(model, keypoints_3d, ransac=config.ransac, device=pipeline.device,
+                                               keypoint_scales=config.dsc_keypoint_scales)
+
+        return cls(pipeline.per_object_estimators(
+            config.dsc_checkpoints, "dsc", "DSC-PoseNet", find_dsc_checkpoint, "obj_XXXXXX.pt, NAME.pt or dsc_NAME.pt",
+            model_from_checkpoint, estimator))
 
     def initial_pose(self, image, K, obj_id, box_xywh, box_xyxy):
         est = self.estimators[obj_id].estimate(image, K, box_xywh)
@@ -234,15 +232,13 @@ class Self6dInitialiser:
     def from_config(cls, pipeline: "PoseEstimator", config: "PipelineConfig") -> "Self6dInitialiser":
         from .models.self6d import Self6dEstimator, model_from_checkpoint
 
-        paths = pipeline.checkpoint_paths(config.self6d_checkpoints, "self6d", "Self6D", find_self6d_checkpoint,
-                                          "self6d/obj_XXXXXX.pt, self6d_obj_XXXXXX.pt or self6d_NAME.pt")
-        estimators = {}
-        for o, path in paths.items():
-            model, ckpt_obj, diameter = _load(model_from_checkpoint, path, "Self6D", pipeline.device)
-            if ckpt_obj != o:
-                raise PipelineConfigError(f"{path}: Self6D checkpoint of object {ckpt_obj}, expected object {o}")
-            estimators[o] = Self6dEstimator(model, diameter, device=pipeline.device)
-        return cls(estimators)
+        def estimator(loaded):
+            model, obj_id, diameter = loaded
+            return obj_id, Self6dEstimator(model, diameter, device=pipeline.device)
+
+        return cls(pipeline.per_object_estimators(
+            config.self6d_checkpoints, "self6d", "Self6D", find_self6d_checkpoint,
+            "self6d/obj_XXXXXX.pt, self6d_obj_XXXXXX.pt or self6d_NAME.pt", model_from_checkpoint, estimator))
 
     def initial_pose(self, image, K, obj_id, box_xywh, box_xyxy):
         R, t = self.estimators[obj_id].estimate(image, K, box_xywh)
@@ -368,6 +364,18 @@ class PoseEstimator:
     def self6d(self) -> dict:
         """{obj_id: Self6dEstimator} when the initialiser is Self6D, else {}."""
         return self.initialiser.estimators if isinstance(self.initialiser, Self6dInitialiser) else {}
+
+    def per_object_estimators(self, spec, init: str, what: str, finder, layout: str, loader, make) -> dict:
+        """{obj_id: make(loader(path))[1]} for every served object's checkpoint (see ``checkpoint_paths``);
+        ``make`` returns (the checkpoint's object id, the estimator); a checkpoint of another object is
+        one clear error."""
+        estimators = {}
+        for o, path in self.checkpoint_paths(spec, init, what, finder, layout).items():
+            ckpt_obj, estimator = make(_load(loader, path, what, self.device))
+            if ckpt_obj != o:
+                raise PipelineConfigError(f"{path}: {what} checkpoint of object {ckpt_obj}, expected object {o}")
+            estimators[o] = estimator
+        return estimators
 
     def checkpoint_paths(self, spec, init: str, what: str, finder, layout: str) -> dict:
         """{obj_id: checkpoint path} for every served object, from {obj_id: path} or a directory

@@ -6,7 +6,7 @@ then a confidence. The parts are the existing modules; this file only composes t
 * initialiser (``INITIALISERS``: name -> class implementing :class:`Initialiser`): ``"dsc"``
   (:class:`DscInitialiser`: ``models.dsc_posenet.DscPoseNetEstimator``, one network per object, one
   forward pass pair per detection: the networks differ per object, so there is no batch); ``"box"``
-  (:class:`BoxInitialiser`: ``deepim.box_init.box_initial_pose``, pose from the box alone, no network);
+  (:class:`BoxInitialiser`: ``box_initialiser.box_initial_pose``, pose from the box alone, no network);
   ``"self6d"`` (:class:`Self6dInitialiser`: ``models.self6d.Self6dEstimator``, one ROI regression
   network per object: rotation, image-space centre and depth, the pose built with the frame's own K).
   A new initialiser is a class with ``from_config`` and ``initial_pose`` and an entry in the table.
@@ -41,7 +41,7 @@ from typing import Mapping, Protocol, Sequence
 import numpy as np
 
 from .data.boxes import box_iou_xywh, box_xyxy_edges
-from .deepim.box_init import BoxInitConfig, box_initial_pose
+from .box_initialiser import BoxInitConfig, box_initial_pose
 from .deepim.zoom import projected_box
 
 
@@ -179,7 +179,7 @@ class Initialiser(Protocol):
 
 class BoxInitialiser:
     """The pose from the box alone (no network): canonical rotation or ``box_templates`` viewpoints
-    scored by box IoU, the distance from the box size (``deepim.box_init``)."""
+    scored by box IoU, the distance from the box size (``box_initialiser``)."""
 
     def __init__(self, vertices: dict, diameters: dict, n_templates: int = 0):
         self.vertices, self.diameters = vertices, diameters

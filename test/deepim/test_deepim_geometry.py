@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
-from dsc_pose_core.deepim.box_init import BoxInitConfig, box_initial_pose
+from dsc_pose_core.box_initialiser import BoxInitConfig, box_initial_pose
 from dsc_pose_core.deepim.flow import flow_from_renders
 from dsc_pose_core.deepim.noise import PoseNoiseConfig, sample_pose_noise
 from dsc_pose_core.data.boxes import mask_box_xyxy as mask_box

@@ -1,4 +1,4 @@
-"""A coarse initial pose from a 2D box alone (for DeepIM when no pose network is configured).
+"""The box initialiser: a coarse initial pose from a 2D box alone (no network; the pipeline's ``box``).
 
 Translation: the object origin is put on the ray through the box centre, t = z K^-1 [c_x, c_y, 1],
 so the projected model origin lands exactly on the box centre. The depth z is chosen so that the

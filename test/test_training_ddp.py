@@ -27,7 +27,7 @@ def _worker(rank: int, world: int, port: int, registry: str, out: str, dump_dir:
     torch.set_num_threads(1)
     import dsc_pose_core.training.deepim as deepim_module
     from dsc_pose_core.training import distributed
-    from dsc_pose_core.training.cli import TrainConfig
+    from dsc_pose_core.training.stages import TrainConfig
     from dsc_pose_core.typed_config import from_dict
 
     created = []

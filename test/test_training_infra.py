@@ -81,7 +81,7 @@ def test_every_training_config_parses(repo_root, name):
     from dsc_pose_core.training.cli import parse_config
 
     from dsc_pose_core.training.chain import CHAIN_STAGES
-    from dsc_pose_core.training.cli import STAGES
+    from dsc_pose_core.training.stages import STAGES
 
     config = parse_config(repo_root / "config" / "train" / name)
     stages = getattr(config, "stages", None)  # a chain config names several stages

@@ -54,7 +54,7 @@ from pathlib import Path
 import yaml
 
 from . import distributed
-from .cli import TrainConfig
+from .stages import TrainConfig
 from ..typed_config import ConfigError, from_dict, to_dict
 from .deepim import DeepImConfig
 from .dsc_posenet import DscPoseNetConfig

@@ -11,54 +11,11 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from . import distributed
 from ..typed_config import ConfigError, apply_overrides, from_dict, load_yaml
-from .segmentation import SegmentationConfig, run_segmentation
-from .deepim import DeepImConfig, run_deepim
-from .dsc_posenet import DscPoseNetConfig, run_dsc_posenet
-from .self6d import Self6dConfig, run_self6d
-
-
-@dataclass
-class TrainConfig:
-    stage: str  # one of STAGES
-    out: str = "out/train"  # output folder (relative paths: to the repository root)
-    seed: int = 0
-    device: str = "cpu"
-    threads: int = 0  # torch CPU threads (0 = torch's default)
-    segmentation: SegmentationConfig | None = None  # stage "segmentation" (dsc-posenet sec. 3.1)
-    deepim: DeepImConfig | None = None  # stage "deepim" (deepim sec. 3)
-    dsc_posenet: DscPoseNetConfig | None = None  # stage "dsc_posenet" (dsc-posenet sec. 3.2)
-    self6d: Self6dConfig | None = None  # stage "self6d" (self6d sec. 3)
-
-    def validate(self) -> None:
-        if self.stage not in STAGES:
-            raise ConfigError(f"stage: {self.stage!r} is not one of {sorted(STAGES)}")
-        if getattr(self, self.stage, None) is None:
-            raise ConfigError(f"stage {self.stage!r} needs a {self.stage!r} section")
-
-
-def _segmentation(config: TrainConfig, args, command: str):
-    return run_segmentation(config, out=args.out, resume=args.resume, command=command)
-
-
-def _deepim(config: TrainConfig, args, command: str):
-    return run_deepim(config, out=args.out, resume=args.resume, command=command)
-
-
-def _dsc_posenet(config: TrainConfig, args, command: str):
-    return run_dsc_posenet(config, out=args.out, resume=args.resume, command=command)
-
-
-def _self6d(config: TrainConfig, args, command: str):
-    return run_self6d(config, out=args.out, resume=args.resume, command=command)
-
-
-# stage name -> runner(config, args, command); later issues add their stages here
-STAGES = {"segmentation": _segmentation, "deepim": _deepim, "dsc_posenet": _dsc_posenet, "self6d": _self6d}
+from .stages import STAGES, TrainConfig
 
 
 def parse_config(path, overrides=()) -> TrainConfig:
@@ -117,7 +74,7 @@ def main(argv=None) -> int:
                 print(f"train.py: config error: {exc}", file=sys.stderr)
                 return 2
         else:
-            STAGES[config.stage](config, args, command)
+            STAGES[config.stage](config, out=args.out, resume=args.resume, command=command)
     finally:
         distributed.shutdown()
     return 0

@@ -176,7 +176,7 @@ def test_time_limited_training_stops_on_the_clock_and_drops_lr_by_time(small_K, 
     limit (``steps`` only caps it), the lr drops at fractions of the time, and the clock survives in
     the checkpoint (a resumed run continues the schedule instead of restarting it)."""
     from dsc_pose_core.objects.demo_object import write_demo_models, write_demo_registry
-    from dsc_pose_core.training.cli import TrainConfig
+    from dsc_pose_core.training.stages import TrainConfig
     from dsc_pose_core.typed_config import from_dict
     from dsc_pose_core.training.deepim import run_deepim
 

@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     checkpoint = find_dsc_checkpoint(DEMO_CHECKPOINTS, DEMO_OBJ_ID)
     if checkpoint is None:
         print(f"dsc-pose-demo: error: the shipped demo checkpoint is missing from {DEMO_CHECKPOINTS} "
-              "(README: 'The demo checkpoint' retrains it)", file=sys.stderr)
+              "(docs/TRAINING.md: 'The demo checkpoint' retrains it)", file=sys.stderr)
         return 2
     print(f"demo checkpoint: {checkpoint}", flush=True)
     node_args = ["-p registry:=" + str(registry), "-p init:=dsc", "-p dsc_checkpoints:=" + str(DEMO_CHECKPOINTS),

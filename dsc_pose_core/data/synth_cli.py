@@ -76,32 +76,51 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args) -> "SynthConfig":
+def synth_config(models, obj_ids, out, n_images: int, *, seed: int = 0, camera: str | None = None,
+                 width: int | None = None, height: int | None = None, objects_per_image: int = 1,
+                 min_visib: float = 0.1, depth: bool = False, depth_noise: bool = False, distractors: int = 0,
+                 distance: tuple[float, float] = (0.35, 1.5), elevation: tuple[float, float] = (-15.0, 90.0),
+                 cluster_radius: float = 0.0, augment: bool = True,
+                 backgrounds: str = "photo,noise,gradient,stripes,checker", background_dir: str = "",
+                 object_jitter: float = 0.0, rgb_ext: str = "png", split: str | None = None, scene_id: int = 0,
+                 progress: bool = True) -> "SynthConfig":
+    """The generator's typed config from the command's settings (same names and defaults as its flags);
+    ``dsc-pose-synth`` and the trainers (``training.common.ensure_synthetic``) both build it here."""
     from ..data import bop_io
     from .augment import AugmentConfig
-    from .synthetic import LMO_K, DistractorConfig, PoseSamplingConfig, SynthConfig, scale_intrinsics
+    from .synthetic import DEFAULT_SPLIT, LMO_K, DistractorConfig, PoseSamplingConfig, SynthConfig, scale_intrinsics
 
-    if args.camera:
-        cam = bop_io.load_camera_json(args.camera)
+    if camera:
+        cam = bop_io.load_camera_json(camera)
         K, size, depth_scale = cam.K, (cam.width, cam.height), cam.depth_scale
     else:
         K, size, depth_scale = np.asarray(LMO_K).reshape(3, 3), (640, 480), 0.1
-    width = args.width or size[0]
-    height = args.height or size[1]
+    width = width or size[0]
+    height = height or size[1]
     if (width, height) != size:
         K = scale_intrinsics(K, size, (width, height))
     return SynthConfig(
-        models_dir=str(args.models), obj_ids=tuple(args.obj_ids), out_dir=str(args.out), n_images=args.n_images,
-        seed=args.seed, width=width, height=height, K=tuple(float(v) for v in np.asarray(K).reshape(9)),
-        depth_scale=float(depth_scale), objects_per_image=args.objects_per_image, min_visib_fract=args.min_visib,
-        depth=bool(args.depth or args.depth_noise), depth_noise=bool(args.depth_noise),
-        pose=PoseSamplingConfig(distance=tuple(args.distance), elevation_deg=tuple(args.elevation),
-                                cluster_radius=float(args.cluster_radius)),
-        distractors=DistractorConfig(min_count=0, max_count=max(0, args.distractors)),
-        augment=AugmentConfig.off() if args.no_augment else AugmentConfig(),
-        background_kinds=tuple(k for k in args.backgrounds.split(",") if k), background_dir=str(args.background_dir),
-        object_jitter=float(args.object_jitter),
-        rgb_ext=args.rgb_ext, split=args.split, scene_id=args.scene_id, progress=not args.no_progress)
+        models_dir=str(models), obj_ids=tuple(int(o) for o in obj_ids), out_dir=str(out), n_images=int(n_images),
+        seed=int(seed), width=width, height=height, K=tuple(float(v) for v in np.asarray(K).reshape(9)),
+        depth_scale=float(depth_scale), objects_per_image=int(objects_per_image), min_visib_fract=float(min_visib),
+        depth=bool(depth or depth_noise), depth_noise=bool(depth_noise),
+        pose=PoseSamplingConfig(distance=tuple(float(v) for v in distance),
+                                elevation_deg=tuple(float(v) for v in elevation), cluster_radius=float(cluster_radius)),
+        distractors=DistractorConfig(min_count=0, max_count=max(0, int(distractors))),
+        augment=AugmentConfig() if augment else AugmentConfig.off(),
+        background_kinds=tuple(k for k in backgrounds.split(",") if k), background_dir=str(background_dir),
+        object_jitter=float(object_jitter), rgb_ext=rgb_ext, split=split or DEFAULT_SPLIT, scene_id=int(scene_id),
+        progress=bool(progress))
+
+
+def config_from_args(args) -> "SynthConfig":
+    return synth_config(
+        args.models, args.obj_ids, args.out, args.n_images, seed=args.seed, camera=args.camera, width=args.width,
+        height=args.height, objects_per_image=args.objects_per_image, min_visib=args.min_visib, depth=args.depth,
+        depth_noise=args.depth_noise, distractors=args.distractors, distance=args.distance, elevation=args.elevation,
+        cluster_radius=args.cluster_radius, augment=not args.no_augment, backgrounds=args.backgrounds,
+        background_dir=args.background_dir, object_jitter=args.object_jitter, rgb_ext=args.rgb_ext, split=args.split,
+        scene_id=args.scene_id, progress=not args.no_progress)
 
 
 def main(argv=None) -> int:

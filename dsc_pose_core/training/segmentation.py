@@ -51,7 +51,6 @@ import math
 import os
 import platform
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -350,14 +349,12 @@ def ensure_synthetic(cfg: SyntheticDataConfig, obj_ids: list[int], real_root: Pa
         return root
     if not cfg.generate:
         raise FileNotFoundError(f"synthetic dataset {root} is missing or incomplete and generate is false")
+    from ..data.synth_cli import synth_config
+    from ..data.synthetic import GenerationReport, generate_dataset
+
     models = resolve_path(cfg.models) if cfg.models else real_root / "models"
-    command = [sys.executable, "-m", "dsc_pose_core.data.synth_cli", "--models", str(models),
-               "--obj-ids", ",".join(str(o) for o in obj_ids), "--n-images", str(cfg.n_images),
-               "--out", str(root), "--seed", str(cfg.seed), "--objects-per-image", str(cfg.objects_per_image),
-               "--distractors", str(cfg.distractors), "--distance", f"{cfg.distance[0]},{cfg.distance[1]}",
-               "--elevation", f"{cfg.elevation[0]},{cfg.elevation[1]}", "--rgb-ext", cfg.rgb_ext,
-               "--split", cfg.split]
     kinds = cfg.backgrounds
+    background_dir = ""
     if cfg.real_backgrounds:
         if not background_images:
             raise ConfigError("synthetic.real_backgrounds needs the real training images")
@@ -366,16 +363,19 @@ def ensure_synthetic(cfg: SyntheticDataConfig, obj_ids: list[int], real_root: Pa
         if distributed.is_main():
             write_box_free_backgrounds(folder, background_images)
         kinds = kinds or "folder,noise,gradient,stripes,checker"
-        command += ["--background-dir", str(folder)]
+        background_dir = str(folder)
+    settings = dict(seed=cfg.seed, objects_per_image=cfg.objects_per_image, distractors=cfg.distractors,
+                    distance=cfg.distance, elevation=cfg.elevation, rgb_ext=cfg.rgb_ext, split=cfg.split,
+                    background_dir=background_dir, object_jitter=cfg.object_jitter, cluster_radius=cfg.cluster_radius)
     if kinds:
-        command += ["--backgrounds", kinds]
-    if cfg.object_jitter > 0:
-        command += ["--object-jitter", str(cfg.object_jitter)]
-    if cfg.cluster_radius > 0:
-        command += ["--cluster-radius", str(cfg.cluster_radius)]
+        settings["backgrounds"] = kinds
     if distributed.is_main():  # DDP: one rank renders, the others wait for the finished dataset
-        print("generating synthetic data:", " ".join(command), flush=True)
-        subprocess.run(command, check=True)
+        synth = synth_config(models, obj_ids, root, cfg.n_images, **settings)
+        print(f"generating synthetic data: {cfg.n_images} images of objects {list(obj_ids)} into {root}", flush=True)
+        report = GenerationReport(root)
+        generate_dataset(synth, report=report)
+        print(f"synthetic data: rendered {len(report.rendered)} images, skipped {len(report.skipped)} finished ones "
+              f"in {report.seconds:.1f} s", flush=True)
     distributed.barrier()
     return root
 

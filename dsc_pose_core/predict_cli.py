@@ -27,12 +27,41 @@ import json
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
 PROG = "dsc-pose-predict"
 MIN_VISIB_FRACT = 0.1
+
+
+@dataclass
+class PredictJob:
+    """What one ``dsc-pose-predict`` run does (the flags of the same names); the stage chain builds one
+    directly. ``split`` / ``ids`` choose the images (neither: all of the scene)."""
+
+    dataset: str
+    scene: int
+    out: str  # results CSV (BOP19 format)
+    split_dir: str = "test"
+    split: str | None = None  # image ids from DATASET/splits.json under this name
+    ids: str | None = None  # file with image ids
+    max_images: int = 0  # 0: all
+    init: str = "dsc"
+    refine: int = 2  # DeepIM iterations (0: no refinement)
+    checkpoints: str | None = None  # the initialiser's checkpoints per object (default <repo>/checkpoints)
+    deepim: str | None = None  # default <checkpoints>/deepim.pt when it exists
+    registry: str | None = None  # default <repo>/config/objects.yaml
+    models_dir: str | None = None
+    obj_ids: list[int] | None = None
+    box_seed: int = 0
+    max_loosening: float = 0.15
+    device: str = "cpu"
+    threads: int = 0
+    box_templates: int = 0
+    dsc_scales: str = "both"
+    quiet: bool = False
 
 
 def _int_list(text: str) -> list[int]:
@@ -107,7 +136,11 @@ def gt_detections(scene_gt, scene_gt_info, scene_id: int, im_id: int, width: int
     return out
 
 
-def run(args) -> dict:
+def job_from_args(args: argparse.Namespace) -> PredictJob:
+    return PredictJob(**{f.name: getattr(args, f.name) for f in fields(PredictJob)})
+
+
+def run(args: PredictJob) -> dict:
     import torch
     from tqdm import tqdm
 
@@ -169,7 +202,7 @@ def main(argv=None) -> int:
     from .pipeline import PipelineConfigError
 
     try:
-        summary = run(args)
+        summary = run(job_from_args(args))
     except (PipelineConfigError, BopFormatError, FileNotFoundError, ValueError, OSError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

@@ -462,7 +462,7 @@ def _run_eval(chain: Chain, resume: bool, command: str) -> list[Path]:
     from ..data import bop_io
     from ..eval.bop import evaluate, load_eval_data
     from ..eval.cli import format_table
-    from ..predict_cli import build_parser as predict_parser, run as predict
+    from ..predict_cli import PredictJob, run as predict
     from ..viz.cli import build_parser as viz_parser, run as draw
 
     c, d, cfg = chain.config, chain.config.data, chain.config.eval
@@ -486,16 +486,15 @@ def _run_eval(chain: Chain, resume: bool, command: str) -> list[Path]:
         bop_io.atomic_write_text(report_path, "\n".join(lines))
         return [report_path]
     results_csv = out_dir / "results.csv"
-    argv = ["--dataset", str(chain.real_root), "--scene", str(d.scene_id), "--split", split,
-            "--out", str(results_csv), "--init", cfg.init, "--refine", str(cfg.refine_iterations),
-            "--registry", str(resolve_path(chain.objects_file)), "--obj-ids", ",".join(map(str, chain.obj_ids)),
-            "--device", c.device, "--box-seed", str(cfg.box_seed), "--max-images", str(cfg.max_images)]
-    if cfg.init in ("dsc", "self6d"):  # the compact copies: what ships is what is scored
-        argv += ["--checkpoints", str(chain.export_dir())]
-    if cfg.refine_iterations > 0:
-        argv += ["--deepim", str(chain.export_dir() / "deepim.pt")]
-    _say("[chain] eval: dsc-pose-predict " + " ".join(argv))
-    summary = predict(predict_parser().parse_args(argv))
+    job = PredictJob(dataset=str(chain.real_root), scene=d.scene_id, split=split, out=str(results_csv),
+                     init=cfg.init, refine=cfg.refine_iterations, registry=str(resolve_path(chain.objects_file)),
+                     obj_ids=list(chain.obj_ids), device=c.device, box_seed=cfg.box_seed, max_images=cfg.max_images,
+                     # the compact copies: what ships is what is scored
+                     checkpoints=str(chain.export_dir()) if cfg.init in ("dsc", "self6d") else None,
+                     deepim=str(chain.export_dir() / "deepim.pt") if cfg.refine_iterations > 0 else None)
+    _say(f"[chain] eval: dsc-pose-predict on split {split!r} of scene {d.scene_id}, init {cfg.init}, "
+         f"{cfg.refine_iterations} DeepIM iterations")
+    summary = predict(job)
     im_ids = bop_io.select_scene_images(chain.real_root, d.scene_id, "test", split, None, cfg.max_images).im_ids
     # score the chain's objects only (the dataset may annotate others), with the dataset's own
     # evaluation meshes when it has them (BOP: models_eval/), else the chain's models folder

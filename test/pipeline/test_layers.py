@@ -42,3 +42,16 @@ def test_every_registered_initialiser_is_one_the_node_offers():
     assert set(INITIALISERS) == set(NODE_INITIALISERS)
     for cls in INITIALISERS.values():
         assert callable(getattr(cls, "from_config")) and callable(getattr(cls, "initial_pose"))
+
+
+def test_every_predict_flag_is_a_field_of_the_typed_job():
+    """The chain runs predictions from a PredictJob; the command line fills the same fields, by name."""
+    from dataclasses import fields
+
+    from dsc_pose_core.predict_cli import PredictJob, build_parser, job_from_args
+
+    dests = {a.dest for a in build_parser()._actions if a.dest != "help"}
+    assert dests == {f.name for f in fields(PredictJob)}
+    job = job_from_args(build_parser().parse_args(["--dataset", "d", "--scene", "2", "--out", "r.csv",
+                                                    "--obj-ids", "1,5", "--refine", "0", "--split", "val"]))
+    assert job == PredictJob(dataset="d", scene=2, out="r.csv", obj_ids=[1, 5], refine=0, split="val")

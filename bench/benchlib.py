@@ -3,32 +3,12 @@ docs/BENCHMARKS.md (replaced on each run, other sections kept)."""
 
 from __future__ import annotations
 
-import platform
-import subprocess
 from pathlib import Path
+
+from dsc_pose_core.provenance import cpu_model, git_commit  # noqa: F401 (the benches import them from here)
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS_MD = REPO / "docs" / "BENCHMARKS.md"
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                             timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "uncommitted"
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "uncommitted"
 
 
 def write_section(section: str, start: str, end: str, path: Path = BENCHMARKS_MD) -> None:

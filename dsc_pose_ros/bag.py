@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import importlib.util
 import json
 import os
 import platform
@@ -294,15 +293,10 @@ def percentiles_ms(latencies_s: list[float]) -> dict:
 
 
 def machine_info() -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count()}
-    bench = REPO_ROOT / "bench" / "benchlib.py"
-    try:
-        spec = importlib.util.spec_from_file_location("_dsc_pose_benchlib", bench)
-        lib = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(lib)
-        info["cpu_model"], info["git_commit"] = lib.cpu_model(), lib.git_commit()
-    except Exception:  # not a source checkout
-        info["cpu_model"], info["git_commit"] = platform.processor() or "unknown", "unknown"
+    from dsc_pose_core.provenance import cpu_model, git_commit
+
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "cpu_model": cpu_model(), "git_commit": git_commit()}
     try:
         import torch
 

@@ -49,8 +49,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +58,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .. import provenance
 from ..data import bop_io
 from ..data.backgrounds import hide_boxes
 from ..data.bop_io import find_rgb, read_rgb
@@ -852,19 +851,6 @@ def model_from_checkpoint(path: str | os.PathLike, device="cpu") -> tuple[RoiSeg
 # --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    return f"{platform.system()} {cpu}, {os.cpu_count()} CPUs, torch {torch.__version__} threads {torch.get_num_threads()}"
-
-
-def _commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=bop_io.repo_root(), capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def run_segmentation(config, out: str | os.PathLike | None = None, resume: str | None = None,
                      command: str = "") -> dict:
     """Stage 0 + T pseudo-label/fine-tune iterations; returns the results dict (also written to
@@ -1036,8 +1022,8 @@ def run_segmentation(config, out: str | os.PathLike | None = None, resume: str |
     results["trunk"] = cfg.model.encoder
     if "mean_refined" in summary:  # the final network's masks refined like its pseudo labels (not the network alone)
         results["val_refined_iou_mean"] = summary["mean_refined"]
-    results["machine"] = _machine()
-    results["commit"] = _commit()
+    results["machine"] = provenance.machine()
+    results["commit"] = provenance.git_commit(short=False)
     if refs is not None:
         refs.close()
     logger.close()

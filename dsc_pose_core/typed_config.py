@@ -5,7 +5,7 @@ recorded (``from_dict``) without importing any trainer.
 
 A config file has a ``stage:`` key naming the trainer and one section per stage::
 
-    stage: segmentation        # which trainer runs (see STAGES in training/cli.py)
+    stage: segmentation        # which trainer runs (see STAGES in training/stages.py)
     out: out/lmo_seg           # output folder (checkpoints, pseudo labels, results)
     seed: 0
     segmentation: {...}        # SegmentationConfig (training/segmentation.py)

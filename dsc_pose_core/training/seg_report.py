@@ -35,18 +35,22 @@ def _row(label: str, summary: dict, obj_ids, suffix: str = "") -> str:
 def _compared(run: dict) -> dict:
     seg = run["config"]["segmentation"]
     return {"val_iou_mean": run.get("val_iou_mean"), "val": run.get("val"), "complete": "val" in run,
-            "trunk": seg["model"]["encoder"], "pretrained": seg["model"].get("pretrained", False),
+            "trunk": seg["model"]["encoder"], "pretrained": _pretrained(seg),
             "train_real_iou_per_iter": run["train_real_iou_per_iter"],
             "val_iou_per_iter": run.get("val_iou_per_iter"), "command": run["command"], "timings_s": run["timings"],
             "ablation_without_real_images": run.get("ablation_without_real_images", {}).get("val")}
 
 
-def _trunk(seg: dict) -> str:
+def _pretrained(seg: dict) -> bool:
+    """Whether the run's trunk started from ImageNet weights (ResNets here never do)."""
     from ..models.backbone import TRUNKS
 
     name = seg["model"]["encoder"]
-    pretrained = seg["model"].get("pretrained", True) and name in TRUNKS and TRUNKS[name].pretrained
-    return f"{name} ({'ImageNet-pretrained' if pretrained else 'from scratch'})"
+    return bool(seg["model"].get("pretrained", True) and name in TRUNKS and TRUNKS[name].pretrained)
+
+
+def _trunk(seg: dict) -> str:
+    return f"{seg['model']['encoder']} ({'ImageNet-pretrained' if _pretrained(seg) else 'from scratch'})"
 
 
 def build(main: dict, no_box: dict | None, scratch: dict | None = None,
@@ -70,7 +74,7 @@ def build(main: dict, no_box: dict | None, scratch: dict | None = None,
         "iteration_timings_s": [{"t": it["t"], "pseudo_label_s": it["pseudo_label_s"], "finetune_s": it["finetune_s"]}
                                 for it in main["iterations"]],
         "config": {"encoder": seg["model"]["encoder"], "crop_size": seg["model"]["crop_size"],
-                   "pretrained": seg["model"].get("pretrained", False),
+                   "pretrained": _pretrained(seg),
                    "frozen_stages": seg["model"].get("frozen_stages", 0),
                    "output_stride": seg["model"].get("output_stride"),
                    "stage0_steps": seg["stage0"]["steps"], "finetune_steps": seg["finetune"]["steps"],

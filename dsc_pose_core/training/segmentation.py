@@ -46,6 +46,7 @@ clipping (free), and a full loop can be trained that way with ``segmentation.pse
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -622,7 +623,7 @@ def train_steps(model: RoiSegmenter, batcher: RoiBatcher, opt_cfg: OptimConfig, 
             if logger is not None:
                 done = step_offset + step + 1
                 if logger.wants_scalars(done):
-                    logger.scalars(done, {"loss/segmentation": loss.item(), "lr": optimizer.param_groups[0]["lr"]})
+                    logger.scalars(done, {"loss/segmentation": loss.item(), "lr": optimizer.param_groups[-1]["lr"]})
                 if logger.wants_image(done):
                     logger.image("sample/predicted_green_target_red_ignored_blue", done,
                                  _sample_picture(images, logits, labels, model.encoder_name))
@@ -851,6 +852,14 @@ def model_from_checkpoint(path: str | os.PathLike, device="cpu") -> tuple[RoiSeg
 # --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
+def _check_same_network(model: RoiSegmenter, cfg: SegmentationConfig, path) -> None:
+    """A checkpoint continued by this config must be the network it describes: the batches are
+    normalised for the config's trunk and the results name it."""
+    if (model.encoder_name, model.decoder) != (cfg.model.encoder, cfg.model.decoder):
+        raise ConfigError(f"{path}: a {model.encoder_name} {model.decoder} network, the config asks for "
+                          f"{cfg.model.encoder} {cfg.model.decoder} (set segmentation.model to match)")
+
+
 def run_segmentation(config, out: str | os.PathLike | None = None, resume: str | None = None,
                      command: str = "") -> dict:
     """Stage 0 + T pseudo-label/fine-tune iterations; returns the results dict (also written to
@@ -930,13 +939,16 @@ def run_segmentation(config, out: str | os.PathLike | None = None, resume: str |
         loaded, payload = model_from_checkpoint(resume, device)
         if payload["obj_ids"] != obj_ids:
             raise ConfigError(f"{resume}: trained for objects {payload['obj_ids']}, config has {obj_ids}")
+        _check_same_network(loaded, cfg, resume)
         model = loaded
         first_iteration = payload["iteration"] + 1
         if results_path.exists():
             previous = json.loads(results_path.read_text())
-            for key in ("train_real_iou_per_iter", "train_real_iou_no_box_clip_per_iter", "iterations",
-                        "val_iou_per_iter"):
+            for key in ("train_real_iou_per_iter", "train_real_iou_no_box_clip_per_iter", "iterations"):
                 results[key] = previous.get(key, [])[: payload["iteration"]]
+            # one val per finished round, the last round's being the final val (appended after the loop)
+            results["val_iou_per_iter"] = previous.get("val_iou_per_iter", [])[
+                : min(payload["iteration"], cfg.iterations - 1)]
             for key in ("ablation_without_real_images",):
                 if key in previous:
                     results[key] = previous[key]
@@ -945,6 +957,7 @@ def run_segmentation(config, out: str | os.PathLike | None = None, resume: str |
         loaded, payload = model_from_checkpoint(resolve_path(cfg.init_checkpoint), device)
         if payload["obj_ids"] != obj_ids:
             raise ConfigError(f"init_checkpoint trained for objects {payload['obj_ids']}, config has {obj_ids}")
+        _check_same_network(loaded, cfg, cfg.init_checkpoint)
         model = loaded
 
     batcher = RoiBatcher(cfg, obj_ids, synthetic, rng)
@@ -1001,7 +1014,8 @@ def run_segmentation(config, out: str | os.PathLike | None = None, resume: str |
                            cfg.stage0.steps + (t - 1) * cfg.finetune.steps, set_prior=set_prior)
         save(t)
         if cfg.eval.every_iteration and t < cfg.iterations:  # the last round's val is the final one below
-            val_t = summarise(evaluate_split(model, val_split, cfg, channel, device, refs, f"val (t={t})"))
+            network_only = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, refine="none"))
+            val_t = summarise(evaluate_split(model, val_split, network_only, channel, device, refs, f"val (t={t})"))
             results.setdefault("val_iou_per_iter", []).append(val_t["mean"])
             if val_t["mean"] is not None:
                 print(f"iteration {t}: val IoU {val_t['mean']:.4f}", flush=True)

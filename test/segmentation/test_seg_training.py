@@ -310,3 +310,13 @@ def test_pretrained_trunk_loop_reports_val_per_iteration_and_the_report_compares
     assert data["val_iou_per_iter"] == lite["val_iou_per_iter"]
     assert "efficientnet_lite0 (ImageNet-pretrained)" in section and "resnet18 (from scratch)" in section
     assert "upper bound: real mask labels" in section and "val IoU after each fine-tuning round" in section
+    assert data["config"]["pretrained"] and not data["without_pretraining"]["pretrained"]  # a ResNet never is
+    # resuming the finished run keeps one val per round (the final one is not appended twice)
+    lite_config = str(tmp_path / "lite.yaml")
+    last = str(tmp_path / "lite" / "run" / "checkpoints" / "seg_last.pt")
+    assert main(["--config", lite_config, "--resume", last]) == 0
+    assert len(json.loads((tmp_path / "lite" / "run" / "results.json").read_text())["val_iou_per_iter"]) == 2
+    # continuing another trunk's network under this config is one clear error (normalisation would differ)
+    scratch_stage0 = tmp_path / "scratch" / "run" / "checkpoints" / "seg_iter0.pt"
+    with pytest.raises(ConfigError, match="resnet18 deeplabv3plus network, the config asks for efficientnet_lite0"):
+        main(["--config", lite_config, f"segmentation.init_checkpoint={scratch_stage0}"])

@@ -195,12 +195,16 @@ class BoxInitialiser:
         return R, t, None
 
 
-class DscInitialiser:
-    """DSC-PoseNet (one network per object): keypoints of both scales, PnP with the frame's K; its own
-    confidence (mask probability x keypoint agreement) is returned."""
+class _PerObjectInitialiser:
+    """An initialiser with one estimator (network) per object, loaded from per-object checkpoints."""
 
     def __init__(self, estimators: dict):
         self.estimators = estimators
+
+
+class DscInitialiser(_PerObjectInitialiser):
+    """DSC-PoseNet (one network per object): keypoints of both scales, PnP with the frame's K; its own
+    confidence (mask probability x keypoint agreement) is returned."""
 
     @classmethod
     def from_config(cls, pipeline: "PoseEstimator", config: "PipelineConfig") -> "DscInitialiser":
@@ -222,11 +226,8 @@ class DscInitialiser:
         return est.R, est.t, float(est.confidence)
 
 
-class Self6dInitialiser:
+class Self6dInitialiser(_PerObjectInitialiser):
     """Self6D (one ROI regression network per object): rotation, image-space centre and depth."""
-
-    def __init__(self, estimators: dict):
-        self.estimators = estimators
 
     @classmethod
     def from_config(cls, pipeline: "PoseEstimator", config: "PipelineConfig") -> "Self6dInitialiser":

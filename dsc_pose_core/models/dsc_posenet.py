@@ -53,12 +53,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.boxes import box_xyxy_edges
+from . import backbone
 
 BACKBONES = ("resnet18", "resnet34", "resnet50")
 CHECKPOINT_FORMAT = "dsc_pose.dsc_posenet/1"
 VIEW_SCALES = ("unnorm", "norm")  # the un-normalised window and the normalised crop N (eq. 6)
-RGB_MEAN = (0.485, 0.456, 0.406)
-RGB_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -94,10 +93,8 @@ class DscModelConfig:
 
 
 def normalise_rgb(images: torch.Tensor) -> torch.Tensor:
-    """uint8 / 0-255 float images [B,3,H,W] -> ImageNet-normalised float32."""
-    mean = torch.tensor(RGB_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(RGB_STD, device=images.device).view(1, 3, 1, 1)
-    return (images.float() / 255.0 - mean) / std
+    """uint8 / 0-255 float images [B,3,H,W] -> ImageNet-normalised float32 (the ResNet trunks' input)."""
+    return backbone.normalise(images, "resnet18")
 
 
 def cell_centres(height: int, width: int, stride: int, device=None, dtype=torch.float32) -> torch.Tensor:

@@ -79,11 +79,12 @@ class RoiSegmenter(nn.Module):
                                          classes=self.n_objects, decoder_channels=int(decoder_channels),
                                          encoder_output_stride=int(output_stride), decoder_atrous_rates=rates)
             self.size_multiple = SIZE_MULTIPLE
+        # depthwise convolutions run 1.2-1.7x faster on CPU in channels-last layout (ENVIRONMENT-NOTES)
+        self.channels_last = spec.timm_name is not None
         if spec.timm_name is not None:
             trunk = self.net.encoder.model
             if pretrained:
                 backbone.load_pretrained(trunk, encoder)
-            # depthwise convolutions run 1.2-1.7x faster on CPU in channels-last layout (ENVIRONMENT-NOTES)
             self.to(memory_format=torch.channels_last)
         backbone.freeze(getattr(self.net.encoder, "model", self.net.encoder), encoder, frozen_stages, frozen_bn)
         # log(f / (1 - f)) per channel, added to the logits: the class-balanced eq. (2) trains the network
@@ -101,7 +102,7 @@ class RoiSegmenter(nn.Module):
         pad_h, pad_w = (-height) % self.size_multiple, (-width) % self.size_multiple
         if pad_h or pad_w:
             images = F.pad(images, (0, pad_w, 0, pad_h), mode="replicate")
-        if backbone.trunk_spec(self.encoder_name).timm_name is not None:
+        if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         logits = self.net(images) + self.foreground_prior_logit.view(1, -1, 1, 1)
         return logits[..., :height, :width]

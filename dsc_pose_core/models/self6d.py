@@ -32,11 +32,10 @@ from torch import nn
 
 from ..geometry.allocentric import allocentric_to_egocentric, egocentric_to_allocentric
 from ..geometry.rotations import rotation_6d_to_matrix
+from .backbone import IMAGENET_MEAN, IMAGENET_STD
 
 BACKBONES = ("resnet18", "resnet34")
 CHECKPOINT_FORMAT = "dsc_pose.self6d/1"
-RGB_MEAN = (0.485, 0.456, 0.406)
-RGB_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -61,8 +60,8 @@ class Self6dModelConfig:
 def normalise_rgb(images: torch.Tensor) -> torch.Tensor:
     """uint8 or [0, 1] float images [B,3,H,W] -> ImageNet-normalised float."""
     x = images.float() / 255.0 if images.dtype == torch.uint8 else images
-    mean = torch.tensor(RGB_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(RGB_STD, device=x.device).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
 
 

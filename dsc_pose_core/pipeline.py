@@ -1,7 +1,7 @@
 """The pose pipeline (DESIGN "Pipeline"): (RGB image, K, 2D detections) -> 6D poses.
 
-For every detection of a known object: an initial pose from the 2D box, then DeepIM refinement,
-then a confidence. The parts are the existing modules; this file only composes them:
+For every detection of a known object: an initial pose from the 2D box, then refiners (DeepIM,
+test-time alignment) in turn, then a confidence. The parts are the existing modules; this file only composes them:
 
 * initialiser (``INITIALISERS``: name -> class implementing :class:`Initialiser`): ``"dsc"``
   (:class:`DscInitialiser`: ``models.dsc_posenet.DscPoseNetEstimator``, one network per object, one
@@ -15,12 +15,16 @@ then a confidence. The parts are the existing modules; this file only composes t
   one network pass per iteration for all detections of the frame (batched), each with its detection
   box (drawn in the observed-mask channel when the checkpoint was trained so). Objects the DeepIM
   checkpoint was not trained for keep their initial pose (``refined = False``).
-* confidence (``score``): silhouette agreement at box level = IoU between the tight box of the
-  final pose's rendered silhouette (the model vertices projected with the pose, clipped to the
-  image: ``deepim.zoom.projected_box``, the box DeepIM itself uses as the rendered mask's box) and
-  the detection box. It is defined the same way for every initialiser and with or without
-  refinement. DSC-PoseNet's own confidence (mask probability x keypoint reprojection agreement) is
-  kept in ``init_score``.
+* alignment (:class:`AlignStage`, refiner ``"align"``; ``PipelineConfig.refiners`` orders it before
+  or after DeepIM): training-free render-and-compare per detection (``align``): the rendered
+  silhouette is made to agree with the weakly-supervised segmentation network's mask and the image
+  edges of the detection's crop.
+* confidence (``score``): with the aligner, its calibrated confidence of the final pose (energy and
+  colour agreement, ``align.score_pose``); otherwise silhouette agreement at box level = IoU between
+  the tight box of the final pose's rendered silhouette (the model vertices projected with the pose,
+  clipped to the image: ``deepim.zoom.projected_box``, the box DeepIM itself uses as the rendered
+  mask's box) and the detection box. DSC-PoseNet's own confidence (mask probability x keypoint
+  reprojection agreement) is kept in ``init_score``.
 
 Per-detection problems never raise: a detection of a class id the pipeline does not know, an empty
 or non-finite box, or a box entirely outside the image gives a :class:`PoseResult` with ``ok``
@@ -41,6 +45,7 @@ from typing import Mapping, Protocol, Sequence
 import numpy as np
 
 from .data.boxes import box_iou_xywh, box_xyxy_edges
+from .align import AlignConfig
 from .box_initialiser import BoxInitConfig, box_initial_pose
 from .deepim.zoom import projected_box
 
@@ -66,7 +71,7 @@ class PoseResult:
     detection_score: float = 1.0
     R: np.ndarray | None = None  # [3,3] object -> camera
     t: np.ndarray | None = None  # [3] metres
-    score: float = 0.0  # confidence: IoU(rendered silhouette box at the final pose, detection box)
+    score: float = 0.0  # confidence in [0, 1]: the aligner's, else IoU(rendered silhouette box, detection box)
     init_R: np.ndarray | None = None
     init_t: np.ndarray | None = None
     init_score: float | None = None  # the initialiser's own confidence (DSC-PoseNet); None for "box"
@@ -88,6 +93,11 @@ class PipelineConfig:
     self6d_checkpoints: Mapping[int, str | os.PathLike] | str | os.PathLike | None = None
     deepim_checkpoint: str | os.PathLike | None = None  # needed when refine_iterations > 0
     refine_iterations: int = 2  # DeepIM test iterations (deepim sec. 4: 2-4); 0 disables
+    # refiners in the order they run (names of ``REFINERS``); None: ["deepim"] when refine_iterations > 0
+    refiners: Sequence[str] | None = None
+    # the weakly-supervised segmentation network whose masks the "align" refiner compares renders with
+    segmentation_checkpoint: str | os.PathLike | None = None
+    align: AlignConfig = field(default_factory=AlignConfig)
     device: str = "cpu"
     obj_ids: Sequence[int] | None = None  # objects to serve (default: every registry object)
     box_templates: int = 0  # box initialiser: viewpoints scored by box IoU (0: canonical rotation)
@@ -309,8 +319,102 @@ class DeepImStage:
             self.renderer = None
 
 
-# name -> refiner class; the pipeline runs DeepIM when ``refine_iterations`` > 0
-REFINERS: dict[str, type] = {"deepim": DeepImStage}
+class AlignStage:
+    """Render-and-compare alignment at test time (``align``): per detection, the segmentation network's
+    mask of the detection's ROI and the crop's image edges (the frame's other detections' masks mark
+    where the object may be hidden); the pose that makes the rendered silhouette agree with them (no
+    pose network). Its confidence of the final pose (:meth:`scores`) becomes the
+    results' ``score``. Objects the segmentation checkpoint was not trained for are not aligned."""
+
+    def __init__(self, masks, renderer, obj_ids: set[int], config: AlignConfig):
+        self.masks, self.renderer, self.obj_ids, self.config = masks, renderer, obj_ids, config
+        self._frame: tuple | None = None  # (image, K, {box: Observation}) of the last frame
+
+    @classmethod
+    def from_config(cls, pipeline: "PoseEstimator", config: "PipelineConfig") -> "AlignStage":
+        from .models.segmentation import MaskPredictor
+        from .render import FastRenderer
+
+        try:
+            config.align.validate()
+        except ValueError as exc:
+            raise PipelineConfigError(str(exc)) from None
+        if config.segmentation_checkpoint is None:
+            raise PipelineConfigError("the align refiner needs a segmentation checkpoint (segmentation_checkpoint)")
+        masks = _load(MaskPredictor.from_checkpoint, config.segmentation_checkpoint, "segmentation", pipeline.device)
+        obj_ids = set(masks.obj_ids) & set(pipeline.obj_ids)
+        faces = config.align.render_faces
+        try:
+            renderer = FastRenderer(masks.crop_size, masks.crop_size)
+        except Exception as exc:
+            raise PipelineConfigError(f"alignment needs the OpenGL renderer: {exc}") from None
+        for o in sorted(obj_ids):
+            mesh = pipeline.registry[o].mesh
+            renderer.add_object(o, mesh.decimated(faces) if faces > 0 else mesh)
+        return cls(masks, renderer, obj_ids, config.align)
+
+    def _observations(self, image, K, items) -> list:
+        from .align import observe
+
+        if self._frame is None or self._frame[0] is not image or not np.array_equal(self._frame[1], K):
+            self._frame = (image, np.array(K), {})
+        cache = self._frame[2]
+        todo = [(int(o), tuple(box)) for o, *_, box in items if (int(o), tuple(box)) not in cache]
+        if todo:
+            from .segmentation import roi
+
+            height, width = image.shape[:2]
+            predicted = self.masks.predict(image, todo)
+            # each detection's mask in the full image: the others' are where this object may be hidden
+            full = [roi.paste(p, w, width, height) for p, w in predicted]
+            for i, (key, (probability, window)) in enumerate(zip(todo, predicted)):
+                others = [f for j, f in enumerate(full) if j != i]
+                cache[key] = observe(image, K, probability, window, self.config,
+                                     np.max(others, axis=0) if others else None)
+        return [cache[(int(o), tuple(box))] for o, *_, box in items]
+
+    def refine_poses(self, image, K, items):
+        from .align import align
+
+        out = []
+        for (obj_id, R, t, _), obs in zip(items, self._observations(image, K, items)):
+            try:
+                R_new, t_new, _, _ = align(self.renderer, obj_id, R, t, obs, self.config)
+            except ValueError:  # a start behind the camera: left as it was
+                out.append(None)
+                continue
+            out.append((R_new, t_new))
+        return out
+
+    def scores(self, image, K, items) -> list[float]:
+        """The confidence (``align.score_pose``) of each item's pose."""
+        from .align import score_pose
+
+        return [score_pose(self.renderer, obj_id, R, t, obs, self.config) if t[2] > 0 else 0.0
+                for (obj_id, R, t, _), obs in zip(items, self._observations(image, K, items))]
+
+    def close(self) -> None:
+        self._frame = None
+        if self.renderer is not None:
+            self.renderer.close()
+            self.renderer = None
+
+
+# name -> refiner class (``PipelineConfig.refiners``, in the order given; DeepIM alone when
+# ``refine_iterations`` > 0 and no order is given)
+REFINERS: dict[str, type] = {"deepim": DeepImStage, "align": AlignStage}
+
+
+# where the aligner runs relative to DeepIM (the node's and the CLI's ``align`` setting)
+ALIGN_ORDERS = ("off", "before", "after")
+
+
+def refiner_order(align: str, refine_iterations: int) -> list[str]:
+    """``PipelineConfig.refiners`` for an ``align`` setting (``ALIGN_ORDERS``) and DeepIM iterations."""
+    if align not in ALIGN_ORDERS:
+        raise PipelineConfigError(f"align must be one of {ALIGN_ORDERS}, not {align!r}")
+    deepim = ["deepim"] if refine_iterations > 0 else []
+    return {"off": deepim, "before": ["align"] + deepim, "after": deepim + ["align"]}[align]
 
 
 # --------------------------------------------------------------------------------------------
@@ -351,9 +455,20 @@ class PoseEstimator:
                 self.diameters[o] = float(entry.diameter)
             except Exception as exc:  # missing / corrupt mesh
                 raise PipelineConfigError(f"object {o} ({entry.name}): cannot load mesh {entry.mesh_path}: {exc}") from None
+        names = list(config.refiners) if config.refiners is not None else (
+            ["deepim"] if int(config.refine_iterations) > 0 else [])
+        unknown = [n for n in names if n not in REFINERS]
+        if unknown or len(set(names)) != len(names):
+            raise PipelineConfigError(f"refiners {names}: each at most once, from {tuple(REFINERS)}")
+        if "deepim" in names and int(config.refine_iterations) == 0:
+            raise PipelineConfigError("refiner 'deepim' needs refine_iterations > 0")
         self.initialiser: Initialiser = INITIALISERS[config.init].from_config(self, config)
-        if int(config.refine_iterations) > 0:
-            self.refiners.append(REFINERS["deepim"].from_config(self, config))
+        try:
+            for name in names:
+                self.refiners.append(REFINERS[name].from_config(self, config))
+        except Exception:
+            self.close()
+            raise
 
     # ------------------------------------------------------------ loading
     @property
@@ -503,6 +618,12 @@ class PoseEstimator:
                     r.R, r.t, r.refined = np.array(pose[0], dtype=np.float64), np.array(pose[1], dtype=np.float64), True
         for r, box_xyxy in todo:
             r.score = self.confidence(r.obj_id, r.R, r.t, K, box_xyxy, width, height)
+        # the aligner's confidence (energy and colour agreement of the final pose) where it aligns
+        aligner = next((s for s in self.refiners if isinstance(s, AlignStage)), None)
+        if aligner is not None:
+            scored = [(r, b) for r, b in todo if r.obj_id in aligner.obj_ids]
+            for (r, _), score in zip(scored, aligner.scores(image_rgb, K, [(r.obj_id, r.R, r.t, b) for r, b in scored])):
+                r.score = score
         total = time.perf_counter() - t_frame
         for r, _ in todo:
             r.timings.update({"refine": t_refine if r.refined else 0.0, "total": total})
@@ -522,5 +643,6 @@ def load_pose_estimator(registry_path: str | os.PathLike, config: PipelineConfig
 
 
 __all__ = ["Detection", "PoseResult", "PipelineConfig", "PipelineConfigError", "PoseEstimator", "Initialiser",
-           "BoxInitialiser", "DscInitialiser", "Self6dInitialiser", "Refiner", "DeepImStage", "REFINERS",
-           "find_dsc_checkpoint", "find_self6d_checkpoint", "load_pose_estimator", "INITIALISERS"]
+           "BoxInitialiser", "DscInitialiser", "Self6dInitialiser", "Refiner", "DeepImStage", "AlignStage", "REFINERS",
+           "find_dsc_checkpoint", "find_self6d_checkpoint", "load_pose_estimator", "INITIALISERS", "ALIGN_ORDERS",
+           "refiner_order"]

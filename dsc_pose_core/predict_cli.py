@@ -5,6 +5,8 @@ Example::
     dsc-pose-predict --dataset ../shared/data/lmo --scene 2 --split val --out results.csv \\
         --init dsc --checkpoints checkpoints --deepim checkpoints/deepim.pt --refine 2
     dsc-pose-predict --dataset DIR --scene 0 --out results.csv --init box --refine 0
+    dsc-pose-predict --dataset ../shared/data/lmo --scene 2 --split val --out results.csv --init dsc \
+        --refine 0 --align before        # DSC-PoseNet + test-time alignment (no DeepIM)
 
 Detections are the ground-truth visible boxes (``bbox_visib`` of scene_gt_info.json, object ids
 from scene_gt.json) loosened by U(0, 15 %) per side with ``data.boxes.loosen_box_xywh`` and one
@@ -16,7 +18,8 @@ read from the ground truth, never the poses. Nothing is cached: any BOP folder w
 The CSV has one row per estimated pose (``scene_id,im_id,obj_id,score,R,t,time``, millimetres);
 ``time`` is the wall time of the pipeline on the image (seconds, same for all rows of the image).
 Checkpoints default to the repository's ``checkpoints/`` folder when it exists
-(``checkpoints/dsc_posenet/obj_XXXXXX.pt`` or ``NAME.pt``, ``checkpoints/deepim.pt``).
+(``checkpoints/dsc_posenet/obj_XXXXXX.pt`` or ``NAME.pt``, ``checkpoints/deepim.pt``,
+``checkpoints/segmentation/lmo_seg.pt`` for ``--align``).
 Errors (missing files, bad checkpoints) give one ``error:`` line and exit code 2.
 """
 
@@ -31,6 +34,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
+
+from .align import HYPOTHESES, AlignConfig
+from .pipeline import ALIGN_ORDERS, refiner_order
 
 PROG = "dsc-pose-predict"
 MIN_VISIB_FRACT = 0.1
@@ -50,6 +56,9 @@ class PredictJob:
     max_images: int = 0  # 0: all
     init: str = "dsc"
     refine: int = 2  # DeepIM iterations (0: no refinement)
+    align: str = "off"  # test-time alignment: "off", "before" DeepIM or "after" it
+    align_hypotheses: str = "none"  # the aligner's rotation hypotheses (align.HYPOTHESES)
+    segmentation: str | None = None  # the aligner's mask network; default <checkpoints>/segmentation/lmo_seg.pt
     checkpoints: str | None = None  # the initialiser's checkpoints per object (default <repo>/checkpoints)
     deepim: str | None = None  # default <checkpoints>/deepim.pt when it exists
     registry: str | None = None  # default <repo>/config/objects.yaml
@@ -84,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="results CSV (BOP19 format)")
     p.add_argument("--init", default="dsc", choices=("dsc", "self6d", "box"), help="initial pose (default: dsc)")
     p.add_argument("--refine", type=int, default=2, help="DeepIM iterations (0: no refinement; default 2)")
+    p.add_argument("--align", default="off", choices=ALIGN_ORDERS,
+                   help="training-free render-and-compare alignment: off (default), before or after DeepIM "
+                   "(with --refine 0 either runs it alone)")
+    p.add_argument("--align-hypotheses", default="none", choices=HYPOTHESES,
+                   help="rotations the aligner tries besides the initial one: none (default), flips (180 deg "
+                   "about the camera axes) or cube24 (the cube's 24 rotations: for the box initialiser)")
+    p.add_argument("--segmentation", help="the aligner's segmentation checkpoint "
+                   "(default: <checkpoints>/segmentation/lmo_seg.pt)")
     p.add_argument("--checkpoints", help="folder with the initialiser's checkpoints per object "
                    "(dsc_posenet/obj_XXXXXX.pt or self6d/obj_XXXXXX.pt) "
                    "(default: <repo>/checkpoints when it exists)")
@@ -166,8 +183,14 @@ def run(args: PredictJob) -> dict:
                          "or use --init box")
     if args.refine > 0 and deepim is None:
         raise ValueError("--refine > 0 needs --deepim CKPT (no checkpoints/deepim.pt found); or pass --refine 0")
+    segmentation = args.segmentation
+    if segmentation is None and args.align != "off" and ckpt_dir:
+        segmentation = str(Path(ckpt_dir) / "segmentation" / "lmo_seg.pt")
+    if args.align != "off" and segmentation is None:
+        raise ValueError("--align needs --segmentation CKPT (no <repo>/checkpoints folder)")
     config = PipelineConfig(init=args.init, dsc_checkpoints=ckpt_dir, self6d_checkpoints=ckpt_dir, deepim_checkpoint=deepim,
-                            refine_iterations=args.refine, device=args.device, obj_ids=args.obj_ids,
+                            refine_iterations=args.refine, refiners=refiner_order(args.align, args.refine),
+                            segmentation_checkpoint=segmentation, align=AlignConfig(hypotheses=args.align_hypotheses), device=args.device, obj_ids=args.obj_ids,
                             box_templates=args.box_templates, dsc_keypoint_scales=args.dsc_scales)
     registry = args.registry or str(repo / "config" / "objects.yaml")
     estimates, skipped = [], Counter()

@@ -84,7 +84,8 @@ class PoseNode:
 
     # ------------------------------------------------------------------ set-up
     def _setup_pipeline(self) -> None:
-        from dsc_pose_core.pipeline import PipelineConfig, load_pose_estimator
+        from dsc_pose_core.align import AlignConfig
+        from dsc_pose_core.pipeline import PipelineConfig, load_pose_estimator, refiner_order
 
         p = self.params
         self.device = p["device"]
@@ -100,12 +101,17 @@ class PoseNode:
             torch.set_num_threads(p["threads"])
         dsc_dir = resolve_path(p["dsc_checkpoints"])
         deepim = p["deepim_checkpoint"] or (str(dsc_dir / "deepim.pt") if p["refine_iterations"] > 0 else None)
+        segmentation = p["segmentation_checkpoint"] or (
+            str(dsc_dir / "segmentation" / "lmo_seg.pt") if p["align"] != "off" else None)
         obj_ids = parse_obj_ids(p["obj_ids"]) or None
         config = PipelineConfig(init=p["init"], dsc_checkpoints=str(dsc_dir) if p["init"] == "dsc" else None,
                                 self6d_checkpoints=str(dsc_dir) if p["init"] == "self6d" else None,
                                 deepim_checkpoint=str(resolve_path(deepim)) if deepim else None,
                                 refine_iterations=p["refine_iterations"], device=self.device, obj_ids=obj_ids,
-                                box_templates=p["box_templates"])
+                                box_templates=p["box_templates"],
+                                refiners=refiner_order(p["align"], p["refine_iterations"]),
+                                segmentation_checkpoint=str(resolve_path(segmentation)) if segmentation else None,
+                                align=AlignConfig(hypotheses=p["align_hypotheses"]))
         self.estimator = load_pose_estimator(resolve_path(p["registry"]), config, p["models_dir"] or None)
         registry = self.estimator.registry
         self.registry = registry

@@ -15,6 +15,9 @@ NODE_NAME = "dsc_pose"
 # the pipeline's initialiser table (dsc_pose_core.pipeline.INITIALISERS) by name; not imported here so that
 # the launch file stays free of torch (a test keeps the two equal)
 INITIALISERS = ("box", "dsc", "self6d")
+# likewise dsc_pose_core.pipeline.ALIGN_ORDERS and dsc_pose_core.align.HYPOTHESES
+ALIGN_ORDERS = ("off", "before", "after")
+HYPOTHESES = ("none", "flips", "cube24")
 RELIABILITY = ("best_effort", "reliable")
 SYNC_MODES = ("exact", "approximate")
 
@@ -72,6 +75,12 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("deepim_checkpoint", "", "DeepIM checkpoint ('' = <dsc_checkpoints>/deepim.pt); needed when refining"),
     Parameter("refine_iterations", 0, "DeepIM iterations per frame (0 = no refinement; the paper uses 2-4)",
               _at_least(0)),
+    Parameter("align", "off", "training-free render-and-compare alignment of each pose: off, before or after "
+              "DeepIM (alone when refine_iterations is 0)", _one_of(ALIGN_ORDERS)),
+    Parameter("align_hypotheses", "none", "rotations the aligner tries besides the initial one: none, flips or "
+              "cube24 (for the box initialiser)", _one_of(HYPOTHESES)),
+    Parameter("segmentation_checkpoint", "", "the aligner's mask network ('' = "
+              "<dsc_checkpoints>/segmentation/lmo_seg.pt); needed when aligning"),
     Parameter("box_templates", 0, "box initialiser: viewpoints scored against the box (0 = canonical rotation)",
               _at_least(0)),
     Parameter("device", "cpu", "torch device: cpu or cuda[:N] (cuda falls back to cpu with a warning)",

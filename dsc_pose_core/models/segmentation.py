@@ -115,3 +115,70 @@ class RoiSegmenter(nn.Module):
         fraction = fraction.clamp(1e-3, 1 - 1e-3)
         self.foreground_prior_logit[seen] = torch.log(fraction / (1 - fraction))[seen]
 
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints and inference (no training imports: the pipeline's aligner loads these)
+# --------------------------------------------------------------------------------------------
+CHECKPOINT_FORMAT = "dsc_pose.segmentation/1"
+
+
+def model_from_checkpoint(path, device="cpu") -> tuple[RoiSegmenter, dict]:
+    """(network in eval mode, payload) of a segmentation checkpoint (read weights-only). Weights stored in
+    half precision (the committed checkpoint) are loaded into the float32 network."""
+    from ..checkpoint import load_checkpoint
+
+    payload = load_checkpoint(path, map_location=device)
+    if payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a segmentation checkpoint ({payload.get('format')!r})")
+    seg = payload["config"]["segmentation"]
+    model = RoiSegmenter(len(payload["obj_ids"]), seg["model"]["encoder"], seg["model"]["decoder_channels"],
+                         seg["model"].get("output_stride", DEFAULT_OUTPUT_STRIDE),
+                         seg["model"].get("atrous_rates", DEFAULT_ATROUS_RATES), pretrained=False,
+                         frozen_stages=seg["model"].get("frozen_stages", 0),
+                         frozen_bn=seg["model"].get("frozen_bn", False),
+                         decoder=seg["model"].get("decoder", "deeplabv3plus"))
+    state = dict(payload["state_dict"])
+    # saved before the prior correction existed: no correction
+    state.setdefault("foreground_prior_logit", torch.zeros(len(payload["obj_ids"])))
+    model.load_state_dict(state)
+    return model.to(device).eval(), payload
+
+
+class MaskPredictor:
+    """The weakly-supervised network as a per-detection mask source: ``predict(image [H,W,3] uint8 RGB,
+    [(obj_id, box xyxy pixel edges)]) -> [(probability float32 [S,S] on the ROI crop, window xyxy pixel
+    edges)]``,
+    one batch per frame. The ROI is the one the network was trained on (``segmentation.roi.roi_window``
+    with the checkpoint's context, resampled to its crop size)."""
+
+    def __init__(self, model: RoiSegmenter, obj_ids, crop_size: int, context: float, device="cpu"):
+        self.model, self.crop_size, self.context = model.eval(), int(crop_size), float(context)
+        self.channel = {int(o): i for i, o in enumerate(obj_ids)}
+        self.device = torch.device(device)
+
+    @classmethod
+    def from_checkpoint(cls, path, device="cpu") -> "MaskPredictor":
+        model, payload = model_from_checkpoint(path, device)
+        seg = payload["config"]["segmentation"]["model"]
+        return cls(model, payload["obj_ids"], seg["crop_size"], seg["context"], device)
+
+    @property
+    def obj_ids(self) -> list[int]:
+        return sorted(self.channel)
+
+    @torch.no_grad()
+    def predict(self, image, items) -> list:
+        import numpy as np
+
+        from ..segmentation import roi
+
+        if not items:
+            return []
+        windows = [roi.roi_window_edges(box, self.context) for _, box in items]
+        crops = np.stack([roi.crop(image, w, self.crop_size) for w in windows])
+        images = self.model.normalise(torch.from_numpy(crops).permute(0, 3, 1, 2).float()).to(self.device)
+        logits = self.model(images)
+        index = torch.tensor([self.channel[int(o)] for o, _ in items], device=logits.device)
+        probs = torch.sigmoid(logits[torch.arange(len(items)), index]).float().cpu().numpy()
+        return list(zip(probs, windows))

@@ -25,7 +25,12 @@ from ..geometry.camera import crop_affine
 def roi_window(box_xywh, context: float = 1.2, shift=(0.0, 0.0), scale: float = 1.0) -> np.ndarray:
     """Square pixel-edge window (x1, y1, x2, y2) around a box: side ``context * scale * max(w, h)``,
     centre moved by ``shift`` (fractions of the side). The window may leave the image."""
-    x1, y1, x2, y2 = box_xyxy_edges(box_xywh)
+    return roi_window_edges(box_xyxy_edges(box_xywh), context, shift, scale)
+
+
+def roi_window_edges(box_xyxy, context: float = 1.2, shift=(0.0, 0.0), scale: float = 1.0) -> np.ndarray:
+    """:func:`roi_window` of a pixel-edge (x1, y1, x2, y2) box."""
+    x1, y1, x2, y2 = (float(v) for v in box_xyxy)
     side = max(x2 - x1, y2 - y1, 2.0) * float(context) * float(scale)
     cx = 0.5 * (x1 + x2) + shift[0] * side
     cy = 0.5 * (y1 + y2) + shift[1] * side

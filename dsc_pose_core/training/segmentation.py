@@ -67,8 +67,8 @@ from ..data.boxes import DEFAULT_MAX_LOOSENING, box_mask, loosen_box_xywh
 from ..losses.segmentation import (IOU_SURROGATES, balanced_masked_segmentation_loss, iou_surrogate_loss,
                                   masked_segmentation_loss, pairwise_affinity_loss)
 from ..models import backbone
-from ..models.segmentation import (DECODERS, DEFAULT_ATROUS_RATES, DEFAULT_OUTPUT_STRIDE, ENCODERS, OUTPUT_STRIDES,
-                                   RoiSegmenter)
+from ..models.segmentation import (CHECKPOINT_FORMAT, DECODERS, DEFAULT_ATROUS_RATES, DEFAULT_OUTPUT_STRIDE, ENCODERS,
+                                   OUTPUT_STRIDES, RoiSegmenter, model_from_checkpoint)
 from ..segmentation import roi
 from ..segmentation.grabcut_refine import grabcut_refine
 from ..segmentation.pseudo_labels import DEFAULT_CONFIDENCE, IGNORE, mask_iou, pseudo_label, tta_probability
@@ -78,7 +78,6 @@ from ..checkpoint import load_checkpoint, save_checkpoint
 from ..typed_config import ConfigError, to_dict
 from .tensorboard_log import TrainLogger, mask_overlay, tile
 
-CHECKPOINT_FORMAT = "dsc_pose.segmentation/1"
 
 
 # --------------------------------------------------------------------------------------------
@@ -829,24 +828,6 @@ def checkpoint_payload(model: RoiSegmenter, cfg_dict: dict, obj_ids: list[int], 
         "encoder": model.encoder_name,
         "iteration": int(iteration),
     }
-
-
-def model_from_checkpoint(path: str | os.PathLike, device="cpu") -> tuple[RoiSegmenter, dict]:
-    payload = load_checkpoint(path, map_location=device)
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a segmentation checkpoint ({payload.get('format')!r})")
-    seg = payload["config"]["segmentation"]
-    model = RoiSegmenter(len(payload["obj_ids"]), seg["model"]["encoder"], seg["model"]["decoder_channels"],
-                         seg["model"].get("output_stride", DEFAULT_OUTPUT_STRIDE),
-                         seg["model"].get("atrous_rates", DEFAULT_ATROUS_RATES), pretrained=False,
-                         frozen_stages=seg["model"].get("frozen_stages", 0),
-                         frozen_bn=seg["model"].get("frozen_bn", False),
-                         decoder=seg["model"].get("decoder", "deeplabv3plus"))
-    state = dict(payload["state_dict"])
-    # saved before the prior correction existed: no correction
-    state.setdefault("foreground_prior_logit", torch.zeros(len(payload["obj_ids"])))
-    model.load_state_dict(state)
-    return model.to(device), payload
 
 
 # --------------------------------------------------------------------------------------------

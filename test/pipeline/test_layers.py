@@ -19,9 +19,12 @@ loaded = []
 for config in (PipelineConfig(init="dsc", dsc_checkpoints="checkpoints", deepim_checkpoint="checkpoints/deepim.pt",
                               refine_iterations=2),
                PipelineConfig(init="self6d", self6d_checkpoints="checkpoints", obj_ids=[5], refine_iterations=0),
-               PipelineConfig(init="box", refine_iterations=0)):
+               PipelineConfig(init="box", refine_iterations=0),
+               PipelineConfig(init="box", refine_iterations=0, refiners=["align"],
+                              segmentation_checkpoint="checkpoints/segmentation/lmo_seg.pt")):
     with PoseEstimator(registry, config) as estimator:
-        loaded.append([config.init, len(estimator.dsc), len(estimator.self6d), estimator.refiner is not None])
+        loaded.append([config.init, len(estimator.dsc), len(estimator.self6d), estimator.refiner is not None,
+                       [type(r).__name__ for r in estimator.refiners]])
 print(json.dumps({"loaded": loaded,
                   "training": sorted(m for m in sys.modules if m.startswith("dsc_pose_core.training"))}))
 """
@@ -31,15 +34,18 @@ def test_node_and_pipeline_import_no_training_module(repo_root, lmo_root):
     out = subprocess.run([sys.executable, "-c", PROBE], cwd=repo_root, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["loaded"] == [["dsc", 8, 0, True], ["self6d", 0, 1, False], ["box", 0, 0, False]]
+    assert result["loaded"] == [["dsc", 8, 0, True, ["DeepImStage"]], ["self6d", 0, 1, False, []],
+                                ["box", 0, 0, False, []], ["box", 0, 0, False, ["AlignStage"]]]
     assert result["training"] == []
 
 
 def test_every_registered_initialiser_is_one_the_node_offers():
-    from dsc_pose_core.pipeline import INITIALISERS
-    from dsc_pose_ros.params import INITIALISERS as NODE_INITIALISERS
+    from dsc_pose_core.align import HYPOTHESES
+    from dsc_pose_core.pipeline import ALIGN_ORDERS, INITIALISERS
+    from dsc_pose_ros import params
 
-    assert set(INITIALISERS) == set(NODE_INITIALISERS)
+    assert set(INITIALISERS) == set(params.INITIALISERS)
+    assert ALIGN_ORDERS == params.ALIGN_ORDERS and HYPOTHESES == params.HYPOTHESES
     for cls in INITIALISERS.values():
         assert callable(getattr(cls, "from_config")) and callable(getattr(cls, "initial_pose"))
 

@@ -57,6 +57,9 @@ class AlignConfig:
     min_step_px: float = 0.2  # the search stops when the shift step falls below this
     w_edge: float = 0.5  # weight of the contour-to-edge term
     w_colour: float = 0.0  # weight of the appearance term (1 - NCC of rendered vertex colours and the image) / 2
+    # the frame's other detections' masks mark pixels where the object may be hidden (rendered pixels there
+    # that the network calls background are not counted against the pose)
+    other_masks: bool = False
     recall_beta: float = 1.0  # 0: soft IoU; > 0: 1 - F_beta(precision, recall) (beta > 1 forgives rendered
     # pixels the network calls background: occluders)
     colour_light: str = "ambient"  # lighting of the appearance renders: "ambient" (vertex colours) | "headlight"

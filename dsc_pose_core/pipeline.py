@@ -321,8 +321,8 @@ class DeepImStage:
 
 class AlignStage:
     """Render-and-compare alignment at test time (``align``): per detection, the segmentation network's
-    mask of the detection's ROI and the crop's image edges (the frame's other detections' masks mark
-    where the object may be hidden); the pose that makes the rendered silhouette agree with them (no
+    mask of the detection's ROI and the crop's image edges (with ``align.other_masks``, the frame's other
+    detections' masks mark where the object may be hidden); the pose that makes the rendered silhouette agree with them (no
     pose network). Its confidence of the final pose (:meth:`scores`) becomes the
     results' ``score``. Objects the segmentation checkpoint was not trained for are not aligned."""
 
@@ -366,7 +366,7 @@ class AlignStage:
             height, width = image.shape[:2]
             predicted = self.masks.predict(image, todo)
             # each detection's mask in the full image: the others' are where this object may be hidden
-            full = [roi.paste(p, w, width, height) for p, w in predicted]
+            full = [roi.paste(p, w, width, height) for p, w in predicted] if self.config.other_masks else []
             for i, (key, (probability, window)) in enumerate(zip(todo, predicted)):
                 others = [f for j, f in enumerate(full) if j != i]
                 cache[key] = observe(image, K, probability, window, self.config,

@@ -64,6 +64,7 @@ class AlignConfig:
     # pixels the network calls background: occluders)
     colour_light: str = "ambient"  # lighting of the appearance renders: "ambient" (vertex colours) | "headlight"
     edge_tau: float = 6.0  # truncation of the edge distance (crop pixels)
+    edge_band: float = 0.0  # > 0: keep only image edges within this many crop pixels of the mask's outline
     canny_low: float = 40.0
     canny_high: float = 120.0
     render_faces: int = 1000  # meshes decimated for the search renders (0: full meshes)
@@ -119,6 +120,10 @@ def observe(image: np.ndarray, K: np.ndarray, probability: np.ndarray, window, c
     crop = roi.crop(image, window, size)
     gray = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
     edges = cv2.Canny(gray, config.canny_low, config.canny_high)
+    if config.edge_band > 0:  # only edges near the mask's outline: the object's boundary, not clutter
+        outline = cv2.Canny((probability > 0.5).astype(np.uint8) * 255, 1, 1) > 0
+        near = cv2.distanceTransform((~outline).astype(np.uint8), cv2.DIST_L2, 3) <= config.edge_band
+        edges = np.where(near, edges, 0).astype(np.uint8)
     distance = cv2.distanceTransform((edges == 0).astype(np.uint8), cv2.DIST_L2, 3)
     probability = probability.astype(np.float32)
     return Observation(K=affine @ np.asarray(K, dtype=np.float64), probability=probability,

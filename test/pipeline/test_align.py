@@ -161,3 +161,18 @@ def test_box_plus_align_on_a_real_val_frame(lmo_registry):
     assert after < 0.6 * before, (before, after)
     scores = np.array([r.score for r in results])
     assert ((scores > 0) & (scores < 1)).all() and scores.std() > 0
+
+
+def test_edge_band_keeps_only_edges_near_the_mask_outline():
+    image = np.full((64, 64, 3), 100, np.uint8)
+    image[20:44, 20:44] = 220  # the object
+    image[2:6, 50:62] = 0  # clutter far from it
+    mask = np.zeros((64, 64), np.float32)
+    mask[20:44, 20:44] = 1.0
+    K = np.array([[100.0, 0, 31.5], [0, 100.0, 31.5], [0, 0, 1]])
+    window = np.array([-0.5, -0.5, 63.5, 63.5])
+    plain = observe(image, K, mask, window, AlignConfig())
+    banded = observe(image, K, mask, window, AlignConfig(edge_band=4.0))
+    assert plain.edge_distance[1:7, 52:60].min() == 0.0 and banded.edge_distance[1:7, 52:60].min() == AlignConfig().edge_tau
+    assert banded.edge_distance[20, 30] <= 1.0 and plain.edge_distance[20, 30] <= 1.0
+    assert np.allclose(plain.K, K) and plain.size == 64

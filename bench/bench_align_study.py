@@ -9,7 +9,7 @@ docs/BENCHMARKS.md.
     python bench/bench_align_study.py [--every 1] [--variants default,gt_masks,...]
 
 Variants (``AlignConfig`` changes from the default): ``no_edges`` (w_edge 0), ``iou`` (soft IoU instead of
-Dice), ``edge_band`` (only image edges within 4 px of the mask's outline, w_edge 1), ``flips`` / ``cube24`` (rotation hypotheses, 2 refined), ``colour`` (w_colour 1: vertex-colour
+Dice), ``all_edges`` (every image edge of the crop, not only those near the mask's outline, w_edge 0.5), ``flips`` / ``cube24`` (rotation hypotheses, 2 refined), ``colour`` (w_colour 1: vertex-colour
 agreement in the energy), ``other_masks`` (the frame's other detections as occluders), and ``gt_masks``:
 the mask probability replaced by the object's silhouette rendered at its val ground-truth pose (whole
 silhouette, occlusion ignored), an upper bound of what better masks give this optimiser; ``gt_rotation``:
@@ -55,7 +55,7 @@ VARIANTS = {
     "cube24": {"hypotheses": "cube24", "keep": 2},
     "colour": {"w_colour": 1.0},
     "other_masks": {"other_masks": True},
-    "edge_band": {"edge_band": 4.0, "w_edge": 1.0},
+    "all_edges": {"edge_band": 0.0, "w_edge": 0.5},
     "gt_masks": {},
     "gt_rotation": {},
 }

@@ -171,7 +171,7 @@ def test_edge_band_keeps_only_edges_near_the_mask_outline():
     mask[20:44, 20:44] = 1.0
     K = np.array([[100.0, 0, 31.5], [0, 100.0, 31.5], [0, 0, 1]])
     window = np.array([-0.5, -0.5, 63.5, 63.5])
-    plain = observe(image, K, mask, window, AlignConfig())
+    plain = observe(image, K, mask, window, AlignConfig(edge_band=0.0))
     banded = observe(image, K, mask, window, AlignConfig(edge_band=4.0))
     assert plain.edge_distance[1:7, 52:60].min() == 0.0 and banded.edge_distance[1:7, 52:60].min() == AlignConfig().edge_tau
     assert banded.edge_distance[20, 30] <= 1.0 and plain.edge_distance[20, 30] <= 1.0

@@ -19,12 +19,12 @@ test-time alignment) in turn, then a confidence. The parts are the existing modu
   or after DeepIM): training-free render-and-compare per detection (``align``): the rendered
   silhouette is made to agree with the weakly-supervised segmentation network's mask and the image
   edges of the detection's crop.
-* confidence (``score``): with the aligner, its calibrated confidence of the final pose (energy and
-  colour agreement, ``align.score_pose``); otherwise silhouette agreement at box level = IoU between
-  the tight box of the final pose's rendered silhouette (the model vertices projected with the pose,
-  clipped to the image: ``deepim.zoom.projected_box``, the box DeepIM itself uses as the rendered
-  mask's box) and the detection box. DSC-PoseNet's own confidence (mask probability x keypoint
-  reprojection agreement) is kept in ``init_score``.
+* confidence (``score``): with the aligner, its calibrated confidence of the final pose (energy,
+  colour agreement and the object's symmetry, ``align.score_pose``); otherwise silhouette agreement
+  at box level = IoU between the tight box of the final pose's rendered silhouette (the model
+  vertices projected with the pose, clipped to the image: ``deepim.zoom.projected_box``, the box
+  DeepIM itself uses as the rendered mask's box) and the detection box. DSC-PoseNet's own confidence
+  (mask probability x keypoint reprojection agreement) is kept in ``init_score``.
 
 Per-detection problems never raise: a detection of a class id the pipeline does not know, an empty
 or non-finite box, or a box entirely outside the image gives a :class:`PoseResult` with ``ok``
@@ -329,6 +329,7 @@ class AlignStage:
     def __init__(self, masks, renderer, obj_ids: set[int], config: AlignConfig):
         self.masks, self.renderer, self.obj_ids, self.config = masks, renderer, obj_ids, config
         self._frame: tuple | None = None  # (image, K, {box: Observation}) of the last frame
+        self.symmetric: dict[int, bool] = {}  # objects with a symmetry (the confidence weighs it)
 
     @classmethod
     def from_config(cls, pipeline: "PoseEstimator", config: "PipelineConfig") -> "AlignStage":
@@ -351,7 +352,9 @@ class AlignStage:
         for o in sorted(obj_ids):
             mesh = pipeline.registry[o].mesh
             renderer.add_object(o, mesh.decimated(faces) if faces > 0 else mesh)
-        return cls(masks, renderer, obj_ids, config.align)
+        stage = cls(masks, renderer, obj_ids, config.align)
+        stage.symmetric = {o: bool(pipeline.registry[o].model_info.is_symmetric) for o in obj_ids}
+        return stage
 
     def _observations(self, image, K, items) -> list:
         from .align import observe
@@ -390,7 +393,8 @@ class AlignStage:
         """The confidence (``align.score_pose``) of each item's pose."""
         from .align import score_pose
 
-        return [score_pose(self.renderer, obj_id, R, t, obs, self.config) if t[2] > 0 else 0.0
+        return [score_pose(self.renderer, obj_id, R, t, obs, self.config, self.symmetric.get(obj_id, False))
+                if t[2] > 0 else 0.0
                 for (obj_id, R, t, _), obs in zip(items, self._observations(image, K, items))]
 
     def close(self) -> None:
@@ -618,7 +622,7 @@ class PoseEstimator:
                     r.R, r.t, r.refined = np.array(pose[0], dtype=np.float64), np.array(pose[1], dtype=np.float64), True
         for r, box_xyxy in todo:
             r.score = self.confidence(r.obj_id, r.R, r.t, K, box_xyxy, width, height)
-        # the aligner's confidence (energy and colour agreement of the final pose) where it aligns
+        # the aligner's confidence of the final pose (align.score_pose) where it aligns
         aligner = next((s for s in self.refiners if isinstance(s, AlignStage)), None)
         if aligner is not None:
             scored = [(r, b) for r, b in todo if r.obj_id in aligner.obj_ids]

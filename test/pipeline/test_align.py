@@ -107,7 +107,7 @@ def test_alignment_converges_from_perturbed_starts(renderer, lmo_registry, obj_i
     grey = renderer.render_batch(K, obj_id, R[None], t[None], S, S, rgb=True, light=AMBIENT)
     m = grey.instance > 0
     assert colour_agreement(grey.rgb, m, obs)[0] > colour_agreement(np.full_like(grey.rgb, 128), m, obs)[0]
-    assert 0.0 < confidence(energy, 1.0, config) < 1.0
+    assert 0.0 < confidence(energy, 1.0, config) < confidence(energy, 1.0, config, symmetric=True) < 1.0
 
 
 def test_align_refuses_a_start_behind_the_camera(renderer, lmo_registry):

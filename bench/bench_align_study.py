@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dsc_pose_core.align import AlignConfig, align, observe
+from dsc_pose_core.align import AlignConfig, align, confidence, observe, score_features
 from dsc_pose_core.data.bop_io import default_lmo_dir, find_rgb, load_splits, read_rgb, select_scene_images
 from dsc_pose_core.eval.bop import load_eval_data
 from dsc_pose_core.eval.metrics import add_or_add_s, rotation_error_deg
@@ -79,6 +79,38 @@ def initial_poses(registry, every: int) -> list[dict]:
     return items[::every]
 
 
+def _logistic_fit(X: np.ndarray, y: np.ndarray, steps: int = 3000, lr: float = 0.1, l2: float = 1e-2):
+    """(weights, bias) of a logistic regression of y on X (standardised inside, returned in X's units)."""
+    mu, sd = X.mean(0), X.std(0) + 1e-9
+    Z = (X - mu) / sd
+    w, b = np.zeros(X.shape[1]), 0.0
+    for _ in range(steps):
+        g = 1 / (1 + np.exp(-(Z @ w + b))) - y
+        w -= lr * (Z.T @ g / len(y) + l2 * w)
+        b -= lr * g.mean()
+    return w / sd, float(b - (mu / sd) @ w)
+
+
+def confidence_study(features: np.ndarray, correct: np.ndarray, config: AlignConfig, folds: int = 5) -> dict:
+    """AUROC of the shipped confidence (``AlignConfig`` weights) on the default variant's poses, and of
+    logistic regressions refitted here: in-sample and ``folds``-fold cross-validated (folds drawn with seed 0),
+    with and without the symmetry term. ``features``: [N, 3] (energy, colour agreement, symmetric)."""
+    shipped = np.array([confidence(e, c, config, bool(s)) for e, c, s in features])
+    out = {"confidence_auroc_shipped_weights": auroc(shipped, correct)}
+    fold = np.random.default_rng(0).integers(0, folds, len(correct))
+    y = correct.astype(float)
+    for name, cols in (("energy_colour_symmetry", [0, 1, 2]), ("energy_colour", [0, 1])):
+        X = features[:, cols]
+        w, b = _logistic_fit(X, y)
+        out[f"refit_{name}"] = {"weights": [float(v) for v in w], "bias": b, "auroc_in_sample": auroc(X @ w + b, correct)}
+        held = np.zeros(len(y))
+        for k in range(folds):
+            w, b = _logistic_fit(X[fold != k], y[fold != k])
+            held[fold == k] = X[fold == k] @ w + b
+        out[f"refit_{name}"]["auroc_cv"] = auroc(held, correct)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--every", type=int, default=1, help="every n-th val detection (1: all)")
@@ -122,7 +154,7 @@ def main() -> int:
     result["dsc_median_depth_err"] = float(np.median([abs(i["t"][2] / i["gt"].t[2] - 1) for i in items]))
     for name in variants:
         config = replace(base, **VARIANTS[name])
-        correct, depth, rot, ms, energy = [], [], [], [], []
+        correct, depth, rot, ms, energy, features = [], [], [], [], [], []
         for item in items:
             t0 = time.perf_counter()
             obs = observe(item["image"], item["K"], item["probability"], item["window"], config,
@@ -139,10 +171,14 @@ def main() -> int:
             depth.append(abs(t[2] / item["gt"].t[2] - 1))
             rot.append(rotation_error_deg(R, item["gt"].R))
             energy.append(E)
+            if name == "default":
+                features.append([*score_features(renderer, item["obj_id"], R, t, obs, config), float(obj.symmetric)])
         correct = np.array(correct)
         row = {"ADD-S_0.1d": float(correct.mean()), "median_depth_err": float(np.median(depth)),
                "median_rot_err_deg": float(np.median(rot)), "ms_p50": float(np.median(ms)),
                "energy_auroc": auroc(-np.array(energy), correct), "config": VARIANTS[name]}
+        if features:
+            row.update(confidence_study(np.array(features), correct, config))
         result["rows"][name] = row
         print(f"{name}: ADD(-S) {row['ADD-S_0.1d']:.3f}, depth {100 * row['median_depth_err']:.1f} %, "
               f"rot {row['median_rot_err_deg']:.0f} deg, {row['ms_p50']:.0f} ms", flush=True)
@@ -165,6 +201,14 @@ def main() -> int:
         auc = row["energy_auroc"]
         lines.append(f"| {name} | {change} | {row['ADD-S_0.1d']:.3f} | {100 * row['median_depth_err']:.1f} % | "
                      f"{row['median_rot_err_deg']:.0f} | {row['ms_p50']:.0f} | {'-' if auc is None else f'{auc:.2f}'} |")
+    conf = result["rows"].get("default", {})
+    if "confidence_auroc_shipped_weights" in conf:
+        full, plain = conf["refit_energy_colour_symmetry"], conf["refit_energy_colour"]
+        lines += ["", f"- Confidence of the default variant's poses (ADD(-S) correct vs not): AUROC "
+                  f"{conf['confidence_auroc_shipped_weights']:.3f} with the shipped weights (`AlignConfig.score_w_*`); "
+                  f"refitted here (energy, colour agreement, symmetry) {full['auroc_in_sample']:.3f} in sample, "
+                  f"{full['auroc_cv']:.3f} 5-fold cross-validated; without the symmetry term "
+                  f"{plain['auroc_in_sample']:.3f} / {plain['auroc_cv']:.3f}"]
     lines.append(END)
     if args.json:
         print("\n".join(lines))

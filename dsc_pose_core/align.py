@@ -206,14 +206,20 @@ def confidence(energy: float, colour: float, config: AlignConfig, symmetric: boo
     return float(1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0))))
 
 
-def score_pose(renderer, obj_id: int, R: np.ndarray, t: np.ndarray, obs: Observation, config: AlignConfig,
-               symmetric: bool = False) -> float:
-    """:func:`confidence` of a pose (one vertex-colour render at the crop)."""
+def score_features(renderer, obj_id: int, R: np.ndarray, t: np.ndarray, obs: Observation, config: AlignConfig
+                   ) -> tuple[float, float]:
+    """(energy, colour agreement) of a pose: what :func:`confidence` maps (one vertex-colour render)."""
     out = renderer.render_batch(obs.K, obj_id, np.asarray(R)[None], np.asarray(t).reshape(1, 3), obs.size, obs.size,
                                 rgb=True, light=AMBIENT)
     masks = out.instance > 0
     energy = energies(masks, obs, config, out.rgb if config.w_colour > 0 else None)[0]
-    return confidence(energy, colour_agreement(out.rgb, masks, obs)[0], config, symmetric)
+    return float(energy), float(colour_agreement(out.rgb, masks, obs)[0])
+
+
+def score_pose(renderer, obj_id: int, R: np.ndarray, t: np.ndarray, obs: Observation, config: AlignConfig,
+               symmetric: bool = False) -> float:
+    """:func:`confidence` of a pose."""
+    return confidence(*score_features(renderer, obj_id, R, t, obs, config), config, symmetric)
 
 
 def _axis_rotation(axis: int, radians: float) -> np.ndarray:
@@ -333,5 +339,5 @@ def align(renderer, obj_id: int, R: np.ndarray, t: np.ndarray, obs: Observation,
 
 
 __all__ = ["AlignConfig", "Observation", "observe", "energies", "contour", "colour_agreement", "confidence",
-           "score_pose", "hypothesis_rotations",
+           "score_features", "score_pose", "hypothesis_rotations",
            "align", "HYPOTHESES"]

@@ -64,8 +64,9 @@ class AlignConfig:
     # the frame's other detections' masks mark pixels where the object may be hidden (rendered pixels there
     # that the network calls background are not counted against the pose)
     other_masks: bool = False
-    recall_beta: float = 1.0  # 0: soft IoU; > 0: 1 - F_beta(precision, recall) (beta > 1 forgives rendered
-    # pixels the network calls background: occluders)
+    # mask term: 1 - F_beta(soft precision, soft recall) (1: Dice; > 1 forgives rendered pixels the network
+    # calls background, e.g. occluded ones); 0: 1 - soft IoU
+    recall_beta: float = 1.0
     colour_light: str = "ambient"  # lighting of the appearance renders: "ambient" (vertex colours) | "headlight"
     edge_tau: float = 6.0  # truncation of the edge distance (crop pixels)
     # > 0: keep only image edges within this many crop pixels of the mask's outline (the object's boundary,
@@ -76,7 +77,7 @@ class AlignConfig:
     render_faces: int = 1000  # meshes decimated for the search renders (0: full meshes)
     # confidence = 1 / (1 + exp(-(w_energy E + w_colour NCC + w_symmetric S + bias))), S = 1 for objects with a
     # symmetry (their poses are judged up to it, so a silhouette's mirror ambiguity costs them less): a logistic
-    # regression of "ADD(-S) correct" on LM-O val (BENCHMARKS "Pipelines on LM-O val": 5-fold AUROC 0.87)
+    # regression of "ADD(-S) correct" on LM-O val (BENCHMARKS "Test-time alignment: what limits it")
     score_w_energy: float = -5.13
     score_w_colour: float = 3.06
     score_w_symmetric: float = 1.83
@@ -89,8 +90,8 @@ class AlignConfig:
             raise ValueError("align.keep must be >= 1 and align.rounds >= 0")
         if not (self.step_px > 0 and self.step_log_depth > 0 and self.step_deg > 0 and self.min_step_px > 0):
             raise ValueError("align steps must be positive")
-        if self.w_edge < 0 or not self.edge_tau > 0:
-            raise ValueError("align.w_edge must be >= 0 and align.edge_tau > 0")
+        if min(self.w_edge, self.w_colour, self.recall_beta, self.edge_band) < 0 or not self.edge_tau > 0:
+            raise ValueError("align.w_edge, w_colour, recall_beta and edge_band must be >= 0 and edge_tau > 0")
         if self.render_faces < 0:
             raise ValueError("align.render_faces must be >= 0")
         if self.colour_light not in ("ambient", "headlight"):

@@ -475,6 +475,12 @@ class PoseEstimator:
                 res.reason = boxes
                 continue
             res.box_xywh, box_xyxy = boxes
+            from .box_checks import DEFAULT_BOX_LIMITS, implausible_detection  # a box no object could make
+
+            res.reason = implausible_detection(given, res.box_xywh, K, self.diameters[obj_id], det_score,
+                                               getattr(self, "box_limits", DEFAULT_BOX_LIMITS))
+            if res.reason:
+                continue
             t0 = time.perf_counter()
             try:
                 R, t, own = self.initialiser.initial_pose(image_rgb, K, obj_id, res.box_xywh, box_xyxy)

@@ -98,7 +98,11 @@ def detections_to_boxes(msg, resolve_class: Callable[[str], int | None], width: 
         if not det.results:
             warnings.append(f"{label}: no class hypothesis")
             continue
-        best = max(det.results, key=lambda r: float(r.hypothesis.score))
+        scores = [float(r.hypothesis.score) for r in det.results]
+        if not np.isfinite(scores).all():
+            warnings.append(f"{label}: hypothesis score is not finite ({scores})")
+            continue
+        best = det.results[int(np.argmax(scores))]
         class_id = str(best.hypothesis.class_id)
         obj_id = resolve_class(class_id)
         if obj_id is None:
@@ -114,10 +118,62 @@ def detections_to_boxes(msg, resolve_class: Callable[[str], int | None], width: 
             warnings.append(f"{label}: box ({x0:.0f}, {y0:.0f}, {w:.0f}, {h:.0f}) is outside the "
                             f"{width}x{height} image")
             continue
-        score = float(best.hypothesis.score)
-        usable.append(ParsedDetection(obj_id, (x0, y0, w, h), score if np.isfinite(score) else 0.0,
-                                      str(getattr(det, "id", ""))))
+        usable.append(ParsedDetection(obj_id, (x0, y0, w, h), float(max(scores)), str(getattr(det, "id", ""))))
     return usable, warnings
+
+
+def limit_detections(parsed: list[ParsedDetection], max_detections: int) -> tuple[list[ParsedDetection], str | None]:
+    """At most ``max_detections`` detections (0 = no limit), the highest scores first (ties: the
+    detector's order), and one sentence when some were left out. The kept ones stay in the
+    detector's order."""
+    if max_detections <= 0 or len(parsed) <= max_detections:
+        return parsed, None
+    order = sorted(range(len(parsed)), key=lambda i: -parsed[i].score)[:max_detections]
+    kept = [parsed[i] for i in sorted(order)]
+    return kept, (f"{len(parsed)} detections in one frame: estimating the {max_detections} with the highest "
+                  f"scores (max_detections), {len(parsed) - max_detections} left out")
+
+
+def best_per_object(estimates: Sequence["EstimateOut"]) -> tuple[list["EstimateOut"], str | None]:
+    """One estimate per object (the highest score) for the outputs keyed by object, TF frame and
+    ``~/pose/<name>``, and one sentence naming the objects detected more than once."""
+    best: dict[int, EstimateOut] = {}
+    counts: dict[int, int] = {}
+    for est in estimates:
+        counts[est.obj_id] = counts.get(est.obj_id, 0) + 1
+        if est.obj_id not in best or est.score > best[est.obj_id].score:
+            best[est.obj_id] = est
+    repeated = {best[o].name: n for o, n in counts.items() if n > 1}
+    if not repeated:
+        return list(estimates), None
+    return ([e for e in estimates if best[e.obj_id] is e],
+            f"objects detected more than once in one frame {repeated}: every one is in detections3d, TF and "
+            "~/pose/<name> carry the highest-scoring one")
+
+
+def frame_mismatch(image_frame: str, detections_frame: str) -> str | None:
+    """Detections stamped like the image but for another camera frame (both frame ids set)."""
+    if image_frame and detections_frame and image_frame != detections_frame:
+        return (f"detections are for frame {detections_frame!r} but the image is {image_frame!r}: "
+                "frame skipped")
+    return None
+
+
+def large_image_note(width: int, height: int, segment_bytes: int | None, reliability: str) -> str | None:
+    """One sentence when camera_info announces images larger than the Fast DDS shared-memory segment
+    (``config/fastdds.xml``): such images travel as UDP fragments, which best-effort QoS drops without
+    a word when one fragment is lost."""
+    if not segment_bytes or width <= 0 or height <= 0:
+        return None
+    size = width * height * 3  # rgb8 / bgr8; rgba8 and bgra8 are larger still
+    if size <= segment_bytes:
+        return None
+    advice = ("the node subscribes best effort, so an image that loses one fragment is dropped without "
+              "a word: publish it reliable and set qos_reliability:=reliable, or raise segment_size"
+              if reliability == "best_effort" else "they arrive by reliable QoS (slower)")
+    return (f"camera_info announces {width}x{height} images ({size / 2**20:.0f} MiB as rgb8), larger than the "
+            f"{segment_bytes / 2**20:.0f} MiB shared-memory segment of the Fast DDS profile: they travel as UDP "
+            f"fragments; {advice}")
 
 
 # ------------------------------------------------------------------------------------ outputs

@@ -23,8 +23,9 @@ from collections import deque
 
 import numpy as np
 
-from .conversions import (EstimateOut, InputError, camera_info_to_K, detection3d_array, detections_to_boxes,
-                          image_to_rgb, pose_stamped, rgb_to_image_msg, stamp_to_ns, transform_stamped)
+from .conversions import (EstimateOut, InputError, best_per_object, camera_info_to_K, detection3d_array,
+                          detections_to_boxes, frame_mismatch, image_to_rgb, large_image_note, limit_detections,
+                          pose_stamped, rgb_to_image_msg, stamp_to_ns, transform_stamped)
 from .frame_sync import FrameSynchronizer
 from .params import NODE_NAME, PARAMETERS, ParameterError, parse_obj_ids, resolve_path, validate
 
@@ -63,7 +64,13 @@ class PoseNode:
         self._setup_pipeline()
         self._setup_io()
         self.sync = FrameSynchronizer(self.params["sync"], int(self.params["sync_tolerance_s"] * 1e9),
-                                      max_pending=max(2, self.params["qos_depth"] * 2))
+                                      max_pending=max(2, self.params["qos_depth"] * 2),
+                                      max_ahead_ns=int(self.params["max_stamp_ahead_s"] * 1e9))
+        self._unmatched_seen = dict(self.sync.unmatched)
+        self._info_size = None
+        from .ros_env import shm_segment_bytes
+
+        self._segment_bytes = shm_segment_bytes()
         self.latencies_ms: deque[float] = deque(maxlen=1000)
         self.pipeline_ms: deque[float] = deque(maxlen=1000)
         self.processed = 0
@@ -156,17 +163,35 @@ class PoseNode:
 
     # ------------------------------------------------------------------ callbacks and worker
     def _on_input(self, kind: str, msg) -> None:
-        self.sync.add(kind, stamp_to_ns(msg.header.stamp), msg)
+        refused = self.sync.add(kind, stamp_to_ns(msg.header.stamp), msg, self.node.get_clock().now().nanoseconds)
+        if refused:
+            self.warn(f"stamp_{kind}", refused)
+            return
+        if kind == "camera_info":
+            size = (int(msg.width), int(msg.height))
+            if size != self._info_size:
+                self._info_size = size
+                note = large_image_note(*size, self._segment_bytes, self.params["qos_reliability"])
+                if note:
+                    self.log.warning(note)
+        elif kind == "image":
+            unmatched = self.sync.unmatched
+            if unmatched != self._unmatched_seen:
+                for partner, count in unmatched.items():
+                    for _ in range(count - self._unmatched_seen[partner]):
+                        self.warn(f"no_{partner}", f"image dropped with no {partner} of its stamp (missing, or "
+                                  f"stamped differently: sync {self.params['sync']})")
+                self._unmatched_seen = dict(unmatched)
         if kind == "image" or self.sync.pending()["image"]:
             self._wake.set()
 
-    def warn(self, kind: str, message: str) -> None:
+    def warn(self, kind: str, message: str, what: str = "skipped") -> None:
         """One warning per kind of problem every WARN_PERIOD_S; every occurrence is counted."""
         self.skipped[kind] = self.skipped.get(kind, 0) + 1
         now = time.monotonic()
         if now - self._warned.get(kind, -1e9) >= WARN_PERIOD_S:
             self._warned[kind] = now
-            self.log.warning(f"{message} (skipped; {self.skipped[kind]} so far)")
+            self.log.warning(f"{message} ({what}; {self.skipped[kind]} so far)")
 
     def _work(self) -> None:
         while self._running:
@@ -196,9 +221,16 @@ class PoseNode:
             self.warn(str(exc).split(" ")[0] + "_input", str(exc))
             return
         height, width = rgb.shape[:2]
+        mismatch = frame_mismatch(image_msg.header.frame_id, frame.detections.header.frame_id)
+        if mismatch:
+            self.warn("frame_id", mismatch)
+            return
         parsed, problems = detections_to_boxes(frame.detections, self._ids_by_class.get, width, height)
         for problem in problems:
             self.warn("detection", problem)
+        parsed, limited = limit_detections(parsed, self.params["max_detections"])
+        if limited:
+            self.warn("max_detections", limited, "frames limited")
         header = image_msg.header
         if not frame.detections.detections:
             self.warn("empty_detections", "detection array is empty: nothing to estimate")
@@ -226,7 +258,10 @@ class PoseNode:
         self.pub_detections.publish(detection3d_array(header, estimates, self.params["class_id_names"]))
         pattern = self.params["object_frame_pattern"]
         transforms = []
-        for est in estimates:
+        keyed, repeated = best_per_object(estimates)  # one TF frame and one pose topic per object
+        if repeated:
+            self.warn("repeated_object", repeated, "frames with repeats")
+        for est in keyed:
             if est.obj_id in self.pub_poses:
                 self.pub_poses[est.obj_id].publish(pose_stamped(header, est))
             transforms.append(transform_stamped(header, pattern.format(name=est.name, id=est.obj_id), est))

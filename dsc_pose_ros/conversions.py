@@ -122,6 +122,17 @@ def detections_to_boxes(msg, resolve_class: Callable[[str], int | None], width: 
     return usable, warnings
 
 
+# what a skipped detection's sentence says -> the kind of problem its warning is throttled under
+DETECTION_PROBLEMS = ("no class hypothesis", "score is not finite", "unknown class id", "empty", "non-finite",
+                      "outside", "too small", "too large", "malformed", "initial pose")
+
+
+def detection_problem_kind(sentence: str) -> str:
+    """``detection_<problem>``: each kind of bad detection gets its own throttled warning and count."""
+    found = next((p for p in DETECTION_PROBLEMS if p in sentence), "other")
+    return "detection_" + found.replace(" ", "_").replace("-", "_")
+
+
 def limit_detections(parsed: list[ParsedDetection], max_detections: int) -> tuple[list[ParsedDetection], str | None]:
     """At most ``max_detections`` detections (0 = no limit), the highest scores first (ties: the
     detector's order), and one sentence when some were left out. The kept ones stay in the

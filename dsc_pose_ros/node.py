@@ -24,7 +24,7 @@ from collections import deque
 import numpy as np
 
 from .conversions import (EstimateOut, InputError, best_per_object, camera_info_to_K, detection3d_array,
-                          detections_to_boxes, frame_mismatch, image_to_rgb, large_image_note, limit_detections,
+                          detection_problem_kind, detections_to_boxes, frame_mismatch, image_to_rgb, large_image_note, limit_detections,
                           pose_stamped, rgb_to_image_msg, stamp_to_ns, transform_stamped)
 from .frame_sync import FrameSynchronizer
 from .params import NODE_NAME, PARAMETERS, ParameterError, parse_obj_ids, resolve_path, validate
@@ -165,7 +165,7 @@ class PoseNode:
     def _on_input(self, kind: str, msg) -> None:
         refused = self.sync.add(kind, stamp_to_ns(msg.header.stamp), msg, self.node.get_clock().now().nanoseconds)
         if refused:
-            self.warn(f"stamp_{kind}", refused)
+            self.warn("stamp_out_of_order" if "out of order" in refused else "stamp_future", refused)
             return
         if kind == "camera_info":
             size = (int(msg.width), int(msg.height))
@@ -227,7 +227,7 @@ class PoseNode:
             return
         parsed, problems = detections_to_boxes(frame.detections, self._ids_by_class.get, width, height)
         for problem in problems:
-            self.warn("detection", problem)
+            self.warn(detection_problem_kind(problem), problem)
         parsed, limited = limit_detections(parsed, self.params["max_detections"])
         if limited:
             self.warn("max_detections", limited, "frames limited")
@@ -241,7 +241,7 @@ class PoseNode:
         estimates = []
         for det, res in zip(parsed, results):
             if not res.ok:
-                self.warn("detection", f"detection of object {det.obj_id}: {res.reason}")
+                self.warn(detection_problem_kind(res.reason), f"detection of object {det.obj_id}: {res.reason}")
                 continue
             if res.score < self.params["score_threshold"]:
                 continue

@@ -190,16 +190,32 @@ def large_image_note(width: int, height: int, segment_bytes: int | None, reliabi
 # ------------------------------------------------------------------------------------ outputs
 
 
-def pose_msg(R, t):
-    """(R [3,3], t [3] metres) -> geometry_msgs/Pose."""
+def pose_msg(R, t, q=None):
+    """(R [3,3], t [3] metres) -> geometry_msgs/Pose (``q``: R's quaternion x, y, z, w when known)."""
     from geometry_msgs.msg import Pose
 
     pose = Pose()
     t = np.asarray(t, dtype=np.float64).reshape(3)
     pose.position.x, pose.position.y, pose.position.z = (float(v) for v in t)
-    q = matrix_to_quaternion_xyzw(R)
+    q = matrix_to_quaternion_xyzw(R) if q is None else q
     pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w = (float(v) for v in q)
     return pose
+
+
+def attach_poses(estimates: Sequence["EstimateOut"]) -> None:
+    """Build every estimate's Pose at once: one batched orthonormalisation and quaternion conversion for
+    the frame instead of one per estimate (0.1 ms each on a 2-core CPU)."""
+    todo = [e for e in estimates if "pose" not in e.__dict__]
+    if not todo:
+        return
+    from scipy.spatial.transform import Rotation
+
+    R = np.stack([np.asarray(e.R, dtype=np.float64).reshape(3, 3) for e in todo])
+    u, _, vt = np.linalg.svd(R)
+    vt[:, 2] *= np.linalg.det(u @ vt)[:, None]  # nearest rotation (det +1), as matrix_to_quaternion_xyzw
+    quats = Rotation.from_matrix(u @ vt).as_quat()
+    for est, q in zip(todo, quats):
+        est.__dict__["pose"] = pose_msg(est.R, est.t, q)  # the cached_property's slot
 
 
 @dataclass

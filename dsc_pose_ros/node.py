@@ -23,13 +23,14 @@ from collections import deque
 
 import numpy as np
 
-from .conversions import (EstimateOut, InputError, best_per_object, camera_info_to_K, detection3d_array,
+from .conversions import (EstimateOut, InputError, attach_poses, best_per_object, camera_info_to_K, detection3d_array,
                           detection_problem_kind, detections_to_boxes, frame_mismatch, image_to_rgb, large_image_note, limit_detections,
                           pose_stamped, rgb_to_image_msg, stamp_to_ns, transform_stamped)
 from .frame_sync import FrameSynchronizer
 from .params import NODE_NAME, PARAMETERS, ParameterError, parse_obj_ids, resolve_path, validate
 
 WARN_PERIOD_S = 5.0
+STAGES = ("transport", "handoff", "convert", "pipeline", "publish")
 DYNAMIC_TYPED = ("obj_ids",)  # "-p obj_ids:=5" arrives as an integer, "1,5" as a string
 
 
@@ -73,6 +74,10 @@ class PoseNode:
         self._segment_bytes = shm_segment_bytes()
         self.latencies_ms: deque[float] = deque(maxlen=1000)
         self.pipeline_ms: deque[float] = deque(maxlen=1000)
+        # where a frame's time goes (ms, last 1000 frames): stamp -> image callback (DDS and the
+        # sender), callback -> worker takes it (hand-off and waiting), conversion, pipeline, publishing
+        self.stage_ms: dict[str, deque] = {k: deque(maxlen=1000) for k in STAGES}
+        self._arrival_ns: dict[int, int] = {}
         self.processed = 0
         self._wake = threading.Event()
         self._running = True
@@ -182,6 +187,12 @@ class PoseNode:
                         self.warn(f"no_{partner}", f"image dropped with no {partner} of its stamp (missing, or "
                                   f"stamped differently: sync {self.params['sync']})")
                 self._unmatched_seen = dict(unmatched)
+        if kind == "image":
+            stamp = stamp_to_ns(msg.header.stamp)
+            self._arrival_ns[stamp] = time.time_ns()
+            if len(self._arrival_ns) > 64:
+                for old in sorted(self._arrival_ns)[:32]:
+                    del self._arrival_ns[old]
         if kind == "image" or self.sync.pending()["image"]:
             self._wake.set()
 
@@ -211,6 +222,8 @@ class PoseNode:
     def _process(self, frame) -> None:
         from dsc_pose_core.pipeline import Detection
 
+        t_take = time.time_ns()
+        arrival = self._arrival_ns.pop(frame.stamp_ns, None)
         image_msg = frame.image
         try:
             rgb = image_to_rgb(image_msg)
@@ -235,6 +248,7 @@ class PoseNode:
         if not frame.detections.detections:
             self.warn("empty_detections", "detection array is empty: nothing to estimate")
         t0 = time.perf_counter()
+        convert_ms = (time.time_ns() - t_take) / 1e6
         results = (self.estimator.estimate(rgb, K, [Detection(d.obj_id, d.box_xywh, d.score) for d in parsed])
                    if parsed else [])
         pipeline_s = time.perf_counter() - t0
@@ -248,13 +262,22 @@ class PoseNode:
             info = self.registry[res.obj_id].model_info
             estimates.append(EstimateOut(res.obj_id, self.names[res.obj_id], res.R, res.t, res.score,
                                          info.bbox_size, det.detection_id))
+        t1 = time.perf_counter()
         self._publish(header, estimates, rgb, K)
+        publish_ms = (time.perf_counter() - t1) * 1e3
         now_ns = self.node.get_clock().now().nanoseconds
         self.latencies_ms.append((now_ns - stamp_to_ns(header.stamp)) / 1e6)
         self.pipeline_ms.append(pipeline_s * 1e3)
+        if arrival is not None:
+            self.stage_ms["transport"].append((arrival - frame.stamp_ns) / 1e6)
+            self.stage_ms["handoff"].append((t_take - arrival) / 1e6)
+        self.stage_ms["convert"].append(convert_ms)
+        self.stage_ms["pipeline"].append(pipeline_s * 1e3)
+        self.stage_ms["publish"].append(publish_ms)
         self.processed += 1
 
     def _publish(self, header, estimates, rgb, K) -> None:
+        attach_poses(estimates)
         self.pub_detections.publish(detection3d_array(header, estimates, self.params["class_id_names"]))
         pattern = self.params["object_frame_pattern"]
         transforms = []
@@ -330,7 +353,8 @@ class PoseNode:
         pct = (lambda a, q: float(np.percentile(a, q)) if a.size else float("nan"))  # noqa: E731
         return {"processed": self.processed, "dropped": self.sync.dropped, "skipped": dict(self.skipped),
                 "latency_ms_p50": pct(lat, 50), "latency_ms_p90": pct(lat, 90), "latency_ms_p99": pct(lat, 99),
-                "pipeline_ms_p50": pct(pipe, 50)}
+                "pipeline_ms_p50": pct(pipe, 50)} | {
+                f"stage_{k}_ms_p50": pct(np.asarray(v, dtype=np.float64), 50) for k, v in self.stage_ms.items()}
 
     def _report(self) -> None:
         from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue

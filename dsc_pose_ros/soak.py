@@ -148,7 +148,7 @@ class SoakClient:
             left = end - time.monotonic()
             if left <= 0:
                 return
-            self.rclpy.spin_once(self.node, timeout_sec=min(left, 0.002))
+            self.rclpy.spin_once(self.node, timeout_sec=min(left, 0.05))  # returns early on a message
 
     def spin_until(self, condition, timeout: float) -> bool:
         end = time.monotonic() + timeout

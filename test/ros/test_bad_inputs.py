@@ -12,6 +12,7 @@ from dsc_pose_ros.conversions import (EstimateOut, best_per_object, detections_t
 from dsc_pose_ros.frame_sync import RESET_NS, FrameSynchronizer
 from dsc_pose_ros.params import ParameterError, validate
 from dsc_pose_ros.ros_env import FASTDDS_DEFAULT_SHM_SEGMENT, shm_segment_bytes
+from ros_helpers import require_ros
 
 
 def _det(cls, cx, cy, w, h, scores=(0.5,), det_id="d"):
@@ -107,3 +108,19 @@ def test_frame_sync_counts_images_dropped_without_camera_info_or_detections():
     sync.add("detections", 7, "d")
     sync.add("image", 5, 5)
     assert sync.unmatched == {"camera_info": 3, "detections": 1}
+
+
+def test_batched_poses_equal_the_one_by_one_conversion():
+    require_ros("geometry_msgs.msg")
+    from scipy.spatial.transform import Rotation
+
+    from dsc_pose_ros.conversions import attach_poses, pose_msg
+
+    rots = Rotation.random(6, random_state=0).as_matrix() + 1e-6  # a little off SO(3), as estimates are
+    estimates = [EstimateOut(i, "o", R, np.array([0.1, -0.2, 1.0 + i]), 0.5, (0.1, 0.1, 0.1)) for i, R in enumerate(rots)]
+    attach_poses(estimates)
+    for est in estimates:
+        one = pose_msg(est.R, est.t)
+        q, q1 = est.pose.orientation, one.orientation
+        assert np.allclose([q.x, q.y, q.z, q.w], [q1.x, q1.y, q1.z, q1.w], atol=1e-12)
+        assert (est.pose.position.x, est.pose.position.z) == (one.position.x, one.position.z)

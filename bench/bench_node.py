@@ -13,7 +13,8 @@ missing; timing only, the default checkpoint is not trained for accuracy), it me
    once before and once after the replays, the two passes pooled;
 2. a replay of the bag at its recorded 10 Hz through the node (``dsc-pose-bag eval``, a
    subprocess): latency p50/p90/p99 (answer arrival - stamp), answered / sent, dropped;
-3. the node overhead = replay latency p50 - bare p50, absolute and relative (goal < 5 %);
+3. the node overhead = replay latency p50 - bare p50, absolute and relative (goal: <= 5 % of the bare
+   p50 or <= 3 ms, whichever is larger), and where the node spends a frame (its /diagnostics stages);
 4. a replay at 30 Hz (rate scale 3): the latency distribution and drops (bounded latency by
    dropping, not queueing);
 5. a diagnostic replay "unloaded" (period >= 2 x the bare p90 and >= 0.2 s, so that no frame waits for the
@@ -51,6 +52,8 @@ BAG_RATE_HZ = 10.0
 SCENE = 2
 SPLIT = "val"
 GOAL_OVERHEAD = 0.05
+GOAL_OVERHEAD_MS = 3.0  # issue 31: overhead <= 5 % of the bare p50 or <= 3 ms, whichever is larger
+STAGES = ("transport", "handoff", "convert", "pipeline", "publish")
 STATS_PERIOD_S = 0.5  # the node's /diagnostics period during the replays (default 5 s): its in-node
 #                       pipeline and latency percentiles then cover (nearly) every frame
 ANSWER_TIMEOUT_S = 5.0
@@ -192,7 +195,8 @@ def replay(bag: Path, out: Path, rate_scale: float, node_args: list[str]) -> dic
         "latency_first_third_p50_ms": pct(seq[:k], 50), "latency_last_third_p50_ms": pct(seq[-k:], 50),
         "node_diagnostics": {"processed": f("processed"), "dropped_in_node": f("dropped"),
                              "pipeline_ms_p50": f("pipeline_ms_p50"), "latency_ms_p50": f("latency_ms_p50"),
-                             "latency_ms_p90": f("latency_ms_p90")},
+                             "latency_ms_p90": f("latency_ms_p90")}
+        | {f"stage_{k}_ms_p50": f(f"stage_{k}_ms_p50") for k in STAGES},
         "accuracy": {k_: (report.get("accuracy") or {}).get(k_) for k_ in ("AR_MSSD", "AR_MSPD", "ADD-S_0.1d")},
         "node_command": report["node"]["command"], "wall_s": wall,
     }
@@ -269,7 +273,8 @@ def markdown(res: dict) -> str:
              "(/diagnostics) ends after its last publish (Detection3DArray, then poses and TF)",
              "- Bare pipeline: `PoseEstimator.estimate` in the benchmark process on the same frames and boxes, "
              "warm-up frame excluded, one pass before and one after the replays, pooled",
-             "- Timings come from a shared 2-core machine and are noisy (other jobs run beside it); with "
+             "- Timings come from a shared 2-core machine and are noisy (another engineer's evaluations ran beside "
+             "this one, one core busy most of the time); with "
              f"{res['n_images']} frames, p99 is close to the maximum", ""]
     lines += ["| config | bare p50 / p90 (ms) | input | answered / sent | dropped | latency p50 / p90 / p99 (ms) "
               "| overhead p50 (ms, % of bare p50) | in the node: pipeline p50 / latency p50 (ms, frames) |",
@@ -296,9 +301,11 @@ def markdown(res: dict) -> str:
             continue
         b, ov, ovu, bd = c["bare_pipeline_ms"], c["overhead_10hz"], c["overhead_unloaded"], c["bounded_30hz"]
         r30, u, rp = c["replay_30hz"], c["replay_unloaded"], c["ros_path_unloaded"]
-        verdict = "holds" if ov and ov["ratio"] < GOAL_OVERHEAD else "does not hold"
+        allowed = max(GOAL_OVERHEAD * b["p50"], GOAL_OVERHEAD_MS)
+        verdict = "holds" if ov and ov["ms"] <= allowed else "does not hold"
         text = (f"- **{name}**, {c['label']}: overhead = 10 Hz replay p50 - bare p50 = {n(ov and ov['ms'])} ms "
-                f"({n(ov and 100 * ov['ratio'])} % of the bare p50): the < 5 % goal **{verdict}** in this run. "
+                f"({n(ov and 100 * ov['ratio'])} % of the bare p50): the goal (<= 5 % of the bare p50 or <= 3 ms, "
+                f"whichever is larger: {allowed:.1f} ms) **{verdict}** in this run. "
                 f"Unloaded replay ({u['input_hz']:.2f} Hz, period >= 2 x bare p90 and >= 0.2 s): {n(ovu and ovu['ms'])} ms "
                 f"({n(ovu and 100 * ovu['ratio'])} %). Same-run estimate without the bare pipeline's drift "
                 f"(unloaded replay p50 - the node's own pipeline p50 from /diagnostics): {n(rp and rp['ms'])} ms "
@@ -309,6 +316,14 @@ def markdown(res: dict) -> str:
                      "worker is busy: they wait or are dropped, and the 10 Hz figure is mostly that wait, not the cost "
                      "of the ROS path.")
         lines.append(text)
+        nd = c["replay_10hz"]["node_diagnostics"]
+        if nd.get("stage_pipeline_ms_p50") is not None:
+            lines.append("  Where a 10 Hz frame's time goes in the node (p50 over its last frames, /diagnostics): "
+                         f"stamp -> image callback (the player's publishing, DDS, the node's executor) "
+                         f"{n(nd['stage_transport_ms_p50'])} ms, callback -> worker {n(nd['stage_handoff_ms_p50'])} ms, "
+                         f"message conversion {n(nd['stage_convert_ms_p50'])} ms, pipeline "
+                         f"{n(nd['stage_pipeline_ms_p50'])} ms (bare in this process: {n(b['p50'])} ms), publishing "
+                         f"{n(nd['stage_publish_ms_p50'])} ms (Detection3DArray first, then poses, TF).")
         fifo = bd["fifo_last_frame_ms"]
         lines.append(
             f"  At 30 Hz: {r30['answered']}/{r30['sent']} answered ({r30['dropped']} dropped), latency p50 / p90 / p99 "

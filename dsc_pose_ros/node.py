@@ -400,7 +400,12 @@ def main(argv=None) -> int:
         if not had_domain:  # ROS's default domain, where the camera driver and detector run
             os.environ.pop("ROS_DOMAIN_ID", None)
     argv = list(sys.argv if argv is None else argv)
-    rclpy.init(args=argv)
+    try:
+        rclpy.init(args=argv)
+    except Exception as exc:  # rcl's RCLError: a params file that is not valid YAML, a bad --ros-args
+        message = str(exc).split(", at /")[0]  # without rcl's C source locations
+        print(f"dsc-pose-node: error: cannot start ROS with these arguments: {message}", file=sys.stderr)
+        return 2
     pose_node = None
     try:
         pose_node = PoseNode()

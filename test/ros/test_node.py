@@ -216,6 +216,8 @@ BAD_FRAMES = {
     "image size differs from camera_info": dict(info_size=(320, 240)),
     "NaN in K": dict(K="nan"),
     "zero K": dict(K="zero"),
+    "negative focal length in K": dict(K="negative"),
+    "image rows shorter than width": dict(encoding="rgba8"),  # 3 bytes a pixel sent, rgba8 says 4
     "non-zero distortion": dict(distortion=[0.1, 0.0, 0.0, 0.0, 0.0]),
 }
 
@@ -230,6 +232,9 @@ def test_bad_frame_is_skipped_and_the_next_good_frame_answered(live_node, case):
         K[0, 0] = np.nan
     elif kwargs.get("K") == "zero":
         K = np.zeros((3, 3))
+    elif kwargs.get("K") == "negative":
+        K = K.copy()
+        K[1, 1] = -K[1, 1]
     kwargs.pop("K", None)
     bad = peer.send(rgb, K, boxes, **kwargs)
     assert _good(peer, frame) is not None, f"node did not answer a good frame after: {case}\n{node_log(proc)}"
@@ -348,3 +353,20 @@ def test_the_work_per_frame_is_bounded_by_max_detections(live_node):
     assert sorted(d.id for d in msg.detections) == [f"d{i:02d}" for i in range(24, 40)]
     assert _log_has(proc, peer, "40 detections in one frame: estimating the 16")
     assert _good(peer, frame) is not None and proc.poll() is None
+
+
+@pytest.mark.parametrize("text, message", [
+    ("dsc_pose:\n  ros__parameters:\n    init: \"box\n    threads: [1\n", "Couldn't parse params file"),
+    ("dsc_pose:\n  ros__parameters:\n    inti: box\n", "unknown parameters: ['inti']"),
+    ("dsc_pose:\n  ros__parameters:\n    max_detections: many\n", "max_detections"),
+])
+def test_bad_params_files_stop_the_node_with_one_error_line(repo_root, ros_session_env, tmp_path, text, message):
+    require_ros("rclpy")
+    params = tmp_path / "params.yaml"
+    params.write_text(text)
+    cmd = [sys.executable, "-m", "dsc_pose_ros.node", "--ros-args", "--params-file", str(params)]
+    proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=120, cwd=str(repo_root))
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("dsc-pose-node: error:")]
+    assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr

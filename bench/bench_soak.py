@@ -118,7 +118,7 @@ def markdown(r: dict) -> str:
     lines = [BEGIN, "## Pose node soak: 10,000 frames at 30 Hz (`bench/bench_soak.py`)", "",
              f"- Machine: {r['machine']}, Python {r['python']}",
              f"- Command: `{r['command']}` ({r['wall_s'] / 60:.1f} min)",
-             f"- Node: `{r['node_command'].split(' -m ')[-1]}` (config/pose.yaml defaults: box initialiser, "
+             f"- Node: `{r['node_command'].split(' -m ')[-1].replace(str(REPO) + '/', '')}` (config/pose.yaml defaults: box initialiser, "
              "no refinement, best-effort QoS depth 5, max_detections 16, torch 1 thread)",
              "- Data: LM-O scene 2 split `val`, the first 10 images (640x480 rgb8) with their GT visible boxes "
              "loosened U(0, 15 %) (seed 0), 5-8 objects each, published in turn with new stamps "

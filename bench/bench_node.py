@@ -144,6 +144,30 @@ def image_path_costs(rgb: np.ndarray, repeats: int = 30) -> dict:
     return res
 
 
+def ros_floor(width: int, height: int, count: int = 60) -> dict:
+    """One rgb8 Image hop between two Python processes (``bench/ros_floor.py``): p50 / p90 ms."""
+    import random
+
+    from dsc_pose_ros.ros_env import subprocess_env
+
+    env = subprocess_env(domain_id=random.SystemRandom().randint(2, 100), log_dir=tempfile.mkdtemp(prefix="ros_floor_"))
+    script = str(Path(__file__).resolve().parent / "ros_floor.py")
+    args = [str(width), str(height), str(count)]
+    sub = subprocess.Popen([sys.executable, script, "sub", *args], env=env, stdout=subprocess.PIPE, text=True)
+    pub = subprocess.Popen([sys.executable, script, "pub", *args], env=env, stdout=subprocess.DEVNULL)
+    try:
+        out, _ = sub.communicate(timeout=90)
+    finally:
+        for proc in (sub, pub):
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    try:
+        return json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"error": f"no result (exit {sub.returncode})"}
+
+
 # ------------------------------------------------------------------------------------ replay
 
 
@@ -341,6 +365,15 @@ def markdown(res: dict) -> str:
                      f"{ip['build_msg']:.2f} ms, rclpy serialise {ip['serialize']:.2f} ms, deserialise "
                      f"{ip['deserialize']:.2f} ms, `image_to_rgb` {ip['image_to_rgb']:.2f} ms "
                      f"({ip['bytes'] / 1e6:.2f} MB CDR): about 1 ms of the overhead at most.")
+    floor = res.get("ros_floor_ms") or {}
+    big, small = floor.get("640x480") or {}, floor.get("64x48") or {}
+    if big.get("p50_ms") is not None and small.get("p50_ms") is not None:
+        lines.append(f"- One ROS hop on this machine, without the node (`bench/ros_floor.py`: an rgb8 Image from one Python "
+                     f"process to another at 10 Hz, best effort, this Fast DDS profile; receive time - stamp): 640x480 "
+                     f"p50 {big['p50_ms']:.1f} ms (p90 {big['p90_ms']:.1f}), 64x48 p50 {small['p50_ms']:.1f} ms "
+                     f"({big['received']}/{big['sent']} and {small['received']}/{small['sent']} received). The node's "
+                     "path has at least two hops (the frame's three messages in, the answer out): about "
+                     f"{big['p50_ms'] + small['p50_ms']:.0f} ms of any overhead measured at the player is this floor.")
     lines += [f"- {line}" for line in res.get("notes", [])]
     lines.append(END)
     return "\n".join(lines)
@@ -367,6 +400,8 @@ def main() -> int:
            "torch_threads": 1, "configs": {}, "notes": []}
     res["image_path_ms"] = image_path_costs(frames[0]["rgb"])
     print(f"image path (ms): {res['image_path_ms']}", flush=True)
+    res["ros_floor_ms"] = {f"{w}x{h}": ros_floor(w, h) for w, h in ((640, 480), (64, 48))}
+    print(f"one ROS hop (ms): {res['ros_floor_ms']}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_node_") as tmp:
         work = Path(tmp)
         bag = work / "lmo_val_bag"

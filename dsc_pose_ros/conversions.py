@@ -42,7 +42,10 @@ def image_to_rgb(msg) -> np.ndarray:
         raise InputError(f"image has no pixels ({width}x{height})")
     if step < width * channels:
         raise InputError(f"image step {step} is smaller than width x channels = {width * channels}")
-    data = np.frombuffer(bytes(msg.data), dtype=np.uint8)
+    try:  # rclpy's array.array('B') or bytes: read in place, one copy below (not two)
+        data = np.frombuffer(msg.data, dtype=np.uint8)
+    except TypeError:  # a list of ints
+        data = np.asarray(msg.data, dtype=np.uint8)
     if data.size < step * height:
         raise InputError(f"image data has {data.size} bytes, expected step x height = {step * height}")
     pixels = data[: step * height].reshape(height, step)[:, : width * channels].reshape(height, width, channels)

@@ -23,9 +23,10 @@ from collections import deque
 
 import numpy as np
 
-from .conversions import (EstimateOut, InputError, attach_poses, best_per_object, camera_info_to_K, detection3d_array,
-                          detection_problem_kind, detections_to_boxes, frame_mismatch, image_to_rgb, large_image_note, limit_detections,
-                          pose_stamped, rgb_to_image_msg, stamp_to_ns, transform_stamped)
+from .conversions import (EstimateOut, InputError, attach_poses, best_per_object, camera_info_to_K,
+                          detection3d_array, detection_problem_kind, detections_to_boxes, frame_mismatch,
+                          image_to_rgb, large_image_note, limit_detections, pose_stamped, rgb_to_image_msg,
+                          stamp_to_ns, transform_stamped)
 from .frame_sync import FrameSynchronizer
 from .params import NODE_NAME, PARAMETERS, ParameterError, parse_obj_ids, resolve_path, validate
 
@@ -77,7 +78,8 @@ class PoseNode:
         # where a frame's time goes (ms, last 1000 frames): stamp -> image callback (DDS and the
         # sender), callback -> worker takes it (hand-off and waiting), conversion, pipeline, publishing
         self.stage_ms: dict[str, deque] = {k: deque(maxlen=1000) for k in STAGES}
-        self._arrival_ns: dict[int, int] = {}
+        self._arrival_ns: dict[int, int] = {}  # image stamp -> arrival (wall clock ns), callbacks -> worker
+        self._arrival_lock = threading.Lock()
         self.processed = 0
         self._wake = threading.Event()
         self._running = True
@@ -168,7 +170,8 @@ class PoseNode:
 
     # ------------------------------------------------------------------ callbacks and worker
     def _on_input(self, kind: str, msg) -> None:
-        refused = self.sync.add(kind, stamp_to_ns(msg.header.stamp), msg, self.node.get_clock().now().nanoseconds)
+        refused = self.sync.add(kind, stamp_to_ns(msg.header.stamp), msg,
+                                self.node.get_clock().now().nanoseconds)
         if refused:
             self.warn("stamp_out_of_order" if "out of order" in refused else "stamp_future", refused)
             return
@@ -180,21 +183,26 @@ class PoseNode:
                 if note:
                     self.log.warning(note)
         elif kind == "image":
-            unmatched = self.sync.unmatched
-            if unmatched != self._unmatched_seen:
-                for partner, count in unmatched.items():
-                    for _ in range(count - self._unmatched_seen[partner]):
-                        self.warn(f"no_{partner}", f"image dropped with no {partner} of its stamp (missing, or "
-                                  f"stamped differently: sync {self.params['sync']})")
-                self._unmatched_seen = dict(unmatched)
-        if kind == "image":
-            stamp = stamp_to_ns(msg.header.stamp)
-            self._arrival_ns[stamp] = time.time_ns()
-            if len(self._arrival_ns) > 64:
-                for old in sorted(self._arrival_ns)[:32]:
-                    del self._arrival_ns[old]
+            with self._arrival_lock:
+                self._arrival_ns[stamp_to_ns(msg.header.stamp)] = time.time_ns()
+                if len(self._arrival_ns) > 64:  # images dropped before the worker took them
+                    for old in sorted(self._arrival_ns)[:32]:
+                        del self._arrival_ns[old]
+            self._report_unmatched()
         if kind == "image" or self.sync.pending()["image"]:
             self._wake.set()
+
+    def _report_unmatched(self) -> None:
+        """Warn about images dropped without a camera_info or detections of their stamp (counted by the
+        synchronizer when they are evicted or superseded: in a callback or in the worker)."""
+        with self._arrival_lock:
+            unmatched = dict(self.sync.unmatched)
+            new = {k: n - self._unmatched_seen[k] for k, n in unmatched.items()}
+            self._unmatched_seen = unmatched
+        for partner, count in new.items():
+            for _ in range(count):
+                self.warn(f"no_{partner}", f"image dropped with no {partner} of its stamp (missing, or stamped "
+                          f"differently: sync {self.params['sync']})")
 
     def warn(self, kind: str, message: str, what: str = "skipped") -> None:
         """One warning per kind of problem every WARN_PERIOD_S; every occurrence is counted."""
@@ -210,6 +218,7 @@ class PoseNode:
             self._wake.clear()
             while self._running:
                 frame = self.sync.take()
+                self._report_unmatched()
                 if frame is None:
                     break
                 try:
@@ -223,7 +232,8 @@ class PoseNode:
         from dsc_pose_core.pipeline import Detection
 
         t_take = time.time_ns()
-        arrival = self._arrival_ns.pop(frame.stamp_ns, None)
+        with self._arrival_lock:
+            arrival = self._arrival_ns.pop(frame.stamp_ns, None)
         image_msg = frame.image
         try:
             rgb = image_to_rgb(image_msg)

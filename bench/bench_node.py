@@ -41,10 +41,10 @@ from pathlib import Path
 
 import numpy as np
 
-from benchlib import cpu_model, git_commit, write_section
-
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # this checkout's packages first (not an editable install of another tree)
+
+from benchlib import cpu_model, git_commit, write_section  # noqa: E402
 
 BEGIN, END = "<!-- bench_node:start -->", "<!-- bench_node:end -->"
 DEFAULT_DEEPIM = "out/lmo_deepim_cpu/checkpoints/deepim_last.pt"

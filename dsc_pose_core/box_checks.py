@@ -15,7 +15,8 @@ diagonal lies between that (a thin object seen end-on, or an occluded one: small
   means the box is too large for the object at any plausible distance (checked on the box as given:
   a detector may report the full extent of a truncated object).
 
-No ROS or torch imports; the limits are :class:`BoxLimits` (``PoseEstimator.box_limits``).
+No ROS or torch imports. The limits are :class:`BoxLimits`: ``DEFAULT_BOX_LIMITS`` unless a
+``PoseEstimator`` instance is given its own ``box_limits`` attribute.
 """
 
 from __future__ import annotations

@@ -14,7 +14,6 @@ difference sent - answered is what it dropped (or what DDS lost). Memory: the no
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time

@@ -150,7 +150,8 @@ def ros_floor(width: int, height: int, count: int = 60) -> dict:
 
     from dsc_pose_ros.ros_env import subprocess_env
 
-    env = subprocess_env(domain_id=random.SystemRandom().randint(2, 100), log_dir=tempfile.mkdtemp(prefix="ros_floor_"))
+    log_dir = tempfile.mkdtemp(prefix="ros_floor_")
+    env = subprocess_env(domain_id=random.SystemRandom().randint(2, 100), log_dir=log_dir)
     script = str(Path(__file__).resolve().parent / "ros_floor.py")
     args = [str(width), str(height), str(count)]
     sub = subprocess.Popen([sys.executable, script, "sub", *args], env=env, stdout=subprocess.PIPE, text=True)
@@ -162,6 +163,9 @@ def ros_floor(width: int, height: int, count: int = 60) -> dict:
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
+    import shutil
+
+    shutil.rmtree(log_dir, ignore_errors=True)
     try:
         return json.loads(out.strip().splitlines()[-1])
     except (ValueError, IndexError):

@@ -20,6 +20,7 @@ import os
 import platform
 import random
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -77,6 +78,7 @@ def main() -> int:
         rc = stop_node(proc)
     wall = time.perf_counter() - started
     log_tail = proc.log_path.read_text()[-2000:]
+    shutil.rmtree(tmp, ignore_errors=True)
     windows = res.windows
     first = windows[1] if len(windows) > 2 else windows[0]  # window 0 includes the warm-up
     last = windows[-1]

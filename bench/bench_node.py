@@ -13,7 +13,8 @@ missing; timing only, the default checkpoint is not trained for accuracy), it me
    once before and once after the replays, the two passes pooled;
 2. a replay of the bag at its recorded 10 Hz through the node (``dsc-pose-bag eval``, a
    subprocess): latency p50/p90/p99 (answer arrival - stamp), answered / sent, dropped;
-3. the node overhead = replay latency p50 - bare p50, absolute and relative (goal < 5 %);
+3. the node overhead = replay latency p50 - bare p50, absolute and relative (goal: <= 5 % of the bare
+   p50 or <= 3 ms, whichever is larger), and where the node spends a frame (its /diagnostics stages);
 4. a replay at 30 Hz (rate scale 3): the latency distribution and drops (bounded latency by
    dropping, not queueing);
 5. a diagnostic replay "unloaded" (period >= 2 x the bare p90 and >= 0.2 s, so that no frame waits for the
@@ -40,10 +41,10 @@ from pathlib import Path
 
 import numpy as np
 
-from benchlib import cpu_model, git_commit, write_section
-
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # this checkout's packages first (not an editable install of another tree)
+
+from benchlib import cpu_model, git_commit, write_section  # noqa: E402
 
 BEGIN, END = "<!-- bench_node:start -->", "<!-- bench_node:end -->"
 DEFAULT_DEEPIM = "out/lmo_deepim_cpu/checkpoints/deepim_last.pt"
@@ -51,6 +52,8 @@ BAG_RATE_HZ = 10.0
 SCENE = 2
 SPLIT = "val"
 GOAL_OVERHEAD = 0.05
+GOAL_OVERHEAD_MS = 3.0  # issue 31: overhead <= 5 % of the bare p50 or <= 3 ms, whichever is larger
+STAGES = ("transport", "handoff", "convert", "pipeline", "publish")
 STATS_PERIOD_S = 0.5  # the node's /diagnostics period during the replays (default 5 s): its in-node
 #                       pipeline and latency percentiles then cover (nearly) every frame
 ANSWER_TIMEOUT_S = 5.0
@@ -141,6 +144,34 @@ def image_path_costs(rgb: np.ndarray, repeats: int = 30) -> dict:
     return res
 
 
+def ros_floor(width: int, height: int, count: int = 60) -> dict:
+    """One rgb8 Image hop between two Python processes (``bench/ros_floor.py``): p50 / p90 ms."""
+    import random
+
+    from dsc_pose_ros.ros_env import subprocess_env
+
+    log_dir = tempfile.mkdtemp(prefix="ros_floor_")
+    env = subprocess_env(domain_id=random.SystemRandom().randint(2, 100), log_dir=log_dir)
+    script = str(Path(__file__).resolve().parent / "ros_floor.py")
+    args = [str(width), str(height), str(count)]
+    sub = subprocess.Popen([sys.executable, script, "sub", *args], env=env, stdout=subprocess.PIPE, text=True)
+    pub = subprocess.Popen([sys.executable, script, "pub", *args], env=env, stdout=subprocess.DEVNULL)
+    try:
+        out, _ = sub.communicate(timeout=90)
+    finally:
+        for proc in (sub, pub):
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    import shutil
+
+    shutil.rmtree(log_dir, ignore_errors=True)
+    try:
+        return json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"error": f"no result (exit {sub.returncode})"}
+
+
 # ------------------------------------------------------------------------------------ replay
 
 
@@ -192,7 +223,8 @@ def replay(bag: Path, out: Path, rate_scale: float, node_args: list[str]) -> dic
         "latency_first_third_p50_ms": pct(seq[:k], 50), "latency_last_third_p50_ms": pct(seq[-k:], 50),
         "node_diagnostics": {"processed": f("processed"), "dropped_in_node": f("dropped"),
                              "pipeline_ms_p50": f("pipeline_ms_p50"), "latency_ms_p50": f("latency_ms_p50"),
-                             "latency_ms_p90": f("latency_ms_p90")},
+                             "latency_ms_p90": f("latency_ms_p90")}
+        | {f"stage_{k}_ms_p50": f(f"stage_{k}_ms_p50") for k in STAGES},
         "accuracy": {k_: (report.get("accuracy") or {}).get(k_) for k_ in ("AR_MSSD", "AR_MSPD", "ADD-S_0.1d")},
         "node_command": report["node"]["command"], "wall_s": wall,
     }
@@ -269,7 +301,8 @@ def markdown(res: dict) -> str:
              "(/diagnostics) ends after its last publish (Detection3DArray, then poses and TF)",
              "- Bare pipeline: `PoseEstimator.estimate` in the benchmark process on the same frames and boxes, "
              "warm-up frame excluded, one pass before and one after the replays, pooled",
-             "- Timings come from a shared 2-core machine and are noisy (other jobs run beside it); with "
+             "- Timings come from a shared 2-core machine and are noisy (another engineer's evaluations ran beside "
+             "this one, one core busy most of the time); with "
              f"{res['n_images']} frames, p99 is close to the maximum", ""]
     lines += ["| config | bare p50 / p90 (ms) | input | answered / sent | dropped | latency p50 / p90 / p99 (ms) "
               "| overhead p50 (ms, % of bare p50) | in the node: pipeline p50 / latency p50 (ms, frames) |",
@@ -296,9 +329,11 @@ def markdown(res: dict) -> str:
             continue
         b, ov, ovu, bd = c["bare_pipeline_ms"], c["overhead_10hz"], c["overhead_unloaded"], c["bounded_30hz"]
         r30, u, rp = c["replay_30hz"], c["replay_unloaded"], c["ros_path_unloaded"]
-        verdict = "holds" if ov and ov["ratio"] < GOAL_OVERHEAD else "does not hold"
+        allowed = max(GOAL_OVERHEAD * b["p50"], GOAL_OVERHEAD_MS)
+        verdict = "holds" if ov and ov["ms"] <= allowed else "does not hold"
         text = (f"- **{name}**, {c['label']}: overhead = 10 Hz replay p50 - bare p50 = {n(ov and ov['ms'])} ms "
-                f"({n(ov and 100 * ov['ratio'])} % of the bare p50): the < 5 % goal **{verdict}** in this run. "
+                f"({n(ov and 100 * ov['ratio'])} % of the bare p50): the goal (<= 5 % of the bare p50 or <= 3 ms, "
+                f"whichever is larger: {allowed:.1f} ms) **{verdict}** in this run. "
                 f"Unloaded replay ({u['input_hz']:.2f} Hz, period >= 2 x bare p90 and >= 0.2 s): {n(ovu and ovu['ms'])} ms "
                 f"({n(ovu and 100 * ovu['ratio'])} %). Same-run estimate without the bare pipeline's drift "
                 f"(unloaded replay p50 - the node's own pipeline p50 from /diagnostics): {n(rp and rp['ms'])} ms "
@@ -309,6 +344,14 @@ def markdown(res: dict) -> str:
                      "worker is busy: they wait or are dropped, and the 10 Hz figure is mostly that wait, not the cost "
                      "of the ROS path.")
         lines.append(text)
+        nd = c["replay_10hz"]["node_diagnostics"]
+        if nd.get("stage_pipeline_ms_p50") is not None:
+            lines.append("  Where a 10 Hz frame's time goes in the node (p50 over its last frames, /diagnostics): "
+                         f"stamp -> image callback (the player's publishing, DDS, the node's executor) "
+                         f"{n(nd['stage_transport_ms_p50'])} ms, callback -> worker {n(nd['stage_handoff_ms_p50'])} ms, "
+                         f"message conversion {n(nd['stage_convert_ms_p50'])} ms, pipeline "
+                         f"{n(nd['stage_pipeline_ms_p50'])} ms (bare in this process: {n(b['p50'])} ms), publishing "
+                         f"{n(nd['stage_publish_ms_p50'])} ms (Detection3DArray first, then poses, TF).")
         fifo = bd["fifo_last_frame_ms"]
         lines.append(
             f"  At 30 Hz: {r30['answered']}/{r30['sent']} answered ({r30['dropped']} dropped), latency p50 / p90 / p99 "
@@ -326,6 +369,15 @@ def markdown(res: dict) -> str:
                      f"{ip['build_msg']:.2f} ms, rclpy serialise {ip['serialize']:.2f} ms, deserialise "
                      f"{ip['deserialize']:.2f} ms, `image_to_rgb` {ip['image_to_rgb']:.2f} ms "
                      f"({ip['bytes'] / 1e6:.2f} MB CDR): about 1 ms of the overhead at most.")
+    floor = res.get("ros_floor_ms") or {}
+    big, small = floor.get("640x480") or {}, floor.get("64x48") or {}
+    if big.get("p50_ms") is not None and small.get("p50_ms") is not None:
+        lines.append(f"- One ROS hop on this machine, without the node (`bench/ros_floor.py`: an rgb8 Image from one Python "
+                     f"process to another at 10 Hz, best effort, this Fast DDS profile; receive time - stamp): 640x480 "
+                     f"p50 {big['p50_ms']:.1f} ms (p90 {big['p90_ms']:.1f}), 64x48 p50 {small['p50_ms']:.1f} ms "
+                     f"({big['received']}/{big['sent']} and {small['received']}/{small['sent']} received). The node's "
+                     "path has at least two hops (the frame's three messages in, the answer out): about "
+                     f"{big['p50_ms'] + small['p50_ms']:.0f} ms of any overhead measured at the player is this floor.")
     lines += [f"- {line}" for line in res.get("notes", [])]
     lines.append(END)
     return "\n".join(lines)
@@ -352,6 +404,8 @@ def main() -> int:
            "torch_threads": 1, "configs": {}, "notes": []}
     res["image_path_ms"] = image_path_costs(frames[0]["rgb"])
     print(f"image path (ms): {res['image_path_ms']}", flush=True)
+    res["ros_floor_ms"] = {f"{w}x{h}": ros_floor(w, h) for w, h in ((640, 480), (64, 48))}
+    print(f"one ROS hop (ms): {res['ros_floor_ms']}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_node_") as tmp:
         work = Path(tmp)
         bag = work / "lmo_val_bag"
@@ -361,8 +415,12 @@ def main() -> int:
         if deepim.is_file():
             res["configs"]["B"] = run_config("B", label_b, 2, str(deepim), frames, bag, work)
             res["deepim_checkpoint"] = str(deepim.relative_to(REPO)) if deepim.is_relative_to(REPO) else str(deepim)
-            res["notes"].append(f"B uses `{res['deepim_checkpoint']}`, a valid DeepIM checkpoint that is not trained "
-                                "for accuracy (see the DeepIM section): B is for timing only, its poses mean nothing.")
+            if res["deepim_checkpoint"] == DEFAULT_DEEPIM:
+                res["notes"].append(f"B uses `{res['deepim_checkpoint']}`, a valid DeepIM checkpoint that is not "
+                                    "trained for accuracy (see the DeepIM section): B is for timing only.")
+            else:
+                res["notes"].append(f"B uses `{res['deepim_checkpoint']}` (the node's `refine_iterations:=2` default "
+                                    "checkpoint); B is measured here for timing only (accuracy: the DeepIM sections).")
         else:
             print(f"note: DeepIM checkpoint {deepim} not found: configuration B skipped", flush=True)
             res["configs"]["B"] = {"label": label_b, "skipped": f"checkpoint `{args.deepim}` not found"}

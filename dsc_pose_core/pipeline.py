@@ -46,6 +46,7 @@ import numpy as np
 
 from .data.boxes import box_iou_xywh, box_xyxy_edges
 from .align import AlignConfig
+from .box_checks import BoxLimits, implausible_detection
 from .box_initialiser import BoxInitConfig, box_initial_pose
 from .deepim.zoom import projected_box
 
@@ -98,6 +99,7 @@ class PipelineConfig:
     # the weakly-supervised segmentation network whose masks the "align" refiner compares renders with
     segmentation_checkpoint: str | os.PathLike | None = None
     align: AlignConfig = field(default_factory=AlignConfig)
+    box_limits: BoxLimits = field(default_factory=BoxLimits)  # detections no object could make are skipped
     device: str = "cpu"
     obj_ids: Sequence[int] | None = None  # objects to serve (default: every registry object)
     box_templates: int = 0  # box initialiser: viewpoints scored by box IoU (0: canonical rotation)
@@ -594,6 +596,11 @@ class PoseEstimator:
                 res.reason = boxes
                 continue
             res.box_xywh, box_xyxy = boxes
+            # a box no object of this size could make, or a non-finite score
+            res.reason = implausible_detection(given, res.box_xywh, K, self.diameters[obj_id], det_score,
+                                               self.config.box_limits)
+            if res.reason:
+                continue
             t0 = time.perf_counter()
             try:
                 R, t, own = self.initialiser.initial_pose(image_rgb, K, obj_id, res.box_xywh, box_xyxy)

@@ -484,7 +484,10 @@ def replay(args, reader, conns: dict, stamp_to_im: dict[int, int], proc: subproc
         for conn, bag_ns, raw in reader.messages(connections=[c for cs in conns.values() for c in cs]):
             t0_bag = bag_ns if t0_bag is None else t0_bag
             due = t0_mono + (bag_ns - t0_bag) / NS / args.rate_scale
-            while True:
+            # read the message before its time: the player's own work is not the node's latency
+            kind = kind_of[conn.id]
+            msg = deserialize_message(bytes(raw), classes[kind])
+            while True:  # answers are taken while waiting; a frame's messages go out back to back
                 remaining = due - time.monotonic()
                 if remaining <= 0:
                     break
@@ -492,8 +495,6 @@ def replay(args, reader, conns: dict, stamp_to_im: dict[int, int], proc: subproc
             if proc.poll() is not None:
                 result.node_died = True
                 break
-            kind = kind_of[conn.id]
-            msg = deserialize_message(bytes(raw), classes[kind])
             orig = int(msg.header.stamp.sec) * NS + int(msg.header.stamp.nanosec)
             if orig not in new_stamps:
                 new_stamps[orig] = clock.now().nanoseconds
@@ -511,7 +512,6 @@ def replay(args, reader, conns: dict, stamp_to_im: dict[int, int], proc: subproc
                                              time.monotonic()))
                 if result.first_send_ns is None:
                     result.first_send_ns = new
-            executor.spin_once(timeout_sec=0.0)
         result.replay_s = time.monotonic() - t0_mono
 
         # 3. wait for the last answers: until every frame is answered or nothing came for answer_timeout

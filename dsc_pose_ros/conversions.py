@@ -42,7 +42,10 @@ def image_to_rgb(msg) -> np.ndarray:
         raise InputError(f"image has no pixels ({width}x{height})")
     if step < width * channels:
         raise InputError(f"image step {step} is smaller than width x channels = {width * channels}")
-    data = np.frombuffer(bytes(msg.data), dtype=np.uint8)
+    try:  # rclpy's array.array('B') or bytes: read in place, one copy below (not two)
+        data = np.frombuffer(msg.data, dtype=np.uint8)
+    except TypeError:  # a list of ints
+        data = np.asarray(msg.data, dtype=np.uint8)
     if data.size < step * height:
         raise InputError(f"image data has {data.size} bytes, expected step x height = {step * height}")
     pixels = data[: step * height].reshape(height, step)[:, : width * channels].reshape(height, width, channels)
@@ -98,7 +101,11 @@ def detections_to_boxes(msg, resolve_class: Callable[[str], int | None], width: 
         if not det.results:
             warnings.append(f"{label}: no class hypothesis")
             continue
-        best = max(det.results, key=lambda r: float(r.hypothesis.score))
+        scores = [float(r.hypothesis.score) for r in det.results]
+        if not np.isfinite(scores).all():
+            warnings.append(f"{label}: hypothesis score is not finite ({scores})")
+            continue
+        best = det.results[int(np.argmax(scores))]
         class_id = str(best.hypothesis.class_id)
         obj_id = resolve_class(class_id)
         if obj_id is None:
@@ -114,25 +121,104 @@ def detections_to_boxes(msg, resolve_class: Callable[[str], int | None], width: 
             warnings.append(f"{label}: box ({x0:.0f}, {y0:.0f}, {w:.0f}, {h:.0f}) is outside the "
                             f"{width}x{height} image")
             continue
-        score = float(best.hypothesis.score)
-        usable.append(ParsedDetection(obj_id, (x0, y0, w, h), score if np.isfinite(score) else 0.0,
-                                      str(getattr(det, "id", ""))))
+        usable.append(ParsedDetection(obj_id, (x0, y0, w, h), float(max(scores)), str(getattr(det, "id", ""))))
     return usable, warnings
+
+
+# what a skipped detection's sentence says -> the kind of problem its warning is throttled under
+DETECTION_PROBLEMS = ("no class hypothesis", "score is not finite", "unknown class id", "empty", "non-finite",
+                      "outside", "too small", "too large", "malformed", "initial pose")
+
+
+def detection_problem_kind(sentence: str) -> str:
+    """``detection_<problem>``: each kind of bad detection gets its own throttled warning and count."""
+    found = next((p for p in DETECTION_PROBLEMS if p in sentence), "other")
+    return "detection_" + found.replace(" ", "_").replace("-", "_")
+
+
+def limit_detections(parsed: list[ParsedDetection], max_detections: int) -> tuple[list[ParsedDetection], str | None]:
+    """At most ``max_detections`` detections (0 = no limit), the highest scores first (ties: the
+    detector's order), and one sentence when some were left out. The kept ones stay in the
+    detector's order."""
+    if max_detections <= 0 or len(parsed) <= max_detections:
+        return parsed, None
+    order = sorted(range(len(parsed)), key=lambda i: -parsed[i].score)[:max_detections]
+    kept = [parsed[i] for i in sorted(order)]
+    return kept, (f"{len(parsed)} detections in one frame: estimating the {max_detections} with the highest "
+                  f"scores (max_detections), {len(parsed) - max_detections} left out")
+
+
+def best_per_object(estimates: Sequence["EstimateOut"]) -> tuple[list["EstimateOut"], str | None]:
+    """One estimate per object (the highest score) for the outputs keyed by object, TF frame and
+    ``~/pose/<name>``, and one sentence naming the objects detected more than once."""
+    best: dict[int, EstimateOut] = {}
+    counts: dict[int, int] = {}
+    for est in estimates:
+        counts[est.obj_id] = counts.get(est.obj_id, 0) + 1
+        if est.obj_id not in best or est.score > best[est.obj_id].score:
+            best[est.obj_id] = est
+    repeated = {best[o].name: n for o, n in counts.items() if n > 1}
+    if not repeated:
+        return list(estimates), None
+    return ([e for e in estimates if best[e.obj_id] is e],
+            f"objects detected more than once in one frame {repeated}: every one is in detections3d, TF and "
+            "~/pose/<name> carry the highest-scoring one")
+
+
+def frame_mismatch(image_frame: str, detections_frame: str) -> str | None:
+    """Detections stamped like the image but for another camera frame (both frame ids set)."""
+    if image_frame and detections_frame and image_frame != detections_frame:
+        return (f"detections are for frame {detections_frame!r} but the image is {image_frame!r}: "
+                "frame skipped")
+    return None
+
+
+def large_image_note(width: int, height: int, segment_bytes: int | None, reliability: str) -> str | None:
+    """One sentence when camera_info announces images larger than the Fast DDS shared-memory segment
+    (``config/fastdds.xml``): such images travel as UDP fragments, which best-effort QoS drops without
+    a word when one fragment is lost."""
+    if not segment_bytes or width <= 0 or height <= 0:
+        return None
+    size = width * height * 3  # rgb8 / bgr8; rgba8 and bgra8 are larger still
+    if size <= segment_bytes:
+        return None
+    advice = ("the node subscribes best effort, so an image that loses one fragment is dropped without "
+              "a word: publish it reliable and set qos_reliability:=reliable, or raise segment_size"
+              if reliability == "best_effort" else "they arrive by reliable QoS (slower)")
+    return (f"camera_info announces {width}x{height} images ({size / 2**20:.0f} MiB as rgb8), larger than the "
+            f"{segment_bytes / 2**20:.0f} MiB shared-memory segment of the Fast DDS profile: they travel as UDP "
+            f"fragments; {advice}")
 
 
 # ------------------------------------------------------------------------------------ outputs
 
 
-def pose_msg(R, t):
-    """(R [3,3], t [3] metres) -> geometry_msgs/Pose."""
+def pose_msg(R, t, q=None):
+    """(R [3,3], t [3] metres) -> geometry_msgs/Pose (``q``: R's quaternion x, y, z, w when known)."""
     from geometry_msgs.msg import Pose
 
     pose = Pose()
     t = np.asarray(t, dtype=np.float64).reshape(3)
     pose.position.x, pose.position.y, pose.position.z = (float(v) for v in t)
-    q = matrix_to_quaternion_xyzw(R)
+    q = matrix_to_quaternion_xyzw(R) if q is None else q
     pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w = (float(v) for v in q)
     return pose
+
+
+def attach_poses(estimates: Sequence["EstimateOut"]) -> None:
+    """Build every estimate's Pose at once: one batched orthonormalisation and quaternion conversion for
+    the frame instead of one per estimate (0.1 ms each on a 2-core CPU)."""
+    todo = [e for e in estimates if "pose" not in e.__dict__]
+    if not todo:
+        return
+    from scipy.spatial.transform import Rotation
+
+    R = np.stack([np.asarray(e.R, dtype=np.float64).reshape(3, 3) for e in todo])
+    u, _, vt = np.linalg.svd(R)
+    vt[:, 2] *= np.linalg.det(u @ vt)[:, None]  # nearest rotation (det +1), as matrix_to_quaternion_xyzw
+    quats = Rotation.from_matrix(u @ vt).as_quat()
+    for est, q in zip(todo, quats):
+        est.__dict__["pose"] = pose_msg(est.R, est.t, q)  # the cached_property's slot
 
 
 @dataclass

@@ -23,12 +23,15 @@ from collections import deque
 
 import numpy as np
 
-from .conversions import (EstimateOut, InputError, camera_info_to_K, detection3d_array, detections_to_boxes,
-                          image_to_rgb, pose_stamped, rgb_to_image_msg, stamp_to_ns, transform_stamped)
+from .conversions import (EstimateOut, InputError, attach_poses, best_per_object, camera_info_to_K,
+                          detection3d_array, detection_problem_kind, detections_to_boxes, frame_mismatch,
+                          image_to_rgb, large_image_note, limit_detections, pose_stamped, rgb_to_image_msg,
+                          stamp_to_ns, transform_stamped)
 from .frame_sync import FrameSynchronizer
 from .params import NODE_NAME, PARAMETERS, ParameterError, parse_obj_ids, resolve_path, validate
 
 WARN_PERIOD_S = 5.0
+STAGES = ("transport", "handoff", "convert", "pipeline", "publish")
 DYNAMIC_TYPED = ("obj_ids",)  # "-p obj_ids:=5" arrives as an integer, "1,5" as a string
 
 
@@ -63,9 +66,20 @@ class PoseNode:
         self._setup_pipeline()
         self._setup_io()
         self.sync = FrameSynchronizer(self.params["sync"], int(self.params["sync_tolerance_s"] * 1e9),
-                                      max_pending=max(2, self.params["qos_depth"] * 2))
+                                      max_pending=max(2, self.params["qos_depth"] * 2),
+                                      max_ahead_ns=int(self.params["max_stamp_ahead_s"] * 1e9))
+        self._unmatched_seen = dict(self.sync.unmatched)
+        self._info_size = None
+        from .ros_env import shm_segment_bytes
+
+        self._segment_bytes = shm_segment_bytes()
         self.latencies_ms: deque[float] = deque(maxlen=1000)
         self.pipeline_ms: deque[float] = deque(maxlen=1000)
+        # where a frame's time goes (ms, last 1000 frames): stamp -> image callback (DDS and the
+        # sender), callback -> worker takes it (hand-off and waiting), conversion, pipeline, publishing
+        self.stage_ms: dict[str, deque] = {k: deque(maxlen=1000) for k in STAGES}
+        self._arrival_ns: dict[int, int] = {}  # image stamp -> arrival (wall clock ns), callbacks -> worker
+        self._arrival_lock = threading.Lock()
         self.processed = 0
         self._wake = threading.Event()
         self._running = True
@@ -162,17 +176,47 @@ class PoseNode:
 
     # ------------------------------------------------------------------ callbacks and worker
     def _on_input(self, kind: str, msg) -> None:
-        self.sync.add(kind, stamp_to_ns(msg.header.stamp), msg)
+        refused = self.sync.add(kind, stamp_to_ns(msg.header.stamp), msg,
+                                self.node.get_clock().now().nanoseconds)
+        if refused:
+            self.warn("stamp_out_of_order" if "out of order" in refused else "stamp_future", refused)
+            return
+        if kind == "camera_info":
+            size = (int(msg.width), int(msg.height))
+            if size != self._info_size:
+                self._info_size = size
+                note = large_image_note(*size, self._segment_bytes, self.params["qos_reliability"])
+                if note:
+                    self.log.warning(note)
+        elif kind == "image":
+            with self._arrival_lock:
+                self._arrival_ns[stamp_to_ns(msg.header.stamp)] = time.time_ns()
+                if len(self._arrival_ns) > 64:  # images dropped before the worker took them
+                    for old in sorted(self._arrival_ns)[:32]:
+                        del self._arrival_ns[old]
+            self._report_unmatched()
         if kind == "image" or self.sync.pending()["image"]:
             self._wake.set()
 
-    def warn(self, kind: str, message: str) -> None:
+    def _report_unmatched(self) -> None:
+        """Warn about images dropped without a camera_info or detections of their stamp (counted by the
+        synchronizer when they are evicted or superseded: in a callback or in the worker)."""
+        with self._arrival_lock:
+            unmatched = dict(self.sync.unmatched)
+            new = {k: n - self._unmatched_seen[k] for k, n in unmatched.items()}
+            self._unmatched_seen = unmatched
+        for partner, count in new.items():
+            for _ in range(count):
+                self.warn(f"no_{partner}", f"image dropped with no {partner} of its stamp (missing, or stamped "
+                          f"differently: sync {self.params['sync']})")
+
+    def warn(self, kind: str, message: str, what: str = "skipped") -> None:
         """One warning per kind of problem every WARN_PERIOD_S; every occurrence is counted."""
         self.skipped[kind] = self.skipped.get(kind, 0) + 1
         now = time.monotonic()
         if now - self._warned.get(kind, -1e9) >= WARN_PERIOD_S:
             self._warned[kind] = now
-            self.log.warning(f"{message} (skipped; {self.skipped[kind]} so far)")
+            self.log.warning(f"{message} ({what}; {self.skipped[kind]} so far)")
 
     def _work(self) -> None:
         while self._running:
@@ -180,6 +224,7 @@ class PoseNode:
             self._wake.clear()
             while self._running:
                 frame = self.sync.take()
+                self._report_unmatched()
                 if frame is None:
                     break
                 try:
@@ -192,6 +237,9 @@ class PoseNode:
     def _process(self, frame) -> None:
         from dsc_pose_core.pipeline import Detection
 
+        t_take = time.time_ns()
+        with self._arrival_lock:
+            arrival = self._arrival_ns.pop(frame.stamp_ns, None)
         image_msg = frame.image
         try:
             rgb = image_to_rgb(image_msg)
@@ -202,37 +250,57 @@ class PoseNode:
             self.warn(str(exc).split(" ")[0] + "_input", str(exc))
             return
         height, width = rgb.shape[:2]
+        mismatch = frame_mismatch(image_msg.header.frame_id, frame.detections.header.frame_id)
+        if mismatch:
+            self.warn("frame_id", mismatch)
+            return
         parsed, problems = detections_to_boxes(frame.detections, self._ids_by_class.get, width, height)
         for problem in problems:
-            self.warn("detection", problem)
+            self.warn(detection_problem_kind(problem), problem)
+        parsed, limited = limit_detections(parsed, self.params["max_detections"])
+        if limited:
+            self.warn("max_detections", limited, "frames limited")
         header = image_msg.header
         if not frame.detections.detections:
             self.warn("empty_detections", "detection array is empty: nothing to estimate")
         t0 = time.perf_counter()
+        convert_ms = (time.time_ns() - t_take) / 1e6
         results = (self.estimator.estimate(rgb, K, [Detection(d.obj_id, d.box_xywh, d.score) for d in parsed])
                    if parsed else [])
         pipeline_s = time.perf_counter() - t0
         estimates = []
         for det, res in zip(parsed, results):
             if not res.ok:
-                self.warn("detection", f"detection of object {det.obj_id}: {res.reason}")
+                self.warn(detection_problem_kind(res.reason), f"detection of object {det.obj_id}: {res.reason}")
                 continue
             if res.score < self.params["score_threshold"]:
                 continue
             info = self.registry[res.obj_id].model_info
             estimates.append(EstimateOut(res.obj_id, self.names[res.obj_id], res.R, res.t, res.score,
                                          info.bbox_size, det.detection_id))
+        t1 = time.perf_counter()
         self._publish(header, estimates, rgb, K)
+        publish_ms = (time.perf_counter() - t1) * 1e3
         now_ns = self.node.get_clock().now().nanoseconds
         self.latencies_ms.append((now_ns - stamp_to_ns(header.stamp)) / 1e6)
         self.pipeline_ms.append(pipeline_s * 1e3)
+        if arrival is not None:
+            self.stage_ms["transport"].append((arrival - frame.stamp_ns) / 1e6)
+            self.stage_ms["handoff"].append((t_take - arrival) / 1e6)
+        self.stage_ms["convert"].append(convert_ms)
+        self.stage_ms["pipeline"].append(pipeline_s * 1e3)
+        self.stage_ms["publish"].append(publish_ms)
         self.processed += 1
 
     def _publish(self, header, estimates, rgb, K) -> None:
+        attach_poses(estimates)
         self.pub_detections.publish(detection3d_array(header, estimates, self.params["class_id_names"]))
         pattern = self.params["object_frame_pattern"]
         transforms = []
-        for est in estimates:
+        keyed, repeated = best_per_object(estimates)  # one TF frame and one pose topic per object
+        if repeated:
+            self.warn("repeated_object", repeated, "frames with repeats")
+        for est in keyed:
             if est.obj_id in self.pub_poses:
                 self.pub_poses[est.obj_id].publish(pose_stamped(header, est))
             transforms.append(transform_stamped(header, pattern.format(name=est.name, id=est.obj_id), est))
@@ -301,7 +369,8 @@ class PoseNode:
         pct = (lambda a, q: float(np.percentile(a, q)) if a.size else float("nan"))  # noqa: E731
         return {"processed": self.processed, "dropped": self.sync.dropped, "skipped": dict(self.skipped),
                 "latency_ms_p50": pct(lat, 50), "latency_ms_p90": pct(lat, 90), "latency_ms_p99": pct(lat, 99),
-                "pipeline_ms_p50": pct(pipe, 50)}
+                "pipeline_ms_p50": pct(pipe, 50)} | {
+                f"stage_{k}_ms_p50": pct(np.asarray(v, dtype=np.float64), 50) for k, v in self.stage_ms.items()}
 
     def _report(self) -> None:
         from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -347,7 +416,12 @@ def main(argv=None) -> int:
         if not had_domain:  # ROS's default domain, where the camera driver and detector run
             os.environ.pop("ROS_DOMAIN_ID", None)
     argv = list(sys.argv if argv is None else argv)
-    rclpy.init(args=argv)
+    try:
+        rclpy.init(args=argv)
+    except Exception as exc:  # rcl's RCLError: a params file that is not valid YAML, a bad --ros-args
+        message = str(exc).split(", at /")[0]  # without rcl's C source locations
+        print(f"dsc-pose-node: error: cannot start ROS with these arguments: {message}", file=sys.stderr)
+        return 2
     pose_node = None
     try:
         pose_node = PoseNode()

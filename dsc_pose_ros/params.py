@@ -86,6 +86,10 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("device", "cpu", "torch device: cpu or cuda[:N] (cuda falls back to cpu with a warning)",
               _device),
     Parameter("threads", 1, "torch CPU threads (0 = torch's default)", _at_least(0)),
+    Parameter("max_detections", 16, "most detections estimated per frame, the highest scores first (0 = no "
+              "limit): bounds the work one frame may ask for", _at_least(0)),
+    Parameter("max_stamp_ahead_s", 10.0, "messages stamped more than this ahead of the node's clock are ignored "
+              "(0 = no limit)", _at_least(0.0)),
     Parameter("score_threshold", 0.0, "estimates with a lower confidence are not published", _at_least(0.0)),
     Parameter("sync", "exact", "match image, camera_info and detections by exact stamp or approximately",
               _one_of(SYNC_MODES)),

@@ -56,6 +56,36 @@ def fastdds_profile() -> Path:
     raise FileNotFoundError(f"Fast DDS profile not found (looked at {in_tree})")
 
 
+FASTDDS_DEFAULT_SHM_SEGMENT = 512 * 1024  # Fast DDS's built-in shared-memory transport
+
+
+def shm_segment_bytes(env: Optional[Mapping[str, str]] = None) -> int | None:
+    """The shared-memory segment size of the Fast DDS profile in ``FASTDDS_DEFAULT_PROFILES_FILE``
+    (the largest SHM transport's ``segment_size``); Fast DDS's default without a profile; None when the
+    profile has no shared-memory transport or cannot be read (then nothing is said about sizes)."""
+    import xml.etree.ElementTree as ET
+
+    env = os.environ if env is None else env
+    path = env.get("FASTDDS_DEFAULT_PROFILES_FILE", "").strip()
+    if not path:
+        return FASTDDS_DEFAULT_SHM_SEGMENT
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError):
+        return None
+    sizes = []
+    for desc in root.iter():
+        if not desc.tag.endswith("transport_descriptor"):
+            continue
+        fields = {child.tag.split("}")[-1]: (child.text or "").strip() for child in desc}
+        if fields.get("type") == "SHM":
+            try:
+                sizes.append(int(fields.get("segment_size") or FASTDDS_DEFAULT_SHM_SEGMENT))
+            except ValueError:
+                return None
+    return max(sizes) if sizes else None
+
+
 def venv_prefix() -> Path:
     """Prefix where the PyPI ROS wheels put their ament index (the running venv or <repo>/.venv)."""
     for candidate in (Path(sys.prefix), REPO_ROOT / ".venv"):

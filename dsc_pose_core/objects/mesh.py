@@ -81,6 +81,9 @@ def load_mesh(path: str | os.PathLike, unit_scale: float = 0.001) -> ObjectMesh:
     vertices = np.asarray(mesh.vertices, dtype=np.float64) * unit_scale
     if not np.isfinite(vertices).all():
         raise MeshLoadError(f"{path} has non-finite vertex coordinates")
+    tri = vertices[np.asarray(mesh.faces, dtype=np.int64)]
+    if not (np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1) > 0).any():
+        raise MeshLoadError(f"{path} is degenerate: every triangle has zero area (no surface to render or fit)")
     colors = None
     visual = getattr(mesh, "visual", None)
     if visual is not None and getattr(visual, "kind", None) == "vertex":

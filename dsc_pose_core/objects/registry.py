@@ -15,6 +15,10 @@ from .mesh import ObjectMesh, load_mesh
 from .models_info import ContinuousSymmetry, ModelInfo, load_models_info
 
 
+REGISTRY_KEYS = {"models_dir", "mesh_unit_scale", "objects"}
+OBJECT_KEYS = {"id", "name", "mesh", "mesh_unit_scale", "symmetry"}  # a misspelt key is an error, not ignored
+
+
 class RegistryError(ValueError):
     """The object registry file is missing, malformed or names unusable objects."""
 
@@ -94,6 +98,9 @@ class ObjectRegistry:
             raise RegistryError(f"object registry {path} is not valid YAML: {exc}") from exc
         if not isinstance(config, dict) or not isinstance(config.get("objects"), list):
             raise RegistryError(f"object registry {path} needs a list under 'objects'")
+        unknown = sorted(set(config) - REGISTRY_KEYS)
+        if unknown:
+            raise RegistryError(f"object registry {path}: unknown key(s) {unknown}; known: {sorted(REGISTRY_KEYS)}")
         base = os.path.dirname(os.path.abspath(path))
         models_dir = models_dir or os.environ.get("DSC_POSE_MODELS_DIR") or os.path.join(
             base, config.get("models_dir", "."))
@@ -106,6 +113,10 @@ class ObjectRegistry:
                 obj_id, name, mesh = int(item["id"]), str(item["name"]), str(item["mesh"])
             except (KeyError, TypeError, ValueError) as exc:
                 raise RegistryError(f"{path}: each object needs id, name and mesh ({item!r})") from exc
+            unknown = sorted(set(item) - OBJECT_KEYS)
+            if unknown:
+                raise RegistryError(f"{path}: object {obj_id} ({name}): unknown key(s) {unknown}; "
+                                    f"known: {sorted(OBJECT_KEYS)}")
             scale = float(item.get("mesh_unit_scale", unit_scale))
             entries.append(ObjectEntry(
                 obj_id=obj_id, name=name, mesh_path=os.path.join(models_dir, mesh), unit_scale=scale,

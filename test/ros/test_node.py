@@ -75,14 +75,19 @@ class Peer:
                 and self.pub_info.get_subscription_count() > 0
                 and self.node.count_publishers("/dsc_pose/detections3d") > 0)
 
-    def send(self, rgb, K, boxes, *, encoding="rgb8", info_size=None, distortion=None, classes=None, empty=False):
-        """Publish one frame (all three with the same new stamp); returns the stamp."""
+    def send(self, rgb, K, boxes, *, encoding="rgb8", info_size=None, distortion=None, classes=None, empty=False,
+             stamp=None, extra=(), det_frame=None, det_stamp=None, send_info=True):
+        """Publish one frame (all three with the same new stamp, or ``stamp`` = (sec, nanosec));
+        ``extra``: more detections as (class id, (x, y, w, h), score, id); returns the stamp."""
         from builtin_interfaces.msg import Time
         from sensor_msgs.msg import CameraInfo, Image
         from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
 
-        self.next_sec += 1
-        stamp = Time(sec=self.next_sec, nanosec=500)
+        if stamp is None:
+            self.next_sec += 1
+            stamp = Time(sec=self.next_sec, nanosec=500)
+        else:
+            stamp = Time(sec=stamp[0], nanosec=stamp[1])
         frame = "camera_color_optical_frame"
         image = Image()
         image.header.stamp, image.header.frame_id = stamp, frame
@@ -97,19 +102,22 @@ class Peer:
         info.distortion_model = "plumb_bob"
         info.d = list(distortion) if distortion is not None else [0.0] * 5
         dets = Detection2DArray()
-        dets.header.stamp, dets.header.frame_id = stamp, frame
-        for obj_id, (x, y, w, h) in ({} if empty else boxes).items():
+        dets.header.stamp = Time(sec=det_stamp[0], nanosec=det_stamp[1]) if det_stamp else stamp
+        dets.header.frame_id = det_frame or frame
+        items = [((classes or {}).get(o, str(o)), box, 0.9, f"det{o}") for o, box in ({} if empty else boxes).items()]
+        for class_id, (x, y, w, h), score, det_id in items + list(extra):
             det = Detection2D()
             det.header = dets.header
             hyp = ObjectHypothesisWithPose()
-            hyp.hypothesis.class_id = (classes or {}).get(obj_id, str(obj_id))
-            hyp.hypothesis.score = 0.9
+            hyp.hypothesis.class_id = class_id
+            hyp.hypothesis.score = float(score)
             det.results.append(hyp)
             det.bbox.center.position.x, det.bbox.center.position.y = x + w / 2.0, y + h / 2.0
             det.bbox.size_x, det.bbox.size_y = float(w), float(h)
-            det.id = f"det{obj_id}"
+            det.id = det_id
             dets.detections.append(det)
-        self.pub_info.publish(info)
+        if send_info:
+            self.pub_info.publish(info)
         self.pub_dets.publish(dets)
         self.pub_image.publish(image)
         return (stamp.sec, stamp.nanosec)
@@ -208,6 +216,8 @@ BAD_FRAMES = {
     "image size differs from camera_info": dict(info_size=(320, 240)),
     "NaN in K": dict(K="nan"),
     "zero K": dict(K="zero"),
+    "negative focal length in K": dict(K="negative"),
+    "image rows shorter than width": dict(encoding="rgba8"),  # 3 bytes a pixel sent, rgba8 says 4
     "non-zero distortion": dict(distortion=[0.1, 0.0, 0.0, 0.0, 0.0]),
 }
 
@@ -222,6 +232,9 @@ def test_bad_frame_is_skipped_and_the_next_good_frame_answered(live_node, case):
         K[0, 0] = np.nan
     elif kwargs.get("K") == "zero":
         K = np.zeros((3, 3))
+    elif kwargs.get("K") == "negative":
+        K = K.copy()
+        K[1, 1] = -K[1, 1]
     kwargs.pop("K", None)
     bad = peer.send(rgb, K, boxes, **kwargs)
     assert _good(peer, frame) is not None, f"node did not answer a good frame after: {case}\n{node_log(proc)}"
@@ -261,3 +274,99 @@ def test_invalid_parameters_stop_the_node_with_a_clear_message(repo_root, ros_se
     proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=120, cwd=str(repo_root))
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "dsc-pose-node: error:" in proc.stderr and message in proc.stderr, proc.stderr[-2000:]
+
+
+# ------------------------------------------------------------------ issue 31: stamps, partners, boxes, bounds
+
+
+def _now_stamp(peer, offset_s=0.0):
+    ns = peer.node.get_clock().now().nanoseconds + int(offset_s * 1e9)
+    return (ns // 1_000_000_000, ns % 1_000_000_000)
+
+
+def _log_has(proc, peer, text, timeout=10.0):
+    return peer.spin_until(lambda: text in proc.log_path.read_text(), timeout)
+
+
+def test_out_of_order_and_far_future_stamps_are_ignored_and_later_frames_answered(live_node):
+    proc, peer, frame = live_node
+    rgb, K, boxes = frame
+    assert _good(peer, frame) is not None
+    last = max(peer.answers)
+    # a frame (a stamp never sent before) older than the last answered one: out of order, ignored
+    old = peer.send(rgb, K, boxes, stamp=(last[0], last[1] - 100))
+    # a frame stamped a day ahead of the clock: ignored, and it does not make later frames look stale
+    future = peer.send(rgb, K, boxes, stamp=_now_stamp(peer, 86400.0))
+    assert _good(peer, frame) is not None, node_log(proc)
+    assert old not in peer.answers and future not in peer.answers
+    assert _log_has(proc, peer, "out of order, ignored") and _log_has(proc, peer, "ahead of the node's clock")
+    assert proc.poll() is None
+
+
+def test_images_without_camera_info_or_with_detections_of_another_frame_are_reported(live_node):
+    proc, peer, frame = live_node
+    rgb, K, boxes = frame
+    # no camera_info for 12 frames (more than the node buffers): each is dropped and counted, one warning
+    lost = [peer.send(rgb, K, boxes, send_info=False) for _ in range(12)]
+    peer.spin_until(lambda: False, 1.0)
+    assert _good(peer, frame) is not None, node_log(proc)
+    assert not set(lost) & set(peer.answers)
+    assert _log_has(proc, peer, "image dropped with no camera_info of its stamp"), node_log(proc)
+    # detections stamped for another frame (exact sync): never paired with this image
+    other = peer.send(rgb, K, boxes, det_stamp=(7, 7))
+    # detections of the same stamp but for another camera frame: the frame is skipped
+    wrong_frame = peer.send(rgb, K, boxes, det_frame="left_camera_optical_frame")
+    assert _log_has(proc, peer, "detections are for frame 'left_camera_optical_frame'"), node_log(proc)
+    assert _good(peer, frame) is not None, node_log(proc)
+    assert other not in peer.answers and wrong_frame not in peer.answers
+    assert proc.poll() is None
+
+
+def test_implausible_boxes_and_nan_scores_are_skipped_and_repeats_keep_one_tf_frame(live_node):
+    proc, peer, frame = live_node
+    rgb, K, boxes = frame
+    extra = [("5", (100.0, 100.0, 0.001, 0.001), 0.95, "tiny"), ("9", (-5e5, -5e5, 1e6, 1e6), 0.95, "huge"),
+             ("9", boxes[9], float("nan"), "nan_score"), ("5", boxes[5], 0.5, "second_can")]
+    n_tf = len(peer.tf)
+    msg = peer.answer(peer.send(rgb, K, boxes, extra=extra))
+    assert msg is not None, node_log(proc)
+    assert sorted(d.id for d in msg.detections) == ["det5", "det9", "second_can"]
+    for d in msg.detections:
+        assert 0.2 < d.results[0].pose.pose.position.z < 3.0
+    stamp = msg.header.stamp
+    peer.spin_until(lambda: any(m.transforms[0].header.stamp == stamp for m in peer.tf[n_tf:]), 5.0)
+    children = [t.child_frame_id for m in peer.tf[n_tf:] for t in m.transforms if t.header.stamp == stamp]
+    assert sorted(children) == ["dsc_pose/can", "dsc_pose/duck"]  # one frame per object: the best can
+    assert _log_has(proc, peer, "too small to give a pose") and _log_has(proc, peer, "score is not finite")
+    assert _log_has(proc, peer, "too large for an object") and _log_has(proc, peer, "more than once")
+    assert proc.poll() is None
+
+
+def test_the_work_per_frame_is_bounded_by_max_detections(live_node):
+    proc, peer, frame = live_node
+    rgb, K, boxes = frame
+    x, y, w, h = boxes[9]
+    extra = [("9", (x + i % 5, y + i // 5, w, h), 0.01 * (i + 1), f"d{i:02d}") for i in range(40)]
+    msg = peer.answer(peer.send(rgb, K, {}, extra=extra))
+    assert msg is not None, node_log(proc)
+    # config/pose.yaml: max_detections 16, the highest scores first
+    assert sorted(d.id for d in msg.detections) == [f"d{i:02d}" for i in range(24, 40)]
+    assert _log_has(proc, peer, "40 detections in one frame: estimating the 16")
+    assert _good(peer, frame) is not None and proc.poll() is None
+
+
+@pytest.mark.parametrize("text, message", [
+    ("dsc_pose:\n  ros__parameters:\n    init: \"box\n    threads: [1\n", "Couldn't parse params file"),
+    ("dsc_pose:\n  ros__parameters:\n    inti: box\n", "unknown parameters: ['inti']"),
+    ("dsc_pose:\n  ros__parameters:\n    max_detections: many\n", "max_detections"),
+])
+def test_bad_params_files_stop_the_node_with_one_error_line(repo_root, ros_session_env, tmp_path, text, message):
+    require_ros("rclpy")
+    params = tmp_path / "params.yaml"
+    params.write_text(text)
+    cmd = [sys.executable, "-m", "dsc_pose_ros.node", "--ros-args", "--params-file", str(params)]
+    proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=120, cwd=str(repo_root))
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("dsc-pose-node: error:")]
+    assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr

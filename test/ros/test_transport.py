@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import ros_peer
-from dsc_pose_ros.ros_env import DOMAIN_ID_RANGE, fastdds_profile, ros_env, subprocess_env
+from dsc_pose_ros.ros_env import DOMAIN_ID_RANGE, fastdds_profile, ros_env, shm_segment_bytes, subprocess_env
 from ros_helpers import require_ros
 
 PEER = Path(ros_peer.__file__).resolve()
@@ -118,7 +118,9 @@ def test_fastdds_profile_is_loopback_only():
     assert sorted(kinds.values()) == ["SHM", "UDPv4"], kinds
     for tid, td in descriptors.items():
         if kinds[tid] == "SHM":
-            assert td.findtext("d:segment_size", namespaces=NS) == str(32 * 1024 * 1024)
+            # room for one 4000x3000 rgb8 image (issue 31), which the node's size check reads too
+            assert td.findtext("d:segment_size", namespaces=NS) == str(64 * 1024 * 1024)
+            assert 4000 * 3000 * 3 < shm_segment_bytes({"FASTDDS_DEFAULT_PROFILES_FILE": str(path)})
         else:
             allowed = [a.text for a in td.findall("d:interfaceWhiteList/d:address", NS)]
             allowed += [i.get("name") for i in td.findall("d:interfaces/d:allowlist/d:interface", NS)]

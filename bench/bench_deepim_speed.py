@@ -69,7 +69,8 @@ def main(argv=None) -> int:
     from dsc_pose_core.data import bop_io
     from dsc_pose_core.deepim.noise import PoseNoiseConfig, sample_pose_noise
     from dsc_pose_core.deepim.refiner import DeepImRefiner, make_zoom_renderer
-    from dsc_pose_core.deepim.zoom import ZoomConfig, projected_box
+    from dsc_pose_core.data.boxes import projected_box
+    from dsc_pose_core.deepim.zoom import ZoomConfig
     from dsc_pose_core.models.deepim import DeepImNet
     from dsc_pose_core.objects.registry import ObjectRegistry
     from dsc_pose_core.models.deepim import model_from_checkpoint

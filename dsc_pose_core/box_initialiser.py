@@ -2,7 +2,7 @@
 
 Translation: the object origin is put on the ray through the box centre, t = z K^-1 [c_x, c_y, 1],
 so the projected model origin lands exactly on the box centre. The depth z is chosen so that the
-projected model (its vertices' box) has the size of the detection box: z starts at
+projected model (its vertices' box, pixel edges: ``data.boxes.projected_box``) has the size of the detection box: z starts at
 f * diameter / box diagonal and is rescaled by sqrt(area_projected / area_box) (the projected size
 scales as 1/z) a few times.
 
@@ -19,6 +19,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from .data.boxes import box_iou_xyxy, projected_box
 
 
 @dataclass(frozen=True)
@@ -53,21 +55,6 @@ def template_rotations(n_views: int, n_inplane: int) -> list[np.ndarray]:
     return out
 
 
-def _projected_box(vertices, R, t, K):
-    cam = vertices @ R.T + t
-    uv = cam @ K.T
-    uv = uv[:, :2] / np.maximum(uv[:, 2:3], 1e-9)
-    return np.array([uv[:, 0].min(), uv[:, 1].min(), uv[:, 0].max(), uv[:, 1].max()])
-
-
-def _box_iou(a, b) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def fit_translation(box, K, vertices, R, diameter: float | None = None, iterations: int = 5) -> np.ndarray:
     """t on the box-centre ray with the projected size of the model matching the box size."""
     K = np.asarray(K, dtype=np.float64)
@@ -82,7 +69,9 @@ def fit_translation(box, K, vertices, R, diameter: float | None = None, iteratio
     z = f * diameter / math.hypot(x2 - x1, y2 - y1)
     z = max(z, 1e-3)
     for _ in range(max(1, iterations)):
-        pb = _projected_box(vertices, R, z * ray, K)
+        pb = projected_box(vertices, R, z * ray, K)
+        if pb is None:  # the model reaches behind the camera at this distance: keep it
+            break
         size = math.sqrt(max(pb[2] - pb[0], 1e-6) * max(pb[3] - pb[1], 1e-6))
         z = z * size / box_size
     return z * ray
@@ -98,7 +87,8 @@ def box_initial_pose(box, K, vertices: np.ndarray, config: BoxInitConfig = BoxIn
     best = None
     for R in candidates:
         t = fit_translation(box, K, vertices, R, diameter, config.fit_iterations)
-        score = _box_iou(_projected_box(vertices, R, t, np.asarray(K, dtype=np.float64)), box)
+        pb = projected_box(vertices, R, t, K)
+        score = 0.0 if pb is None else box_iou_xyxy(pb, box)
         if best is None or score > best[0] + 1e-9:
             best = (score, R, t)
     return best[1], best[2]

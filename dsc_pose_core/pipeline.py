@@ -22,7 +22,7 @@ test-time alignment) in turn, then a confidence. The parts are the existing modu
 * confidence (``score``): with the aligner, its calibrated confidence of the final pose (energy,
   colour agreement and the object's symmetry, ``align.score_pose``); otherwise silhouette agreement
   at box level = IoU between the tight box of the final pose's rendered silhouette (the model
-  vertices projected with the pose, clipped to the image: ``deepim.zoom.projected_box``, the box
+  vertices projected with the pose, clipped to the image: ``data.boxes.projected_box``, the box
   DeepIM itself uses as the rendered mask's box) and the detection box. DSC-PoseNet's own confidence
   (mask probability x keypoint reprojection agreement) is kept in ``init_score``.
 
@@ -44,11 +44,10 @@ from typing import Mapping, Protocol, Sequence
 
 import numpy as np
 
-from .data.boxes import box_iou_xywh, box_xyxy_edges
+from .data.boxes import box_iou_xywh, box_xyxy_edges, projected_box
 from .align import AlignConfig
 from .box_checks import BoxLimits, implausible_detection
 from .box_initialiser import BoxInitConfig, box_initial_pose
-from .deepim.zoom import projected_box
 
 
 

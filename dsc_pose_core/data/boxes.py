@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..geometry.camera import project_posed
+
 # dsc-posenet sec. 4.1: "randomly expanding them up to 15% of their sizes"
 DEFAULT_MAX_LOOSENING = 0.15
 
@@ -54,11 +56,30 @@ def mask_box_xyxy(mask: np.ndarray) -> np.ndarray | None:
     return np.array([xs.min() - 0.5, ys.min() - 0.5, xs.max() + 0.5, ys.max() + 0.5], dtype=np.float64)
 
 
-def box_iou_xywh(box_a, box_b) -> float:
-    ax, ay, aw, ah = box_a
-    bx, by, bw, bh = box_b
-    inter_w = max(0, min(ax + aw, bx + bw) - max(ax, bx))
-    inter_h = max(0, min(ay + ah, by + bh) - max(ay, by))
-    inter = inter_w * inter_h
-    union = aw * ah + bw * bh - inter
+def box_iou_xyxy(box_a, box_b) -> float:
+    """IoU of two (x1, y1, x2, y2) boxes (pixel edges)."""
+    ax1, ay1, ax2, ay2 = (float(v) for v in box_a)
+    bx1, by1, bx2, by2 = (float(v) for v in box_b)
+    inter = max(0.0, min(ax2, bx2) - max(ax1, bx1)) * max(0.0, min(ay2, by2) - max(ay1, by1))
+    union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
     return float(inter / union) if union > 0 else 0.0
+
+
+def box_iou_xywh(box_a, box_b) -> float:
+    """IoU of two (x, y, w, h) boxes."""
+    ax, ay, aw, ah = (float(v) for v in box_a)
+    bx, by, bw, bh = (float(v) for v in box_b)
+    return box_iou_xyxy((ax, ay, ax + aw, ay + ah), (bx, by, bx + bw, by + bh))
+
+
+def projected_box(points: np.ndarray, R: np.ndarray, t: np.ndarray, K: np.ndarray) -> np.ndarray | None:
+    """Box (pixel edges, unclipped) of model points projected with pose (R, t); None when a point is at or
+    behind the camera plane.
+
+    For a triangle mesh the extreme projected vertices bound the rendered silhouette, so this is the
+    rendered mask's tight box (up to half a pixel and without clipping at the image border): the extreme
+    pixel centres widened by half a pixel to their edges."""
+    uv, z = project_posed(points, K, R, t)
+    if not (z > 1e-6).all():
+        return None
+    return np.array([uv[:, 0].min() - 0.5, uv[:, 1].min() - 0.5, uv[:, 0].max() + 0.5, uv[:, 1].max() + 0.5])

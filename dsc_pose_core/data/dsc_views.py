@@ -26,8 +26,8 @@ import cv2
 import numpy as np
 import torch
 
-from ..models.dsc_posenet import (DscModelConfig, norm_window, unnorm_window, view_matrix,
-                                  warp_view)
+from ..geometry.camera import project_posed, warp_affine
+from ..models.dsc_posenet import DscModelConfig, norm_window, unnorm_window, view_matrix
 from . import bop_io
 from .bop_io import find_rgb, read_rgb
 from .boxes import box_xyxy_edges, loosen_box_xywh, mask_box_xyxy
@@ -147,19 +147,14 @@ def make_view_pair(image: np.ndarray, model: DscModelConfig, A: np.ndarray, box_
     m_n = view_matrix(norm_window(model, nbox_a), model.norm_size) @ A
     out = {}
     for tag, matrix, size in (("u", m_u, model.unnorm_size), ("n", m_n, model.norm_size)):
-        view = colour_jitter(warp_view(image, matrix, size), rng, aug)
+        view = colour_jitter(warp_affine(image, matrix, size, size), rng, aug)
         out[f"{prefix}{tag}_image"] = _chw(view)
         out[f"{prefix}{tag}_matrix"] = torch.as_tensor(matrix, dtype=torch.float32)
         for name, mask in (masks or {}).items():
-            warped = warp_view(mask.astype(np.uint8), matrix, size, nearest=True)
+            warped = warp_affine(mask.astype(np.uint8), matrix, size, size, nearest=True)
             out[f"{prefix}{tag}_{name}"] = torch.from_numpy(warped.astype(np.float32))
     return out
 
-
-def project_keypoints(keypoints_3d: np.ndarray, R: np.ndarray, t: np.ndarray, K: np.ndarray) -> np.ndarray:
-    cam = keypoints_3d @ np.asarray(R).T + np.asarray(t).reshape(1, 3)
-    uv = cam @ np.asarray(K).T
-    return uv[:, :2] / uv[:, 2:3]
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,7 +284,7 @@ class SyntheticPoseDataset(torch.utils.data.Dataset):
             raise ValueError(f"augment.norm_box must be 'mask' or 'loosened', not {aug.norm_box!r}")
         out = make_view_pair(image, self.model, A, box, nbox, rng, aug, {"mask": mask},
                              norm_box_augmented=augmented)
-        out.update(keypoints=torch.as_tensor(project_keypoints(self.keypoints_3d, item.R, item.t, item.K),
+        out.update(keypoints=torch.as_tensor(project_posed(self.keypoints_3d, item.K, item.R, item.t)[0],
                                              dtype=torch.float32),
                    scale=torch.tensor(side, dtype=torch.float32), K=torch.as_tensor(item.K, dtype=torch.float32),
                    R=torch.as_tensor(item.R, dtype=torch.float32), t=torch.as_tensor(item.t, dtype=torch.float32))
@@ -346,12 +341,12 @@ class RealPoseDataset(torch.utils.data.Dataset):
                                   norm_box_augmented=augmented))
         m_align = view_matrix(norm_window(self.model, nbox), self.align_size)
         out["align_matrix"] = torch.as_tensor(m_align, dtype=torch.float32)
-        out["align_mask"] = torch.from_numpy(warp_view(mask.astype(np.uint8), m_align, self.align_size, True)
+        out["align_mask"] = torch.from_numpy(warp_affine(mask.astype(np.uint8), m_align, self.align_size, self.align_size, True)
                                              .astype(np.float32))
-        out["align_ignore"] = torch.from_numpy(warp_view(ignore.astype(np.uint8), m_align, self.align_size, True)
+        out["align_ignore"] = torch.from_numpy(warp_affine(ignore.astype(np.uint8), m_align, self.align_size, self.align_size, True)
                                                .astype(np.float32))
         out.update(scale=torch.tensor(side, dtype=torch.float32), K=torch.as_tensor(item.K, dtype=torch.float32))
         if item.R is not None:
-            out["keypoints"] = torch.as_tensor(project_keypoints(self.keypoints_3d, item.R, item.t, item.K),
+            out["keypoints"] = torch.as_tensor(project_posed(self.keypoints_3d, item.K, item.R, item.t)[0],
                                                dtype=torch.float32)
         return out

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from ..geometry.camera import crop_intrinsics
-from .zoom import ZoomConfig, box_in_crop, box_mask, crop_image, project_origin, projected_box, zoom_window
+from ..data.boxes import projected_box
+from .zoom import ZoomConfig, box_in_crop, box_mask, crop_image, project_origin, zoom_window
 
 
 TRANSLATION_UNITS = ("zoom", "normalized")

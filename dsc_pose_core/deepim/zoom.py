@@ -20,19 +20,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 
-from ..geometry.camera import crop_affine, zoom_in_box
+from ..geometry.camera import crop_affine, warp_affine, zoom_in_box
 
 
-@dataclass(frozen=True)
+@dataclass
 class ZoomConfig:
     width: int = 128  # crop size fed to the network (paper: 640 x 480)
     height: int = 96
     expand: float = 1.4  # lambda of eq. (6)
-    # > 0: the zoom-in renders use the meshes quadric-decimated to this many faces (a crop of ~100 px
+    # > 0: the zoom-in renders (inputs and flow targets; the observed scene keeps the full meshes) use the
+    # meshes quadric-decimated to this many faces, recorded in checkpoints so that the refiner renders alike (a crop of ~100 px
     # does not resolve 45k faces, and llvmpipe's cost grows with them: BENCHMARKS, DeepIM CPU speed)
     render_faces: int = 0
 
@@ -77,10 +77,8 @@ def window_affine(window, out_width: int, out_height: int) -> np.ndarray:
 def crop_image(image: np.ndarray, window, out_width: int, out_height: int, nearest: bool = False,
                border_value=0) -> np.ndarray:
     """Resample ``image`` inside ``window`` to out_height x out_width with the same map as the crop K."""
-    affine = window_affine(window, out_width, out_height)
-    flags = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
-    return cv2.warpAffine(image, affine[:2], (out_width, out_height), flags=flags,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=border_value)
+    return warp_affine(image, window_affine(window, out_width, out_height), out_width, out_height, nearest,
+                       border_value)
 
 
 def box_in_crop(box, window, out_width: int, out_height: int) -> np.ndarray:
@@ -98,20 +96,6 @@ def box_mask(box, width: int, height: int) -> np.ndarray:
     inside_x = (xs >= box[0]) & (xs <= box[2])
     inside_y = (ys >= box[1]) & (ys <= box[3])
     return (inside_y[:, None] & inside_x[None, :]).astype(np.float32)
-
-
-def projected_box(points: np.ndarray, R: np.ndarray, t: np.ndarray, K: np.ndarray) -> np.ndarray | None:
-    """Box (pixel edges, unclipped) of model points projected with pose (R, t); None when behind the camera.
-
-    For a triangle mesh the extreme projected vertices bound the rendered silhouette, so this is the
-    rendered mask's tight box (up to half a pixel and without clipping at the image border)."""
-    cam = points @ R.T + t
-    z = cam[:, 2]
-    if not (z > 1e-6).all():
-        return None
-    uv = cam @ K.T
-    uv = uv[:, :2] / uv[:, 2:3]
-    return np.array([uv[:, 0].min() - 0.5, uv[:, 1].min() - 0.5, uv[:, 0].max() + 0.5, uv[:, 1].max() + 0.5])
 
 
 def project_origin(t: np.ndarray, K: np.ndarray) -> np.ndarray:

@@ -57,13 +57,6 @@ def transform_points(pts: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndarra
     return np.matmul(pts, np.swapaxes(R, -1, -2)) + t[..., None, :]
 
 
-def project_points(pts: np.ndarray, K: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Pixel coordinates [N,2] of the points posed by (R, t) seen through intrinsics K."""
-    cam = transform_points(pts, R, t)
-    uvw = cam @ np.asarray(K, np.float64).T
-    return uvw[..., :2] / uvw[..., 2:3]
-
-
 # --------------------------------------------------------------------------------------------
 # Batched errors
 # --------------------------------------------------------------------------------------------

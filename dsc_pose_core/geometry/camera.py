@@ -5,10 +5,13 @@ continuous coordinate (i, j), so pixel i covers [i - 0.5, i + 0.5]. Crop boxes a
 (x1, y1, x2, y2) in the same continuous coordinates of pixel *edges* (a full 640x480 image is
 (-0.5, -0.5, 639.5, 479.5)). A crop is an affine map A of pixel coordinates; the cropped camera is
 K' = A K, so renderers crop by changing K and images are resampled with the same A
-(cv2.warpAffine) - the two always agree.
+(cv2.warpAffine, :func:`warp_affine`) - the two always agree. Torch functions for networks and losses;
+:func:`project_posed` and :func:`warp_affine` are the numpy/OpenCV ones for images and evaluation.
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 import torch
 
@@ -74,3 +77,30 @@ def zoom_in_box(
     return torch.stack(
         [center[..., 0] - half_w, center[..., 1] - half_h, center[..., 0] + half_w, center[..., 1] + half_h], dim=-1
     )
+
+
+def project_posed(points, K, R, t) -> tuple[np.ndarray, np.ndarray]:
+    """numpy: object points [N,3] posed by (R [3,3], t [3]) (or batched R [...,3,3], t [...,3]) seen through
+    K [3,3] -> (pixels [...,N,2] in this module's convention, camera depths [...,N]); points at or behind
+    the camera plane give inf / nan pixels (callers check the depths)."""
+    R = np.asarray(R, np.float64)
+    t = np.asarray(t, np.float64)
+    cam = np.matmul(np.asarray(points, np.float64), np.swapaxes(R, -1, -2)) + t[..., None, :]
+    uvw = cam @ np.asarray(K, np.float64).T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return uvw[..., :2] / uvw[..., 2:3], cam[..., 2]
+
+
+def warp_affine(image: np.ndarray, affine, width: int, height: int, nearest: bool = False, border_value=0,
+                inverse: bool = False) -> np.ndarray:
+    """numpy/OpenCV: resample ``image`` [H,W(,C)] with the pixel map ``affine`` (2x3 or 3x3, e.g.
+    :func:`crop_affine`) into [height,width(,C)]: output pixel p takes the input at A^-1 p (``inverse``: the
+    map goes the other way, output p takes the input at A p: pasting a crop back); outside the input is
+    ``border_value``; bilinear, or ``nearest`` for label maps."""
+    import cv2
+
+    flags = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    if inverse:
+        flags |= cv2.WARP_INVERSE_MAP
+    return cv2.warpAffine(image, np.asarray(affine, np.float64)[:2], (int(width), int(height)), flags=flags,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=border_value)

@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.boxes import box_xyxy_edges
+from ..geometry.camera import warp_affine
 from . import backbone
 
 BACKBONES = ("resnet18", "resnet34", "resnet50")
@@ -289,14 +290,6 @@ def view_matrix(window_xyxy, size: int) -> np.ndarray:
     return crop_affine(torch.as_tensor(np.asarray(window_xyxy, dtype=np.float64)), size, size).numpy()
 
 
-def warp_view(image: np.ndarray, matrix: np.ndarray, size: int, nearest: bool = False, border=0) -> np.ndarray:
-    import cv2
-
-    flags = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
-    return cv2.warpAffine(image, np.asarray(matrix, np.float64)[:2], (size, size), flags=flags,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=border)
-
-
 def view_to_image(points: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
     """Points [B,N,2] in view pixels -> image pixels with M^-1 (M [B,3,3] image -> view)."""
     inverse = torch.linalg.inv(matrix.to(points.dtype))
@@ -378,7 +371,7 @@ class DscPoseNetEstimator:
 
     def _run(self, image: np.ndarray, window: np.ndarray, size: int, scale: str, box_xyxy=None):
         matrix = view_matrix(window, size)
-        view = warp_view(image, matrix, size)
+        view = warp_affine(image, matrix, size, size)
         tensor = torch.from_numpy(view).permute(2, 0, 1)[None].to(self.device)
         region = None if box_xyxy is None or not self.box_votes else self._box_region(matrix, size, box_xyxy)
         with torch.no_grad():

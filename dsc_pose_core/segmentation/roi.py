@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import math
 
-import cv2
 import numpy as np
 import torch
 
 from ..data.boxes import box_xyxy_edges
-from ..geometry.camera import crop_affine
+from ..geometry.camera import crop_affine, warp_affine
 
 
 def roi_window(box_xywh, context: float = 1.2, shift=(0.0, 0.0), scale: float = 1.0) -> np.ndarray:
@@ -46,9 +45,7 @@ def window_affine(window_xyxy, size: int) -> np.ndarray:
 def crop(image: np.ndarray, window_xyxy, size: int, nearest: bool = False, border_value=0) -> np.ndarray:
     """Resample the window of ``image`` [H,W(,C)] into [size,size(,C)]; outside the image is
     ``border_value``. ``nearest`` for label maps."""
-    flags = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
-    return cv2.warpAffine(image, window_affine(window_xyxy, size), (int(size), int(size)), flags=flags,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=border_value)
+    return warp_affine(image, window_affine(window_xyxy, size), size, size, nearest, border_value)
 
 
 def paste(crop_values: np.ndarray, window_xyxy, width: int, height: int, nearest: bool = False,
@@ -58,9 +55,8 @@ def paste(crop_values: np.ndarray, window_xyxy, width: int, height: int, nearest
     size = crop_values.shape[0]
     if crop_values.shape[1] != size:
         raise ValueError(f"crop must be square, got {crop_values.shape}")
-    flags = (cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR) | cv2.WARP_INVERSE_MAP
-    return cv2.warpAffine(crop_values, window_affine(window_xyxy, size), (int(width), int(height)), flags=flags,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=border_value)
+    return warp_affine(crop_values, window_affine(window_xyxy, size), width, height, nearest, border_value,
+                       inverse=True)
 
 
 def window_mask(window_xyxy, width: int, height: int) -> np.ndarray:

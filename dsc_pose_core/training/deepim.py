@@ -94,16 +94,6 @@ class DeepImModelConfig:
 
 
 @dataclass
-class DeepImZoomConfig:
-    width: int = 128
-    height: int = 96
-    expand: float = 1.4  # lambda, appendix A
-    # > 0: zoom-in renders (inputs and flow targets; the observed scene keeps the full meshes) use the
-    # meshes decimated to this many faces; recorded in checkpoints so that the refiner renders alike
-    render_faces: int = 0
-
-
-@dataclass
 class DeepImNoiseConfig:
     rot_std_deg: float = 15.0  # appendix B.1
     max_rot_deg: float = 45.0
@@ -139,7 +129,7 @@ class DeepImConfig:
     obj_ids: list[int] = field(default_factory=list)  # [] = every registry object
     data: DeepImDataConfig = field(default_factory=DeepImDataConfig)
     model: DeepImModelConfig = field(default_factory=DeepImModelConfig)
-    zoom: DeepImZoomConfig = field(default_factory=DeepImZoomConfig)
+    zoom: ZoomConfig = field(default_factory=ZoomConfig)  # the refiner's own zoom-in settings
     noise: DeepImNoiseConfig = field(default_factory=DeepImNoiseConfig)
     loss: DeepImLossConfig = field(default_factory=DeepImLossConfig)
     optim: DeepImOptimConfig = field(default_factory=DeepImOptimConfig)
@@ -229,7 +219,7 @@ class DeepImTrainer:
         self.first_inputs = self.last_inputs = None  # network inputs of the latest batch (pictures)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr,
                                           weight_decay=cfg.optim.weight_decay)
-        self.zoom = ZoomConfig(cfg.zoom.width, cfg.zoom.height, cfg.zoom.expand, cfg.zoom.render_faces)
+        self.zoom = cfg.zoom
         # zoom-in renders: the scene renderer itself, or one holding the decimated meshes
         self.zoom_renderer = (make_zoom_renderer(meshes, self.zoom) if self.zoom.render_faces > 0
                               else self.renderer)

@@ -9,8 +9,7 @@ from .overlay import (
     draw_contour,
     draw_legend,
     draw_poses,
-    project_points,
 )
 
-__all__ = ["GT_COLOR", "EST_COLOR", "project_points", "box_edges", "draw_box3d", "draw_contour", "blend_mask",
+__all__ = ["GT_COLOR", "EST_COLOR", "box_edges", "draw_box3d", "draw_contour", "blend_mask",
            "draw_legend", "draw_poses"]

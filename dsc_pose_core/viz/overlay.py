@@ -12,18 +12,10 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from ..geometry.camera import project_posed
+
 GT_COLOR = (0, 230, 0)  # RGB: ground truth
 EST_COLOR = (255, 0, 255)  # RGB: estimates
-
-
-def project_points(points: np.ndarray, K: np.ndarray, R: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Object points [N,3] (metres) -> (pixels [N,2] OpenCV convention, camera depth [N])."""
-    cam = np.asarray(points, np.float64) @ np.asarray(R, np.float64).T + np.asarray(t, np.float64).reshape(3)
-    z = cam[:, 2]
-    uvw = cam @ np.asarray(K, np.float64).T
-    with np.errstate(divide="ignore", invalid="ignore"):
-        uv = uvw[:, :2] / uvw[:, 2:3]
-    return uv, z
 
 
 def box_edges() -> list[tuple[int, int]]:
@@ -38,7 +30,7 @@ def _pt(p) -> tuple[int, int]:
 
 def draw_box3d(image: np.ndarray, K, R, t, corners: np.ndarray, color=GT_COLOR, thickness: int = 2) -> bool:
     """Draw the projected 3D box (8 corners [8,3] metres); False (nothing drawn) if behind the camera."""
-    uv, z = project_points(corners, K, R, t)
+    uv, z = project_posed(corners, K, R, t)
     if not (z > 1e-6).all() or not np.isfinite(uv).all() or np.abs(uv).max() > 1e5:
         return False
     for i, j in box_edges():
@@ -120,7 +112,7 @@ def draw_poses(image: np.ndarray, K, poses: Sequence[tuple[int, np.ndarray, np.n
         if box and obj_id in corners:
             draw_box3d(image, K, R, t, corners[obj_id], color, max(1, thickness - 1))
         if label:
-            uv, z = project_points(np.zeros((1, 3)), K, R, t)
+            uv, z = project_posed(np.zeros((1, 3)), K, R, t)
             if z[0] > 0 and np.isfinite(uv).all() and 0 <= uv[0, 0] < W and 0 <= uv[0, 1] < H:
                 cv2.putText(image, str(int(obj_id)), _pt(uv[0] + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.45, color, 1,
                             cv2.LINE_AA)
@@ -135,7 +127,7 @@ def draw_axes(image: np.ndarray, K, R, t, length: float, thickness: int = 2) -> 
     if t[2] <= 0 or not (np.isfinite(R).all() and np.isfinite(t).all()):
         return False
     points = np.array([[0, 0, 0], [length, 0, 0], [0, length, 0], [0, 0, length]], dtype=np.float64)
-    uv, z = project_points(points, K, R, t)
+    uv, z = project_posed(points, K, R, t)
     if (z <= 0).any() or not np.isfinite(uv).all():
         return False
     for end, color in zip(uv[1:], ((255, 0, 0), (0, 255, 0), (0, 0, 255))):

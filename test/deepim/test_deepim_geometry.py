@@ -10,8 +10,8 @@ from dsc_pose_core.box_initialiser import BoxInitConfig, box_initial_pose
 from dsc_pose_core.deepim.flow import flow_from_renders
 from dsc_pose_core.deepim.noise import PoseNoiseConfig, sample_pose_noise
 from dsc_pose_core.data.boxes import mask_box_xyxy as mask_box
-from dsc_pose_core.deepim.zoom import (box_in_crop, crop_image, project_origin, projected_box,
-                                       zoom_window)
+from dsc_pose_core.data.boxes import projected_box
+from dsc_pose_core.deepim.zoom import box_in_crop, crop_image, project_origin, zoom_window
 from dsc_pose_core.geometry.camera import crop_intrinsics
 
 

@@ -12,7 +12,8 @@ from dsc_pose_core.models.deepim import DeepImNet
 from dsc_pose_core.checkpoint import load_checkpoint, save_checkpoint
 from dsc_pose_core.typed_config import ConfigError
 from dsc_pose_core.training.deepim import (DeepImConfig, DeepImDataConfig, DeepImLossConfig, DeepImModelConfig,
-                                           DeepImOptimConfig, DeepImTrainer, DeepImZoomConfig)
+                                           DeepImOptimConfig, DeepImTrainer)
+from dsc_pose_core.deepim.zoom import ZoomConfig
 from dsc_pose_core.models.deepim import model_from_checkpoint
 
 
@@ -38,7 +39,7 @@ def test_batch_norm_variant_starts_at_identity_and_round_trips(box_mesh, tmp_pat
     checkpoint that rebuilds it (running statistics included) for inference."""
     torch.manual_seed(0)
     config = DeepImConfig(model=DeepImModelConfig(width=0.125, fc_dim=32, batch_norm=True),
-                          zoom=DeepImZoomConfig(64, 48), loss=DeepImLossConfig(n_points=100))
+                          zoom=ZoomConfig(64, 48), loss=DeepImLossConfig(n_points=100))
     trainer = DeepImTrainer(config, {1: box_mesh}, seed=0)
     try:
         net = trainer.model
@@ -104,7 +105,7 @@ def _tiny_config(small_K, steps=30, train_iter=2):
     return DeepImConfig(
         data=DeepImDataConfig(width=160, height=120, K=list(small_K.ravel()), objects_per_image=1, distractors=0,
                               distance=[0.4, 0.6]),
-        zoom=DeepImZoomConfig(64, 48), model=DeepImModelConfig(width=0.125, fc_dim=64),
+        zoom=ZoomConfig(64, 48), model=DeepImModelConfig(width=0.125, fc_dim=64),
         optim=DeepImOptimConfig(steps=steps, batch_size=8, lr=1e-3, lr_drops=[], train_iter=train_iter))
 
 
@@ -271,7 +272,8 @@ def test_detection_box_in_the_observed_mask_channel(small_K, box_mesh, renderer,
     says so, and the refiner then draws the detector's box there (and refuses to run without one);
     networks of the paper's setting keep the rendered mask's box and ignore given boxes."""
     from dsc_pose_core.data.boxes import box_xyxy_edges, mask_box_xywh
-    from dsc_pose_core.deepim.zoom import box_in_crop, box_mask, projected_box
+    from dsc_pose_core.data.boxes import projected_box
+    from dsc_pose_core.deepim.zoom import box_in_crop, box_mask
     from dsc_pose_core.objects.registry import ObjectRegistry
     from dsc_pose_core.pipeline import Detection, PipelineConfig, PoseEstimator
 

@@ -16,7 +16,8 @@ import torch
 
 from dsc_testlib import tiny_model_config
 from dsc_pose_core.data.dsc_views import (SyntheticPoseDataset, ViewAugmentConfig, augmented_mask_box, jitter_box,
-                                          project_keypoints, read_mask, synthetic_instances)
+                                          read_mask, synthetic_instances)
+from dsc_pose_core.geometry.camera import project_posed
 from dsc_pose_core.models.dsc_posenet import image_to_view
 from dsc_pose_core.training import dsc_posenet as T
 
@@ -76,7 +77,7 @@ def test_keypoint_targets_stay_exact_and_views_match_their_matrices(synth):
     dataset = SyntheticPoseDataset(instances, kp, model, ViewAugmentConfig(), seed=0)
     for index, item in enumerate(instances):
         out = dataset[index]
-        expected = project_keypoints(kp, item.R, item.t, item.K)  # image px, untouched by augmentation
+        expected = project_posed(kp, item.K, item.R, item.t)[0]  # image px, untouched by augmentation
         np.testing.assert_allclose(out["keypoints"].numpy(), expected, atol=1e-3)
         mask = read_mask(item.mask_path)
         ys, xs = np.nonzero(mask)

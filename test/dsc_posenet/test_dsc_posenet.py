@@ -234,8 +234,8 @@ def test_run_stages_checkpoint_round_trip_and_estimator(tiny_dsc_data, tmp_path)
     with pytest.raises(ValueError, match="keypoint_scales"):
         DscPoseNetEstimator(model, kp3d, keypoint_scales="both_scales")
     # PnP from keypoints placed at the ground-truth projections recovers the pose
-    from dsc_pose_core.data.dsc_views import project_keypoints
-    k2d = project_keypoints(kp3d, inst.R, inst.t, inst.K)
+    from dsc_pose_core.geometry.camera import project_posed
+    k2d = project_posed(kp3d, inst.K, inst.R, inst.t)[0]
     result = solve_pnp(kp3d, k2d, inst.K)
     assert np.allclose(result.translation, inst.t, atol=1e-4) and np.allclose(result.rotation, inst.R, atol=1e-4)
 

@@ -81,7 +81,7 @@ def main(argv=None) -> int:
               "(docs/TRAINING.md: 'The demo checkpoint' retrains it)", file=sys.stderr)
         return 2
     print(f"demo checkpoint: {checkpoint}", flush=True)
-    node_args = ["-p registry:=" + str(registry), "-p init:=dsc", "-p dsc_checkpoints:=" + str(DEMO_CHECKPOINTS),
+    node_args = ["-p registry:=" + str(registry), "-p init:=dsc", "-p checkpoints:=" + str(DEMO_CHECKPOINTS),
                  "-p refine_iterations:=0"] + list(args.node_arg)
     cmd = [py, "-m", "dsc_pose_ros.bag", "eval", "--bag", str(bag), "--out", str(report), "--registry", str(registry)]
     for a in node_args:

@@ -113,13 +113,13 @@ class PoseNode:
             import torch
 
             torch.set_num_threads(p["threads"])
-        dsc_dir = resolve_path(p["dsc_checkpoints"])
-        deepim = p["deepim_checkpoint"] or (str(dsc_dir / "deepim.pt") if p["refine_iterations"] > 0 else None)
+        ckpt_dir = resolve_path(p["checkpoints"])
+        deepim = p["deepim_checkpoint"] or (str(ckpt_dir / "deepim.pt") if p["refine_iterations"] > 0 else None)
         segmentation = p["segmentation_checkpoint"] or (
-            str(dsc_dir / "segmentation" / "lmo_seg.pt") if p["align"] != "off" else None)
+            str(ckpt_dir / "segmentation" / "lmo_seg.pt") if p["align"] != "off" else None)
         obj_ids = parse_obj_ids(p["obj_ids"]) or None
-        config = PipelineConfig(init=p["init"], dsc_checkpoints=str(dsc_dir) if p["init"] == "dsc" else None,
-                                self6d_checkpoints=str(dsc_dir) if p["init"] == "self6d" else None,
+        config = PipelineConfig(init=p["init"], dsc_checkpoints=str(ckpt_dir) if p["init"] == "dsc" else None,
+                                self6d_checkpoints=str(ckpt_dir) if p["init"] == "self6d" else None,
                                 deepim_checkpoint=str(resolve_path(deepim)) if deepim else None,
                                 refine_iterations=p["refine_iterations"], device=self.device, obj_ids=obj_ids,
                                 box_templates=p["box_templates"],

@@ -71,8 +71,9 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("obj_ids", "", "objects to serve, e.g. '1,5' ('' = every registry object)", _obj_ids),
     Parameter("init", "box", "initial pose: box (2D box only), dsc (DSC-PoseNet) or self6d",
               _one_of(INITIALISERS)),
-    Parameter("dsc_checkpoints", "checkpoints", "checkpoint folder of the initialiser: dsc_posenet/obj_XXXXXX.pt (init dsc), self6d/obj_XXXXXX.pt (init self6d)"),
-    Parameter("deepim_checkpoint", "", "DeepIM checkpoint ('' = <dsc_checkpoints>/deepim.pt); needed when refining"),
+    Parameter("checkpoints", "checkpoints", "checkpoint folder of every method: dsc_posenet/obj_XXXXXX.pt (init dsc), "
+              "self6d/obj_XXXXXX.pt (init self6d), deepim.pt, segmentation/lmo_seg.pt"),
+    Parameter("deepim_checkpoint", "", "DeepIM checkpoint ('' = <checkpoints>/deepim.pt); needed when refining"),
     Parameter("refine_iterations", 0, "DeepIM iterations per frame (0 = no refinement; the paper uses 2-4)",
               _at_least(0)),
     Parameter("align", "off", "training-free render-and-compare alignment of each pose: off, before or after "
@@ -80,7 +81,7 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("align_hypotheses", "none", "rotations the aligner tries besides the initial one: none, flips or "
               "cube24 (for the box initialiser)", _one_of(HYPOTHESES)),
     Parameter("segmentation_checkpoint", "", "the aligner's mask network ('' = "
-              "<dsc_checkpoints>/segmentation/lmo_seg.pt); needed when aligning"),
+              "<checkpoints>/segmentation/lmo_seg.pt); needed when aligning"),
     Parameter("box_templates", 0, "box initialiser: viewpoints scored against the box (0 = canonical rotation)",
               _at_least(0)),
     Parameter("device", "cpu", "torch device: cpu or cuda[:N] (cuda falls back to cpu with a warning)",

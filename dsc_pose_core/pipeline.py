@@ -322,10 +322,11 @@ class DeepImStage:
 
 class AlignStage:
     """Render-and-compare alignment at test time (``align``): per detection, the segmentation network's
-    mask of the detection's ROI and the crop's image edges (with ``align.other_masks``, the frame's other
-    detections' masks mark where the object may be hidden); the pose that makes the rendered silhouette agree with them (no
-    pose network). Its confidence of the final pose (:meth:`scores`) becomes the
-    results' ``score``. Objects the segmentation checkpoint was not trained for are not aligned."""
+    mask of the detection's ROI and the crop's image edges (with ``align.other_masks``, the frame's
+    other detections' masks mark where the object may be hidden); the pose that makes the rendered
+    silhouette agree with them (no pose network). Its confidence of the final pose (:meth:`scores`)
+    becomes the results' ``score``. Objects the segmentation checkpoint was not trained for are not
+    aligned. Masks and observations are computed once per frame (cached for :meth:`scores`)."""
 
     def __init__(self, masks, renderer, obj_ids: set[int], config: AlignConfig):
         self.masks, self.renderer, self.obj_ids, self.config = masks, renderer, obj_ids, config

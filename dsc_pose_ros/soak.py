@@ -79,7 +79,27 @@ class SoakResult:
         return float(np.mean(b) / np.mean(a) - 1.0)
 
 
-class SoakClient:
+class NodeInputs:
+    """What a program that feeds the pose node needs: ``self.rclpy``, ``self.node`` and the publishers
+    ``pub_image``, ``pub_info``, ``pub_dets`` (set by the subclass); whether the node is connected to them
+    and answering, and spinning until a condition holds."""
+
+    def connected(self) -> bool:
+        return (self.pub_image.get_subscription_count() > 0 and self.pub_info.get_subscription_count() > 0
+                and self.pub_dets.get_subscription_count() > 0
+                and self.node.count_publishers("/dsc_pose/detections3d") > 0)
+
+    def spin_until(self, condition, timeout: float) -> bool:
+        """Spin until ``condition()`` is true (True) or ``timeout`` seconds pass (False)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            self.rclpy.spin_once(self.node, timeout_sec=0.05)
+            if condition():
+                return True
+        return False
+
+
+class SoakClient(NodeInputs):
     """Publishes prepared frames and collects the node's answers and diagnostics (one rclpy node)."""
 
     def __init__(self, rclpy, frames: list[dict], reliable: bool = False):
@@ -136,11 +156,6 @@ class SoakClient:
             if "pose pipeline" in status.name:
                 self.diagnostics = {kv.key: kv.value for kv in status.values}
 
-    def connected(self) -> bool:
-        return (self.pub_image.get_subscription_count() > 0 and self.pub_info.get_subscription_count() > 0
-                and self.pub_dets.get_subscription_count() > 0
-                and self.node.count_publishers("/dsc_pose/detections3d") > 0)
-
     def spin_for(self, seconds: float) -> None:
         end = time.monotonic() + seconds
         while True:
@@ -148,14 +163,6 @@ class SoakClient:
             if left <= 0:
                 return
             self.rclpy.spin_once(self.node, timeout_sec=min(left, 0.05))  # returns early on a message
-
-    def spin_until(self, condition, timeout: float) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            self.rclpy.spin_once(self.node, timeout_sec=0.05)
-            if condition():
-                return True
-        return False
 
     def publish(self, index: int) -> int:
         """Publish frame ``index`` (cyclic) stamped now; returns the stamp (ns)."""

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 from ros_helpers import require_ros
 from dsc_pose_ros.ros_env import subprocess_env
+from dsc_pose_ros.soak import NodeInputs
 
 NODE_START_S = 90.0
 ANSWER_S = 20.0
@@ -35,7 +35,7 @@ def _val_frame(lmo_root):
     return rgb, np.asarray(K, dtype=np.float64), boxes
 
 
-class Peer:
+class Peer(NodeInputs):
     """Publishes frames to the node's inputs and collects what it publishes."""
 
     def __init__(self, rclpy):
@@ -61,19 +61,6 @@ class Peer:
         self.node.create_subscription(TFMessage, "/tf", self.tf.append, 100)
         self.node.create_subscription(Image, "/dsc_pose/debug_image", self.debug.append, 2)
         self.next_sec = 1000
-
-    def spin_until(self, condition, timeout: float) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            self.rclpy.spin_once(self.node, timeout_sec=0.05)
-            if condition():
-                return True
-        return False
-
-    def connected(self) -> bool:
-        return (self.pub_image.get_subscription_count() > 0 and self.pub_dets.get_subscription_count() > 0
-                and self.pub_info.get_subscription_count() > 0
-                and self.node.count_publishers("/dsc_pose/detections3d") > 0)
 
     def send(self, rgb, K, boxes, *, encoding="rgb8", info_size=None, distortion=None, classes=None, empty=False,
              stamp=None, extra=(), det_frame=None, det_stamp=None, send_info=True):

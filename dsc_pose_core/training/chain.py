@@ -463,7 +463,7 @@ def _run_eval(chain: Chain, resume: bool, command: str) -> list[Path]:
     from ..eval.bop import evaluate, load_eval_data
     from ..eval.cli import format_table
     from ..predict_cli import PredictJob, run as predict
-    from ..viz.cli import build_parser as viz_parser, run as draw
+    from ..viz.cli import OverlayJob, run as draw
 
     c, d, cfg = chain.config, chain.config.data, chain.config.eval
     out_dir = chain.stage_dir("eval")
@@ -514,9 +514,8 @@ def _run_eval(chain: Chain, resume: bool, command: str) -> list[Path]:
     if cfg.overlays > 0:
         overlays = out_dir / "overlays"
         shutil.rmtree(overlays, ignore_errors=True)
-        pictures = draw(viz_parser().parse_args(
-            ["--dataset", str(chain.real_root), "--scene", str(d.scene_id), "--split-name", split,
-             "--results", str(results_csv), "--max-images", str(cfg.overlays), "--out", str(overlays)]))
+        pictures = draw(OverlayJob(out=str(overlays), dataset=str(chain.real_root), scene=d.scene_id,
+                                   split_name=split, results=str(results_csv), max_images=cfg.overlays))
     keys = ("AR_MSSD", "AR_MSPD", "ADD-S_0.1d", "5cm5deg", "proj2d_5px")
     lines += [f"Split `{split}` of scene {d.scene_id} in `{chain.real_root}`: {len(im_ids)} images, "
               f"{summary['estimates']} poses for {summary['detections']} detections (loosened ground-truth "

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import defaultdict
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import cv2
@@ -23,6 +24,34 @@ import numpy as np
 
 from ..data import bop_io
 from .overlay import EST_COLOR, GT_COLOR, draw_legend, draw_poses
+
+
+@dataclass
+class OverlayJob:
+    """What one ``dsc-pose-viz`` run draws (the flags of the same names); the stage chain builds one
+    directly. Images: ``scene_dir``, or ``dataset`` / ``split`` / ``scene``; ``im_ids`` and / or
+    ``split_name`` choose them (neither: every image, or those of ``results``)."""
+
+    out: str  # folder for the PNGs
+    dataset: str | None = None
+    split: str = "test"  # split folder inside the dataset
+    scene: int | None = None
+    scene_dir: str | None = None
+    im_ids: list[int] | None = None
+    split_name: str | None = None  # image ids from the dataset's splits.json
+    max_images: int | None = None
+    models: str | None = None  # default DATASET/models_eval, else DATASET/models
+    results: str | None = None  # BOP results CSV: its estimates are drawn (magenta)
+    score_min: float = -np.inf
+    no_gt: bool = False
+    masks: bool = False
+    no_box: bool = False
+    no_labels: bool = False
+    thickness: int = 2
+
+
+def job_from_args(args: argparse.Namespace) -> OverlayJob:
+    return OverlayJob(**{f.name: getattr(args, f.name) for f in fields(OverlayJob)})
 
 
 def _int_list(text: str) -> list[int]:
@@ -115,7 +144,7 @@ class _Models:
             self._renderer.close()
 
 
-def run(args) -> list[Path]:
+def run(args: OverlayJob) -> list[Path]:
     scene, scene_id, dataset = _find_scene(args)
     cams = bop_io.load_scene_camera(scene / "scene_camera.json")
     gt_path = scene / "scene_gt.json"
@@ -193,7 +222,7 @@ def run(args) -> list[Path]:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = job_from_args(build_parser().parse_args(argv))
     from ..objects.mesh import MeshLoadError
     from ..render import RendererUnavailableError
 

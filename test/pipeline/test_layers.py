@@ -61,3 +61,16 @@ def test_every_predict_flag_is_a_field_of_the_typed_job():
     job = job_from_args(build_parser().parse_args(["--dataset", "d", "--scene", "2", "--out", "r.csv",
                                                     "--obj-ids", "1,5", "--refine", "0", "--split", "val"]))
     assert job == PredictJob(dataset="d", scene=2, out="r.csv", obj_ids=[1, 5], refine=0, split="val")
+
+
+def test_every_viz_flag_is_a_field_of_the_typed_job():
+    """The chain draws overlays from an OverlayJob; the command line fills the same fields, by name."""
+    from dataclasses import fields
+
+    from dsc_pose_core.viz.cli import OverlayJob, build_parser, job_from_args
+
+    dests = {a.dest for a in build_parser()._actions if a.dest != "help"}
+    assert dests == {f.name for f in fields(OverlayJob)}
+    job = job_from_args(build_parser().parse_args(["--dataset", "d", "--scene", "2", "--split-name", "val",
+                                                    "--im-ids", "1,5", "--out", "o", "--masks"]))
+    assert job == OverlayJob(out="o", dataset="d", scene=2, split_name="val", im_ids=[1, 5], masks=True)

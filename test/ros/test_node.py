@@ -13,7 +13,7 @@ import pytest
 
 from ros_helpers import require_ros
 from dsc_pose_ros.ros_env import subprocess_env
-from dsc_pose_ros.soak import NodeInputs
+from dsc_pose_ros.soak import NodeInputs, stop_node
 
 NODE_START_S = 90.0
 ANSWER_S = 20.0
@@ -126,7 +126,7 @@ def live_node(lmo_root, repo_root, ros_session_env, tmp_path_factory):
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT, text=True,
                             cwd=str(repo_root))
-    proc.log_path = log_path
+    proc.log_path, proc.log_file = log_path, log
     rclpy.init()
     peer = Peer(rclpy)
     try:
@@ -138,14 +138,7 @@ def live_node(lmo_root, repo_root, ros_session_env, tmp_path_factory):
     finally:
         peer.node.destroy_node()
         rclpy.try_shutdown()
-        if proc.poll() is None:
-            proc.send_signal(2)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
+        stop_node(proc)  # SIGINT, then SIGKILL after 20 s; closes its log
 
 
 def node_log(proc) -> str:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from dsc_pose_core.align import AlignConfig, align, confidence, observe, score_features
+from dsc_pose_core.data.boxes import box_xyxy_edges
 from dsc_pose_core.data.bop_io import default_lmo_dir, find_rgb, load_splits, read_rgb, select_scene_images
 from dsc_pose_core.eval.bop import load_eval_data
 from dsc_pose_core.eval.metrics import add_or_add_s, rotation_error_deg
@@ -134,8 +135,6 @@ def main() -> int:
     frames: dict[int, list[dict]] = {}
     for item in items:
         frames.setdefault(item["im_id"], []).append(item)
-    from dsc_pose_core.data.boxes import box_xyxy_edges
-
     for frame in frames.values():
         image = frame[0]["image"]
         predicted = masks.predict(image, [(i["obj_id"], box_xyxy_edges(i["box"])) for i in frame])

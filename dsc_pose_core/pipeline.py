@@ -328,10 +328,10 @@ class AlignStage:
     becomes the results' ``score``. Objects the segmentation checkpoint was not trained for are not
     aligned. Masks and observations are computed once per frame (cached for :meth:`scores`)."""
 
-    def __init__(self, masks, renderer, obj_ids: set[int], config: AlignConfig):
+    def __init__(self, masks, renderer, obj_ids: set[int], config: AlignConfig, symmetric: dict[int, bool]):
         self.masks, self.renderer, self.obj_ids, self.config = masks, renderer, obj_ids, config
+        self.symmetric = symmetric  # {obj_id: has a symmetry} (the confidence weighs it)
         self._frame: tuple | None = None  # (image, K, {box: Observation}) of the last frame
-        self.symmetric: dict[int, bool] = {}  # objects with a symmetry (the confidence weighs it)
 
     @classmethod
     def from_config(cls, pipeline: "PoseEstimator", config: "PipelineConfig") -> "AlignStage":
@@ -354,9 +354,8 @@ class AlignStage:
         for o in sorted(obj_ids):
             mesh = pipeline.registry[o].mesh
             renderer.add_object(o, mesh.decimated(faces) if faces > 0 else mesh)
-        stage = cls(masks, renderer, obj_ids, config.align)
-        stage.symmetric = {o: bool(pipeline.registry[o].model_info.is_symmetric) for o in obj_ids}
-        return stage
+        return cls(masks, renderer, obj_ids, config.align,
+                   {o: bool(pipeline.registry[o].model_info.is_symmetric) for o in obj_ids})
 
     def _observations(self, image, K, items) -> list:
         from .align import observe
@@ -627,14 +626,16 @@ class PoseEstimator:
             for (r, _), pose in zip(refine, out):
                 if pose is not None and np.isfinite(pose[0]).all() and np.isfinite(pose[1]).all():
                     r.R, r.t, r.refined = np.array(pose[0], dtype=np.float64), np.array(pose[1], dtype=np.float64), True
-        for r, box_xyxy in todo:
-            r.score = self.confidence(r.obj_id, r.R, r.t, K, box_xyxy, width, height)
-        # the aligner's confidence of the final pose (align.score_pose) where it aligns
+        # the aligner's confidence of the final pose (align.score_pose) where it aligns, else the box IoU
         aligner = next((s for s in self.refiners if isinstance(s, AlignStage)), None)
-        if aligner is not None:
-            scored = [(r, b) for r, b in todo if r.obj_id in aligner.obj_ids]
+        scored = [(r, b) for r, b in todo if aligner is not None and r.obj_id in aligner.obj_ids]
+        if scored:
             for (r, _), score in zip(scored, aligner.scores(image_rgb, K, [(r.obj_id, r.R, r.t, b) for r, b in scored])):
                 r.score = score
+        aligned = {id(r) for r, _ in scored}
+        for r, box_xyxy in todo:
+            if id(r) not in aligned:
+                r.score = self.confidence(r.obj_id, r.R, r.t, K, box_xyxy, width, height)
         total = time.perf_counter() - t_frame
         for r, _ in todo:
             r.timings.update({"refine": t_refine if r.refined else 0.0, "total": total})

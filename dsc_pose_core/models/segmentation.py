@@ -169,15 +169,13 @@ class MaskPredictor:
 
     @torch.no_grad()
     def predict(self, image, items) -> list:
-        import numpy as np
-
         from ..segmentation import roi
 
         if not items:
             return []
         windows = [roi.roi_window_edges(box, self.context) for _, box in items]
-        crops = np.stack([roi.crop(image, w, self.crop_size) for w in windows])
-        images = self.model.normalise(torch.from_numpy(crops).permute(0, 3, 1, 2).float()).to(self.device)
+        crops = torch.stack([torch.from_numpy(roi.crop(image, w, self.crop_size)) for w in windows])
+        images = self.model.normalise(crops.permute(0, 3, 1, 2).float()).to(self.device)
         logits = self.model(images)
         index = torch.tensor([self.channel[int(o)] for o, _ in items], device=logits.device)
         probs = torch.sigmoid(logits[torch.arange(len(items)), index]).float().cpu().numpy()

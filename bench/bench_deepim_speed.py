@@ -93,12 +93,12 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     zw, zh = (int(v) for v in args.zoom.lower().split("x"))
     if args.checkpoint:
-        model, payload = model_from_checkpoint(args.checkpoint, device=device)
-        z = payload["zoom"]
+        model, loaded = model_from_checkpoint(args.checkpoint, device=device)
+        z = loaded.inference["zoom"]
         zooms = [ZoomConfig(z["width"], z["height"], z["expand"], int(z.get("render_faces", 0)))]
-        units = payload.get("translation_units", "normalized")
-        observed_box = payload.get("observed_box", "rendered")
-        width = float(payload["model"]["width"])
+        units = loaded.inference.get("translation_units", "normalized")
+        observed_box = loaded.inference.get("observed_box", "rendered")
+        width = float(loaded.network["width"])
     else:
         width, units, observed_box = args.width, "zoom", "rendered"
         zooms = [ZoomConfig(zw, zh, render_faces=int(f)) for f in args.render_faces.split(",")]

@@ -37,7 +37,8 @@ def main(argv=None) -> int:
     p.add_argument("--note", default="", help="what the checkpoint is (for the section)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model, keypoints_3d, obj_id = model_from_checkpoint(args.checkpoint)
+    model, loaded = model_from_checkpoint(args.checkpoint)
+    keypoints_3d, obj_id = loaded.inference["keypoints_3d"].numpy(), loaded.obj_ids[0]
     estimator = DscPoseNetEstimator(model.eval(), keypoints_3d)
     lmo = bop_io.default_lmo_dir()
     scene = bop_io.select_scene_images(lmo, 2, "test", "val")

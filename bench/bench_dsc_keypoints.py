@@ -38,7 +38,8 @@ BEGIN, END = "<!-- bench_dsc_keypoints:start -->", "<!-- bench_dsc_keypoints:end
 
 
 def measure(checkpoint: Path, scene: Path, im_ids: list[int] | None, max_instances: int) -> dict:
-    model, keypoints_3d, obj_id = model_from_checkpoint(checkpoint)
+    model, loaded = model_from_checkpoint(checkpoint)
+    keypoints_3d, obj_id = loaded.inference["keypoints_3d"].numpy(), loaded.obj_ids[0]
     estimator = DscPoseNetEstimator(model, keypoints_3d)
     gts = load_scene_gt(scene / "scene_gt.json")
     infos = load_scene_gt_info(scene / "scene_gt_info.json")

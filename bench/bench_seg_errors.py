@@ -30,7 +30,9 @@ from dsc_pose_core.objects.registry import ObjectRegistry
 from dsc_pose_core.segmentation.pseudo_labels import mask_iou
 from dsc_pose_core.segmentation.reference import ReferenceMasks
 from dsc_pose_core.typed_config import from_dict
-from dsc_pose_core.training.segmentation import SegmentationConfig, load_real_split, model_from_checkpoint, scored_masks
+from dsc_pose_core.models.segmentation import model_from_checkpoint
+from dsc_pose_core.training.common import load_real_split
+from dsc_pose_core.training.segmentation import SegmentationConfig, scored_masks
 
 from benchlib import REPO, cpu_model, git_commit, write_section
 
@@ -39,13 +41,13 @@ BANDS_PX = (2, 4, 8)
 
 
 def measure(checkpoint: Path, split_name: str, dataset: str, tta_scales: list[float] | None) -> dict:
-    model, payload = model_from_checkpoint(checkpoint)
-    cfg = from_dict(SegmentationConfig, payload["config"]["segmentation"], "segmentation")
+    model, loaded = model_from_checkpoint(checkpoint)
+    cfg = from_dict(SegmentationConfig, loaded.train_config["segmentation"], "segmentation")
     if dataset:
         cfg.real.dataset = dataset
     if tta_scales:
         cfg.pseudo.tta_scales = tuple(tta_scales)
-    obj_ids = list(payload["obj_ids"])
+    obj_ids = list(loaded.obj_ids)
     channel = {o: i for i, o in enumerate(obj_ids)}
     registry = ObjectRegistry.from_yaml(REPO / "config" / "objects.yaml")
     split = load_real_split(cfg.real, split_name, obj_ids)

@@ -91,7 +91,7 @@ def transductive_scores() -> dict:
                    "no_geom": out_dir("no_geom") / "checkpoints" / "self6d_self.pt"}
     out = {}
     for name, path in checkpoints.items():
-        model, _, _ = load_self6d(path)
+        model, _ = load_self6d(path)
         out[name] = pick(S.evaluate(S.Self6dTrainer(cfg, obj, model=model), data))
     return out
 

@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     data = S.to_tensors(load_crops(path))
     batch = {k: v[:args.n] for k, v in data.items()}
     trainer = S.Self6dTrainer(cfg, obj)
-    model, _, _ = load_self6d(REPO / args.checkpoint)
+    model, _ = load_self6d(REPO / args.checkpoint)
     trainer.model = model
     trainer.freeze_perceptual_features()
     size = cfg.model.input_size

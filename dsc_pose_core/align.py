@@ -46,13 +46,13 @@ import numpy as np
 from .render.gl import LightConfig
 from .segmentation import roi
 
-HYPOTHESES = ("none", "flips", "cube24")
+from .defaults import ALIGN_HYPOTHESES, HYPOTHESES
 AMBIENT = LightConfig(ambient=1.0, diffuse=0.0, specular=0.0)  # renders of the plain vertex colours
 
 
 @dataclass(frozen=True)
 class AlignConfig:
-    hypotheses: str = "none"  # "none" (the start only), "flips" (+ 180 deg about the camera axes), "cube24"
+    hypotheses: str = ALIGN_HYPOTHESES  # "none" (the start only), "flips" (+ 180 deg about the camera axes), "cube24"
     keep: int = 2  # hypotheses refined by the pattern search (the lowest energies after the translation fit)
     rounds: int = 14  # pattern-search rounds (12 renders each)
     step_px: float = 3.0  # first steps: image-plane shift (crop pixels), log depth, rotation (degrees)

@@ -1,4 +1,4 @@
-"""The pose pipeline (DESIGN "Pipeline"): (RGB image, K, 2D detections) -> 6D poses.
+"""The pose pipeline (docs/ARCHITECTURE.md, "One frame through the node"): (RGB image, K, 2D detections) -> 6D poses.
 
 For every detection of a known object: an initial pose from the 2D box, then refiners (DeepIM,
 test-time alignment) in turn, then a confidence. The parts are the existing modules; this file only composes them:
@@ -45,7 +45,9 @@ from typing import Mapping, Protocol, Sequence
 import numpy as np
 
 from .data.boxes import box_iou_xywh, box_xyxy_edges, projected_box
+from . import defaults
 from .align import AlignConfig
+from .defaults import ALIGN_ORDERS  # where the aligner runs relative to DeepIM (``refiner_order``)
 from .box_checks import BoxLimits, implausible_detection
 from .box_initialiser import BoxInitConfig, box_initial_pose
 
@@ -86,13 +88,13 @@ class PoseResult:
 
 @dataclass
 class PipelineConfig:
-    init: str = "dsc"  # "dsc" | "box" | "self6d"
+    init: str = defaults.INIT  # "dsc" | "box" | "self6d" (``INITIALISERS``)
     # DSC-PoseNet checkpoints: {obj_id: path} or a directory (see ``find_dsc_checkpoint``); init "dsc" only
     dsc_checkpoints: Mapping[int, str | os.PathLike] | str | os.PathLike | None = None
     # Self6D checkpoints: {obj_id: path} or a directory (see ``find_self6d_checkpoint``); init "self6d" only
     self6d_checkpoints: Mapping[int, str | os.PathLike] | str | os.PathLike | None = None
     deepim_checkpoint: str | os.PathLike | None = None  # needed when refine_iterations > 0
-    refine_iterations: int = 2  # DeepIM test iterations (deepim sec. 4: 2-4); 0 disables
+    refine_iterations: int = defaults.REFINE_ITERATIONS  # DeepIM test iterations (deepim sec. 4: 2-4); 0 disables
     # refiners in the order they run (names of ``REFINERS``); None: ["deepim"] when refine_iterations > 0
     refiners: Sequence[str] | None = None
     # the weakly-supervised segmentation network whose masks the "align" refiner compares renders with
@@ -219,16 +221,15 @@ class DscInitialiser(_PerObjectInitialiser):
 
     @classmethod
     def from_config(cls, pipeline: "PoseEstimator", config: "PipelineConfig") -> "DscInitialiser":
-        from .models.dsc_posenet import DscPoseNetEstimator, model_from_checkpoint
+        from functools import partial
 
-        def estimator(loaded):
-            model, keypoints_3d, obj_id = loaded
-            return obj_id, DscPoseNetEstimator(model, keypoints_3d, ransac=config.ransac, device=pipeline.device,
-                                               keypoint_scales=config.dsc_keypoint_scales)
+        from .models.dsc_posenet import DscPoseNetEstimator
 
+        load = partial(DscPoseNetEstimator.from_checkpoint, ransac=config.ransac,
+                       keypoint_scales=config.dsc_keypoint_scales)
         return cls(pipeline.per_object_estimators(
             config.dsc_checkpoints, "dsc", "DSC-PoseNet", find_dsc_checkpoint, "obj_XXXXXX.pt, NAME.pt or dsc_NAME.pt",
-            model_from_checkpoint, estimator))
+            load))
 
     def initial_pose(self, image, K, obj_id, box_xywh, box_xyxy):
         est = self.estimators[obj_id].estimate(image, K, box_xywh)
@@ -242,15 +243,11 @@ class Self6dInitialiser(_PerObjectInitialiser):
 
     @classmethod
     def from_config(cls, pipeline: "PoseEstimator", config: "PipelineConfig") -> "Self6dInitialiser":
-        from .models.self6d import Self6dEstimator, model_from_checkpoint
-
-        def estimator(loaded):
-            model, obj_id, diameter = loaded
-            return obj_id, Self6dEstimator(model, diameter, device=pipeline.device)
+        from .models.self6d import Self6dEstimator
 
         return cls(pipeline.per_object_estimators(
             config.self6d_checkpoints, "self6d", "Self6D", find_self6d_checkpoint,
-            "self6d/obj_XXXXXX.pt, self6d_obj_XXXXXX.pt or self6d_NAME.pt", model_from_checkpoint, estimator))
+            "self6d/obj_XXXXXX.pt, self6d_obj_XXXXXX.pt or self6d_NAME.pt", Self6dEstimator.from_checkpoint))
 
     def initial_pose(self, image, K, obj_id, box_xywh, box_xyxy):
         R, t = self.estimators[obj_id].estimate(image, K, box_xywh)
@@ -287,27 +284,19 @@ class DeepImStage:
 
     @classmethod
     def from_config(cls, pipeline: "PoseEstimator", config: "PipelineConfig") -> "DeepImStage":
-        from .deepim.refiner import DeepImRefiner, make_zoom_renderer
-        from .deepim.zoom import ZoomConfig
-        from .models.deepim import model_from_checkpoint
+        from .deepim.refiner import DeepImRefiner
 
         if config.deepim_checkpoint is None:
             raise PipelineConfigError("refine_iterations > 0 needs a DeepIM checkpoint (or set refine_iterations to 0)")
-        model, payload = _load(model_from_checkpoint, config.deepim_checkpoint, "DeepIM", pipeline.device)
-        z = payload.get("zoom", {})
-        zoom = ZoomConfig(int(z.get("width", 128)), int(z.get("height", 96)), float(z.get("expand", 1.4)),
-                          int(z.get("render_faces", 0)))
-        trained = payload.get("obj_ids")
-        obj_ids = set(pipeline.obj_ids) if trained is None else {int(o) for o in trained} & set(pipeline.obj_ids)
-        refiner = DeepImRefiner(model, None, {o: pipeline.vertices[o] for o in obj_ids}, zoom, device=pipeline.device,
-                                translation_units=payload.get("translation_units", "normalized"),
-                                observed_box=payload.get("observed_box", "rendered"))
-        try:  # made now: a start-up failure, not one in the first frame; the meshes as the network was
-            # trained on them (decimated when its checkpoint says so)
-            renderer = make_zoom_renderer({o: pipeline.registry[o].mesh for o in sorted(obj_ids)}, zoom)
-        except Exception as exc:
-            raise PipelineConfigError(f"DeepIM refinement needs the OpenGL renderer: {exc}") from None
-        return cls(refiner, renderer, obj_ids, config.refine_iterations)
+        meshes = {o: pipeline.registry[o].mesh for o in pipeline.obj_ids}
+        path = Path(config.deepim_checkpoint)
+        if not path.is_file():
+            raise PipelineConfigError(f"DeepIM checkpoint not found: {path}")
+        try:  # the renderer is made now: a start-up failure, not one in the first frame
+            refiner = DeepImRefiner.from_checkpoint(path, meshes, pipeline.device)
+        except Exception as exc:  # truncated / not a torch file / pickled code / wrong method / no OpenGL
+            raise PipelineConfigError(f"cannot load DeepIM checkpoint {path}: {type(exc).__name__}: {exc}") from None
+        return cls(refiner, refiner.renderer, refiner.obj_ids, config.refine_iterations)
 
     def refine_poses(self, image, K, items):
         out = self.refiner.refine(image, K, [(o, R, t) for o, R, t, _ in items], self.iterations,
@@ -410,8 +399,6 @@ class AlignStage:
 REFINERS: dict[str, type] = {"deepim": DeepImStage, "align": AlignStage}
 
 
-# where the aligner runs relative to DeepIM (the node's and the CLI's ``align`` setting)
-ALIGN_ORDERS = ("off", "before", "after")
 
 
 def refiner_order(align: str, refine_iterations: int) -> list[str]:
@@ -486,15 +473,15 @@ class PoseEstimator:
         """{obj_id: Self6dEstimator} when the initialiser is Self6D, else {}."""
         return self.initialiser.estimators if isinstance(self.initialiser, Self6dInitialiser) else {}
 
-    def per_object_estimators(self, spec, init: str, what: str, finder, layout: str, loader, make) -> dict:
-        """{obj_id: make(loader(path))[1]} for every served object's checkpoint (see ``checkpoint_paths``);
-        ``make`` returns (the checkpoint's object id, the estimator); a checkpoint of another object is
+    def per_object_estimators(self, spec, init: str, what: str, finder, layout: str, load) -> dict:
+        """{obj_id: load(path, device)} for every served object's checkpoint (see ``checkpoint_paths``);
+        the estimator's ``obj_id`` is the object its checkpoint serves: another object's checkpoint is
         one clear error."""
         estimators = {}
         for o, path in self.checkpoint_paths(spec, init, what, finder, layout).items():
-            ckpt_obj, estimator = make(_load(loader, path, what, self.device))
-            if ckpt_obj != o:
-                raise PipelineConfigError(f"{path}: {what} checkpoint of object {ckpt_obj}, expected object {o}")
+            estimator = _load(load, path, what, self.device)
+            if estimator.obj_id != o:
+                raise PipelineConfigError(f"{path}: {what} checkpoint of object {estimator.obj_id}, expected object {o}")
             estimators[o] = estimator
         return estimators
 

@@ -35,8 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .align import HYPOTHESES, AlignConfig
-from .pipeline import ALIGN_ORDERS, refiner_order
+from . import defaults
+from .align import AlignConfig
+from .pipeline import refiner_order
 
 PROG = "dsc-pose-predict"
 MIN_VISIB_FRACT = 0.1
@@ -54,10 +55,10 @@ class PredictJob:
     split: str | None = None  # image ids from DATASET/splits.json under this name
     ids: str | None = None  # file with image ids
     max_images: int = 0  # 0: all
-    init: str = "dsc"
-    refine: int = 2  # DeepIM iterations (0: no refinement)
-    align: str = "off"  # test-time alignment: "off", "before" DeepIM or "after" it
-    align_hypotheses: str = "none"  # the aligner's rotation hypotheses (align.HYPOTHESES)
+    init: str = defaults.INIT
+    refine: int = defaults.REFINE_ITERATIONS  # DeepIM iterations (0: no refinement)
+    align: str = defaults.ALIGN  # test-time alignment: "off", "before" DeepIM or "after" it
+    align_hypotheses: str = defaults.ALIGN_HYPOTHESES  # the aligner's rotation hypotheses (defaults.HYPOTHESES)
     segmentation: str | None = None  # the aligner's mask network; default <checkpoints>/segmentation/lmo_seg.pt
     checkpoints: str | None = None  # the initialiser's checkpoints per object (default <repo>/checkpoints)
     deepim: str | None = None  # default <checkpoints>/deepim.pt when it exists
@@ -91,14 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--ids", help="file with image ids (JSON list, or integers separated by spaces/commas/lines)")
     p.add_argument("--max-images", type=int, default=0, help="at most this many images (0: all)")
     p.add_argument("--out", required=True, help="results CSV (BOP19 format)")
-    p.add_argument("--init", default="dsc", choices=("dsc", "self6d", "box"), help="initial pose (default: dsc)")
-    p.add_argument("--refine", type=int, default=2, help="DeepIM iterations (0: no refinement; default 2)")
-    p.add_argument("--align", default="off", choices=ALIGN_ORDERS,
-                   help="training-free render-and-compare alignment: off (default), before or after DeepIM "
-                   "(with --refine 0 either runs it alone)")
-    p.add_argument("--align-hypotheses", default="none", choices=HYPOTHESES,
-                   help="rotations the aligner tries besides the initial one: none (default), flips (180 deg "
-                   "about the camera axes) or cube24 (the cube's 24 rotations: for the box initialiser)")
+    p.add_argument("--init", default=defaults.INIT, choices=defaults.INITIALISERS,
+                   help=f"initial pose (default: {defaults.INIT})")
+    p.add_argument("--refine", type=int, default=defaults.REFINE_ITERATIONS,
+                   help=f"DeepIM iterations (0: no refinement; default {defaults.REFINE_ITERATIONS})")
+    p.add_argument("--align", default=defaults.ALIGN, choices=defaults.ALIGN_ORDERS,
+                   help=f"training-free render-and-compare alignment: off, before or after DeepIM "
+                   f"(with --refine 0 either runs it alone; default {defaults.ALIGN})")
+    p.add_argument("--align-hypotheses", default=defaults.ALIGN_HYPOTHESES, choices=defaults.HYPOTHESES,
+                   help="rotations the aligner tries besides the initial one: none, flips (180 deg about the "
+                   f"camera axes) or cube24 (the cube's 24 rotations: for the box initialiser); default "
+                   f"{defaults.ALIGN_HYPOTHESES}")
     p.add_argument("--segmentation", help="the aligner's segmentation checkpoint "
                    "(default: <checkpoints>/segmentation/lmo_seg.pt)")
     p.add_argument("--checkpoints", help="folder with the initialiser's checkpoints per object "
@@ -133,24 +137,34 @@ def read_id_file(path: str) -> list[int]:
         raise ValueError(f"{path}: expected image ids (JSON list or integers)") from None
 
 
-def gt_detections(scene_gt, scene_gt_info, scene_id: int, im_id: int, width: int, height: int, box_seed: int,
-                  obj_ids=None, max_loosening: float = 0.15):
-    """The detections of one image: loosened visible GT boxes (see the module docstring)."""
+def gt_instances(scene_gt, scene_gt_info, scene_id: int, im_id: int, width: int, height: int, box_seed: int,
+                 obj_ids=None, max_loosening: float = 0.15) -> list[tuple[int, int, np.ndarray]]:
+    """The detected instances of one image: [(index in scene_gt, obj_id, loosened visible GT box
+    (x, y, w, h) integer pixels)] (see the module docstring). One generator per image, a draw for
+    every instance (kept or not): the same boxes whatever is filtered."""
     from .data.boxes import loosen_box_xywh
-    from .pipeline import Detection
 
-    rng = np.random.default_rng([box_seed, scene_id, im_id])  # one generator per image
+    rng = np.random.default_rng([box_seed, scene_id, im_id])
     out = []
-    for pose, info in zip(scene_gt.get(im_id, []), scene_gt_info.get(im_id, [])):
-        loose = loosen_box_xywh(info.bbox_visib, rng, width, height, max_loosening)  # drawn for every instance
+    for inst, (pose, info) in enumerate(zip(scene_gt.get(im_id, []), scene_gt_info.get(im_id, []))):
+        loose = loosen_box_xywh(info.bbox_visib, rng, width, height, max_loosening)
         if info.visib_fract < MIN_VISIB_FRACT or info.bbox_visib[2] <= 0 or info.bbox_visib[3] <= 0:
             continue
         if loose[2] <= 0 or loose[3] <= 0:
             continue
         if obj_ids is not None and pose.obj_id not in obj_ids:
             continue
-        out.append(Detection(pose.obj_id, loose, 1.0))
+        out.append((inst, int(pose.obj_id), loose))
     return out
+
+
+def gt_detections(scene_gt, scene_gt_info, scene_id: int, im_id: int, width: int, height: int, box_seed: int,
+                  obj_ids=None, max_loosening: float = 0.15):
+    """The detections of one image (:func:`gt_instances` as pipeline detections, score 1)."""
+    from .pipeline import Detection
+
+    return [Detection(obj_id, box, 1.0) for _, obj_id, box in
+            gt_instances(scene_gt, scene_gt_info, scene_id, im_id, width, height, box_seed, obj_ids, max_loosening)]
 
 
 def job_from_args(args: argparse.Namespace) -> PredictJob:

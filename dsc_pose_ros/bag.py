@@ -10,7 +10,7 @@ Examples::
 stamp on its three messages: ``/camera/image`` (sensor_msgs/Image, rgb8), ``/camera/camera_info``
 (K of scene_camera.json, plumb_bob with zero distortion, P = [K | 0]) and ``/detections``
 (vision_msgs/Detection2DArray): the ground-truth visible boxes loosened by U(0, max_loosening) per
-side, drawn exactly as ``dsc-pose-predict`` draws them (``predict_cli.gt_detections``: one generator
+side, drawn exactly as ``dsc-pose-predict`` draws them (``predict_cli.gt_instances``: one generator
 per image seeded with (box_seed, scene, image), instances under 10 % visible not detected), so both
 tools see the same boxes. Box centre = (x + w/2, y + h/2) pixels, size = (w, h); class id = the BOP
 object id; detection id = ``"<im_id>:<instance index in scene_gt.json>"``. The ground truth is kept
@@ -111,25 +111,12 @@ class FrameDetection:
 
 def frame_detections(scene_gt, scene_gt_info, scene_id: int, im_id: int, width: int, height: int,
                      box_seed: int, max_loosening: float) -> list[FrameDetection]:
-    """The detections of one image with their instance index: the boxes of
-    ``predict_cli.gt_detections`` (same generator, same draws, same filter), checked against it."""
-    from dsc_pose_core.data.boxes import loosen_box_xywh
-    from dsc_pose_core.predict_cli import MIN_VISIB_FRACT, gt_detections
+    """The detections of one image with their instance index: ``predict_cli.gt_instances``, the boxes
+    ``dsc-pose-predict`` uses."""
+    from dsc_pose_core.predict_cli import gt_instances
 
-    rng = np.random.default_rng([box_seed, scene_id, im_id])  # the rule of gt_detections
-    out = []
-    for inst, (pose, info) in enumerate(zip(scene_gt.get(im_id, []), scene_gt_info.get(im_id, []))):
-        loose = loosen_box_xywh(info.bbox_visib, rng, width, height, max_loosening)
-        if info.visib_fract < MIN_VISIB_FRACT or info.bbox_visib[2] <= 0 or info.bbox_visib[3] <= 0:
-            continue
-        if loose[2] <= 0 or loose[3] <= 0:
-            continue
-        out.append(FrameDetection(inst, int(pose.obj_id), tuple(int(v) for v in loose)))
-    reference = gt_detections(scene_gt, scene_gt_info, scene_id, im_id, width, height, box_seed, None,
-                              max_loosening)
-    if [(d.obj_id, tuple(int(v) for v in d.box_xywh)) for d in reference] != [(d.obj_id, d.box_xywh) for d in out]:
-        raise RuntimeError(f"image {im_id}: boxes differ from dsc-pose-predict's (gt_detections changed?)")
-    return out
+    return [FrameDetection(inst, obj_id, tuple(int(v) for v in box)) for inst, obj_id, box in
+            gt_instances(scene_gt, scene_gt_info, scene_id, im_id, width, height, box_seed, None, max_loosening)]
 
 
 def _header(store, stamp_ns: int, frame_id: str):

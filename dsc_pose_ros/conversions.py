@@ -1,4 +1,4 @@
-"""ROS messages <-> numpy (DESIGN "Data flow"): the only place that knows both.
+"""ROS messages <-> numpy (docs/ARCHITECTURE.md, "One frame through the node"): the only place that knows both.
 
 Inputs are read duck-typed (any object with the message's fields), so the checks run without a ROS
 runtime; outputs are built with the installed message classes. Every input problem raises

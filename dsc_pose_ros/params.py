@@ -10,14 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+# the pipeline's names and defaults (dsc_pose_core.defaults imports nothing: the launch file stays free of torch)
+from dsc_pose_core import defaults
+from dsc_pose_core.defaults import ALIGN_ORDERS, HYPOTHESES, INITIALISERS
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NODE_NAME = "dsc_pose"
-# the pipeline's initialiser table (dsc_pose_core.pipeline.INITIALISERS) by name; not imported here so that
-# the launch file stays free of torch (a test keeps the two equal)
-INITIALISERS = ("box", "dsc", "self6d")
-# likewise dsc_pose_core.pipeline.ALIGN_ORDERS and dsc_pose_core.align.HYPOTHESES
-ALIGN_ORDERS = ("off", "before", "after")
-HYPOTHESES = ("none", "flips", "cube24")
 RELIABILITY = ("best_effort", "reliable")
 SYNC_MODES = ("exact", "approximate")
 
@@ -69,16 +67,16 @@ PARAMETERS: tuple[Parameter, ...] = (
               "object registry YAML (ids = the detector's class ids); relative paths: to the package root"),
     Parameter("models_dir", "", "override the registry's models_dir ('' = the registry's own)"),
     Parameter("obj_ids", "", "objects to serve, e.g. '1,5' ('' = every registry object)", _obj_ids),
-    Parameter("init", "box", "initial pose: box (2D box only), dsc (DSC-PoseNet) or self6d",
+    Parameter("init", defaults.INIT, "initial pose: box (2D box only), dsc (DSC-PoseNet) or self6d",
               _one_of(INITIALISERS)),
     Parameter("checkpoints", "checkpoints", "checkpoint folder of every method: dsc_posenet/obj_XXXXXX.pt (init dsc), "
               "self6d/obj_XXXXXX.pt (init self6d), deepim.pt, segmentation/lmo_seg.pt"),
     Parameter("deepim_checkpoint", "", "DeepIM checkpoint ('' = <checkpoints>/deepim.pt); needed when refining"),
-    Parameter("refine_iterations", 0, "DeepIM iterations per frame (0 = no refinement; the paper uses 2-4)",
+    Parameter("refine_iterations", defaults.REFINE_ITERATIONS, "DeepIM iterations per frame (0 = no refinement; the paper uses 2-4)",
               _at_least(0)),
-    Parameter("align", "off", "training-free render-and-compare alignment of each pose: off, before or after "
+    Parameter("align", defaults.ALIGN, "training-free render-and-compare alignment of each pose: off, before or after "
               "DeepIM (alone when refine_iterations is 0)", _one_of(ALIGN_ORDERS)),
-    Parameter("align_hypotheses", "none", "rotations the aligner tries besides the initial one: none, flips or "
+    Parameter("align_hypotheses", defaults.ALIGN_HYPOTHESES, "rotations the aligner tries besides the initial one: none, flips or "
               "cube24 (for the box initialiser)", _one_of(HYPOTHESES)),
     Parameter("segmentation_checkpoint", "", "the aligner's mask network ('' = "
               "<checkpoints>/segmentation/lmo_seg.pt); needed when aligning"),
@@ -91,7 +89,7 @@ PARAMETERS: tuple[Parameter, ...] = (
               "limit): bounds the work one frame may ask for", _at_least(0)),
     Parameter("max_stamp_ahead_s", 10.0, "messages stamped more than this ahead of the node's clock are ignored "
               "(0 = no limit)", _at_least(0.0)),
-    Parameter("score_threshold", 0.0, "estimates with a lower confidence are not published", _at_least(0.0)),
+    Parameter("score_threshold", defaults.SCORE_THRESHOLD, "estimates with a lower confidence are not published", _at_least(0.0)),
     Parameter("sync", "exact", "match image, camera_info and detections by exact stamp or approximately",
               _one_of(SYNC_MODES)),
     Parameter("sync_tolerance_s", 0.01, "approximate sync: largest stamp difference (s)", _at_least(0.0)),

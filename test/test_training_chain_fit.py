@@ -88,8 +88,8 @@ def test_new_mesh_in_cm_and_boxes_only_images_fit_end_to_end(repo_root, tmp_path
     assert "IoU not measured" in done.stdout
     # the exported, compact checkpoint the node reads, and a report that says why it has no metrics
     exported = torch.load(out / "checkpoints" / "dsc_posenet" / f"obj_{NEW_ID:06d}.pt", weights_only=True)
-    assert exported["compact"] and exported["obj_id"] == NEW_ID and "optimizer" not in exported
-    assert next(iter(exported["model"].values())).dtype == torch.float16
+    assert exported["compact"] and exported["obj_ids"] == [NEW_ID] and not exported["resume"]
+    assert next(iter(exported["weights"].values())).dtype == torch.float16
     assert "No evaluation" in (out / "report.md").read_text()
     # a second run skips every stage; a changed mesh file re-runs the chain from the renders on
     again = _train(repo_root, out, "stages=[synthetic, segmentation, dsc_posenet, eval]", 'data.objects_file=""',
@@ -138,9 +138,9 @@ def test_self6d_stage_trains_exports_and_is_evaluated(repo_root, fit_data, tmp_p
     done = _train(repo_root, out, *args)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     final = out / "self6d" / "checkpoints" / "obj_000001.pt"
-    assert torch.load(final, weights_only=True)["stage"] == "self"  # the last stage's weights
+    assert torch.load(final, weights_only=True)["resume"]["stage"] == "self"  # the last stage's weights
     exported = torch.load(out / "checkpoints" / "self6d" / "obj_000001.pt", weights_only=True)
-    assert exported["compact"] and exported["obj_id"] == 1
+    assert exported["compact"] and exported["obj_ids"] == [1]
     report = (out / "report.md").read_text()
     assert "initial pose `self6d`" in report and "| all |" in report and "checkpoints/self6d/obj_000001.pt" in report
     assert (out / "self6d" / "obj_000001" / "eval_self.json").is_file()

@@ -59,7 +59,7 @@ def _worker(rank: int, world: int, port: int, registry: str, out: str, dump_dir:
 
 
 def test_two_gloo_processes_end_with_identical_weights_and_rank0_writes(tmp_path):
-    from dsc_pose_core.checkpoint import load_checkpoint
+    from dsc_pose_core.checkpoint import read_checkpoint
 
     registry = write_demo_registry(tmp_path / "objects.yaml", write_demo_models(tmp_path / "models"))
     out = tmp_path / "run"
@@ -73,14 +73,14 @@ def test_two_gloo_processes_end_with_identical_weights_and_rank0_writes(tmp_path
     for key in rank0["state"]:
         assert torch.equal(rank0["state"][key], rank1["state"][key]), key
     # rank 0 wrote the checkpoint, and it holds exactly that model
-    saved = load_checkpoint(out / "checkpoints" / "deepim_last.pt")
-    assert saved["step"] == STEPS
-    for key, value in saved["state_dict"].items():
+    saved = read_checkpoint(out / "checkpoints" / "deepim_last.pt", "deepim")
+    assert saved.resume["step"] == STEPS
+    for key, value in saved.weights.items():
         assert torch.equal(value, rank0["state"][key]), key
     # one writer: one checkpoint per step and one TensorBoard event file, no per-rank copies
     assert sorted(p.name for p in (out / "checkpoints").glob("*.pt")) == \
         ["deepim_last.pt"] + [f"deepim_step{s}.pt" for s in range(1, STEPS + 1)]
     assert len(list((out / "tb").glob("events.out.tfevents.*"))) == 1
     # the weights moved between the first and the last update (identical but untrained would also pass)
-    first = load_checkpoint(out / "checkpoints" / "deepim_step1.pt")["state_dict"]
-    assert any(not torch.equal(first[k], saved["state_dict"][k]) for k in first if first[k].is_floating_point())
+    first = read_checkpoint(out / "checkpoints" / "deepim_step1.pt").weights
+    assert any(not torch.equal(first[k], saved.weights[k]) for k in first if first[k].is_floating_point())

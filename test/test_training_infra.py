@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from dsc_pose_core.models.dsc_posenet import DscModelConfig, DscPoseNet
-from dsc_pose_core.checkpoint import compact_payload, load_checkpoint, main as checkpoint_main, save_checkpoint
+from dsc_pose_core.models.dsc_posenet import DscModelConfig, DscPoseNet, model_from_checkpoint
+from dsc_pose_core.typed_config import to_dict
+from dsc_pose_core import checkpoint as ckpt
+from dsc_pose_core.checkpoint import main as checkpoint_main, read_checkpoint, save_checkpoint
 
 
 def test_three_stage_backbone_is_small_and_keeps_the_output_grid():
@@ -25,31 +27,63 @@ def test_three_stage_backbone_is_small_and_keeps_the_output_grid():
 
 def test_compact_checkpoint_is_float16_weights_only_and_loads_into_float32(tmp_path):
     torch.manual_seed(0)
-    model = DscPoseNet(DscModelConfig(backbone_stages=3, unnorm_size=64, norm_size=64)).eval()
+    config = DscModelConfig(backbone_stages=3, unnorm_size=64, norm_size=64)
+    model = DscPoseNet(config).eval()
     optimiser = torch.optim.Adam(model.parameters())
     model(torch.randn(1, 3, 64, 64))["keypoints"].sum().backward()
     optimiser.step()
-    src = save_checkpoint(tmp_path / "full.pt", {"format": "x", "model": model.state_dict(),
-                                                 "optimizer": optimiser.state_dict(), "history": "[]", "obj_id": 5})
-    assert checkpoint_main([str(src), str(tmp_path / "compact.pt")]) == 0
-    compact = load_checkpoint(tmp_path / "compact.pt")
-    assert "optimizer" not in compact and "history" not in compact and compact["obj_id"] == 5
-    floats = [v for v in compact["model"].values() if v.is_floating_point()]
+    src = save_checkpoint(tmp_path / "full.pt", ckpt.Checkpoint(
+        "dsc_posenet", to_dict(config), [5], model.state_dict(), {"keypoints_3d": torch.zeros(9, 3)},
+        resume={"optimizer": optimiser.state_dict(), "history": "[]", "stage": "lb", "step": 1}))
+    assert checkpoint_main(["compact", str(src), str(tmp_path / "compact.pt")]) == 0
+    compact = read_checkpoint(tmp_path / "compact.pt", "dsc_posenet")
+    assert compact.resume == {} and compact.compact and compact.obj_ids == [5]
+    assert compact.provenance["progress"] == {"stage": "lb", "step": 1}
+    floats = [v for v in compact.weights.values() if v.is_floating_point()]
     assert floats and all(v.dtype == torch.float16 for v in floats)
     assert (tmp_path / "compact.pt").stat().st_size < 0.3 * src.stat().st_size
-    again = DscPoseNet(DscModelConfig(backbone_stages=3, unnorm_size=64, norm_size=64)).eval()
-    again.load_state_dict(compact["model"])
+    again, _ = model_from_checkpoint(tmp_path / "compact.pt")
     assert next(again.parameters()).dtype == torch.float32
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        assert torch.allclose(model(x)["keypoints"], again(x)["keypoints"], atol=0.05)
-    assert compact_payload({"state_dict": {"w": torch.ones(2)}})["state_dict"]["w"].dtype == torch.float16
+        assert torch.allclose(model(x)["keypoints"], again.eval()(x)["keypoints"], atol=0.05)
+
+
+def test_checkpoint_schema_refuses_other_methods_versions_and_old_formats_with_one_error(tmp_path):
+    """One schema for every method: another method's file, an unknown version or a non-checkpoint is
+    one CheckpointError naming the file; a version-1 file names the converter, which moves every value
+    unchanged (the same network scores the same)."""
+    torch.manual_seed(0)
+    config = DscModelConfig(backbone_stages=3, unnorm_size=64, norm_size=64)
+    model = DscPoseNet(config).eval()
+    good = ckpt.Checkpoint("dsc_posenet", to_dict(config), [5], model.state_dict(), {"keypoints_3d": torch.ones(9, 3)})
+    path = save_checkpoint(tmp_path / "dsc.pt", good)
+    with pytest.raises(ckpt.CheckpointError, match="a dsc_posenet checkpoint, not a deepim one"):
+        read_checkpoint(path, "deepim")
+    newer = save_checkpoint(tmp_path / "v9.pt", good.payload() | {"version": 9})
+    with pytest.raises(ckpt.CheckpointError, match="version 9"):
+        read_checkpoint(newer)
+    with pytest.raises(ckpt.CheckpointError, match="not a dsc_pose checkpoint"):
+        read_checkpoint(save_checkpoint(tmp_path / "other.pt", {"format": "someone.else", "w": torch.ones(1)}))
+    legacy = save_checkpoint(tmp_path / "v1.pt", {
+        "format": "dsc_pose.dsc_posenet/1", "model": model.state_dict(), "model_config": to_dict(config), "obj_id": 5,
+        "keypoints_3d": torch.ones(9, 3), "stage": "self", "step": 7, "optimizer": {}, "history": "[]", "config": {}})
+    with pytest.raises(ckpt.CheckpointError, match="upgrade"):
+        model_from_checkpoint(legacy)
+    assert checkpoint_main(["upgrade", str(legacy), str(tmp_path / "v2.pt")]) == 0
+    upgraded, checkpoint = model_from_checkpoint(tmp_path / "v2.pt")
+    assert checkpoint.obj_ids == [5] and checkpoint.resume["step"] == 7
+    assert checkpoint.provenance["upgraded_from"] == "dsc_pose.dsc_posenet/1"
+    torch.testing.assert_close(checkpoint.inference["keypoints_3d"], torch.ones(9, 3))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(upgraded.eval()(x)["keypoints"], model(x)["keypoints"])
 
 
 def test_checkpoint_cli_reports_a_bad_file(tmp_path, capsys):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    assert checkpoint_main([str(bad), str(tmp_path / "out.pt")]) == 2
+    assert checkpoint_main(["compact", str(bad), str(tmp_path / "out.pt")]) == 2
     assert "error" in capsys.readouterr().err and not (tmp_path / "out.pt").exists()
 
 
@@ -62,7 +96,7 @@ def _fake_scene(scene: Path, n: int, with_info: bool = True):
 
 
 def test_ensure_synthetic_counts_images_over_all_scenes(tmp_path):
-    from dsc_pose_core.training.segmentation import SyntheticDataConfig, ensure_synthetic
+    from dsc_pose_core.training.common import SyntheticDataConfig, ensure_synthetic
 
     root = tmp_path / "synth"
     for k in range(3):  # three shards rendered in parallel, one scene each

@@ -12,7 +12,7 @@ import time
 import yaml
 
 from dsc_pose_core.objects.demo_object import write_demo_models, write_demo_registry
-from dsc_pose_core.checkpoint import load_checkpoint
+from dsc_pose_core.checkpoint import read_checkpoint
 
 STEPS = 16
 
@@ -41,7 +41,7 @@ def test_sigkill_then_resume_finishes_from_the_last_good_checkpoint(tmp_path, re
     while time.monotonic() < deadline and proc.poll() is None:
         if last.is_file():
             try:
-                step = int(load_checkpoint(last)["step"])
+                step = int(read_checkpoint(last).resume["step"])
             except Exception:  # being replaced right now: atomic, so retry
                 step = 0
             if step >= 4:
@@ -53,14 +53,13 @@ def test_sigkill_then_resume_finishes_from_the_last_good_checkpoint(tmp_path, re
     proc.wait()
     proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
-    killed_at = int(load_checkpoint(last)["step"])  # the last good checkpoint is intact
+    killed_at = int(read_checkpoint(last).resume["step"])  # the last good checkpoint is intact
     assert 4 <= killed_at < STEPS
     (last.parent / ".deepim_last.pt.crash.tmp").write_bytes(b"half a checkpoint")  # as a kill mid-write leaves
     resumed = subprocess.run(cmd + ["--resume", str(last)], cwd=str(repo_root), capture_output=True, text=True,
                              timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from {last} (step {killed_at})" in resumed.stdout + resumed.stderr
-    final = load_checkpoint(last)
-    assert int(final["step"]) == STEPS
+    assert int(read_checkpoint(last).resume["step"]) == STEPS
     for checkpoint in last.parent.glob("*.pt"):  # no stray file became a checkpoint; every one loads
-        assert int(load_checkpoint(checkpoint)["step"]) <= STEPS
+        assert int(read_checkpoint(checkpoint).resume["step"]) <= STEPS

@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .boxes import box_mask
+from .boxes import box_mask, box_xyxy_edges
 
 # skimage.data loaders whose files are inside the wheel (no network access needed)
 PHOTO_NAMES = (
@@ -193,7 +193,7 @@ def hide_boxes(image: np.ndarray, boxes_xywh, downscale: int = 4) -> np.ndarray:
     height, width = image.shape[:2]
     mask = np.zeros((height, width), np.uint8)
     for box in boxes_xywh:
-        mask[box_mask(box, width, height)] = 255
+        mask[box_mask(box_xyxy_edges(box), width, height)] = 255
     if not mask.any():
         return image.copy()
     small_size = (max(8, width // downscale), max(8, height // downscale))

@@ -32,12 +32,13 @@ def box_xyxy_edges(box_xywh) -> np.ndarray:
     return np.array([x - 0.5, y - 0.5, x + w - 0.5, y + h - 0.5])
 
 
-def box_mask(box_xywh, width: int, height: int) -> np.ndarray:
-    """Boolean HxW image, True inside the box."""
-    x, y, w, h = (int(v) for v in box_xywh)
-    mask = np.zeros((height, width), dtype=bool)
-    mask[max(0, y):max(0, y + h), max(0, x):max(0, x + w)] = True
-    return mask
+def box_mask(box_xyxy, width: int, height: int) -> np.ndarray:
+    """Boolean [H,W] image, True at the pixels whose centres lie inside the pixel-edge box ``box_xyxy``
+    (an integer (x, y, w, h) box: ``box_mask(box_xyxy_edges(box), ...)``, its w x h pixels)."""
+    x1, y1, x2, y2 = (float(v) for v in box_xyxy)
+    xs = np.arange(width, dtype=np.float64)
+    ys = np.arange(height, dtype=np.float64)
+    return ((ys >= y1) & (ys <= y2))[:, None] & ((xs >= x1) & (xs <= x2))[None, :]
 
 
 def mask_box_xywh(mask: np.ndarray) -> np.ndarray | None:

@@ -33,7 +33,8 @@ import torch
 
 from ..geometry.camera import crop_intrinsics
 from ..data.boxes import projected_box
-from .zoom import ZoomConfig, box_in_crop, box_mask, crop_image, project_origin, zoom_window
+from ..data.boxes import box_mask
+from .zoom import ZoomConfig, box_in_crop, crop_image, project_origin, zoom_window
 
 
 TRANSLATION_UNITS = ("zoom", "normalized")
@@ -72,7 +73,7 @@ def build_input(renderer, obj_id: int, vertices: np.ndarray, image: np.ndarray, 
     K_crop = crop_intrinsics(torch.as_tensor(K), torch.as_tensor(window), w, h).numpy()
     render = renderer.render(K_crop, [(int(obj_id), R, t)], width=w, height=h, light=light)
     obs = crop_image(image, window, w, h)
-    obs_mask = box_mask(box_in_crop(obs_box, window, w, h), w, h)
+    obs_mask = box_mask(box_in_crop(obs_box, window, w, h), w, h).astype(np.float32)
     mask_rend = render.instance > 0
     tensor = np.concatenate([
         obs.astype(np.float32).transpose(2, 0, 1) / 255.0 - 0.5,

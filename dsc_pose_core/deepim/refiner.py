@@ -73,6 +73,31 @@ class DeepImRefiner:
         self.min_depth = float(min_depth)
         self.light = light
 
+    @classmethod
+    def from_checkpoint(cls, path, meshes: dict, device="cpu") -> "DeepImRefiner":
+        """The refiner of a DeepIM checkpoint for ``meshes`` (obj_id -> ObjectMesh; the objects the
+        checkpoint was trained for, or all of them when it names none), with its zoom-in renderer
+        (decimated as in training), translation units and observed-mask box: everything the
+        checkpoint's ``inference`` records. ``obj_ids``: the objects it refines."""
+        from ..models.deepim import model_from_checkpoint
+        from .zoom import ZoomConfig
+
+        model, checkpoint = model_from_checkpoint(path, device)
+        z = checkpoint.inference.get("zoom", {})
+        zoom = ZoomConfig(int(z.get("width", 128)), int(z.get("height", 96)), float(z.get("expand", 1.4)),
+                          int(z.get("render_faces", 0)))
+        trained = set(checkpoint.obj_ids)
+        served = {int(o): m for o, m in meshes.items() if not trained or int(o) in trained}
+        refiner = cls(model, None, {o: m.vertices for o, m in served.items()}, zoom, device=device,
+                      translation_units=checkpoint.inference.get("translation_units", "normalized"),
+                      observed_box=checkpoint.inference.get("observed_box", "rendered"))
+        try:
+            refiner.renderer = make_zoom_renderer(dict(sorted(served.items())), zoom)
+        except Exception as exc:
+            raise RuntimeError(f"the zoom-in renderer (OpenGL) did not start: {exc}") from None
+        refiner.obj_ids = set(served)
+        return refiner
+
     def inputs(self, image, K, obj_ids, R, t, boxes=None):
         """``boxes``: the detectors' boxes (pixel-edge x1, y1, x2, y2) when ``observed_box`` is "detection"."""
         if self.observed_box == "rendered":

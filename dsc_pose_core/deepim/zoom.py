@@ -89,15 +89,6 @@ def box_in_crop(box, window, out_width: int, out_height: int) -> np.ndarray:
                      affine[0, 0] * x2 + affine[0, 2], affine[1, 1] * y2 + affine[1, 2]])
 
 
-def box_mask(box, width: int, height: int) -> np.ndarray:
-    """A filled float mask [H,W] of the pixels whose centres lie inside ``box`` (pixel edges)."""
-    xs = np.arange(width, dtype=np.float64)
-    ys = np.arange(height, dtype=np.float64)
-    inside_x = (xs >= box[0]) & (xs <= box[2])
-    inside_y = (ys >= box[1]) & (ys <= box[3])
-    return (inside_y[:, None] & inside_x[None, :]).astype(np.float32)
-
-
 def project_origin(t: np.ndarray, K: np.ndarray) -> np.ndarray:
     """(x_c, y_c): the projection of the object origin (eq. 6)."""
     uvw = K @ np.asarray(t, dtype=np.float64)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ..geometry.rotations import quaternion_to_matrix
 
-CHECKPOINT_FORMAT = "dsc_pose.deepim.v1"
+METHOD = "deepim"  # its checkpoints' method (``checkpoint.METHODS``)
 
 
 def _conv(cin: int, cout: int, kernel: int, stride: int, batch_norm: bool = False) -> nn.Sequential:
@@ -137,14 +137,14 @@ class DeepImNet(nn.Module):
         return out
 
 
-def model_from_checkpoint(path, device="cpu") -> tuple[DeepImNet, dict]:
-    """The network (eval mode) and the payload of a DeepIM checkpoint (weights-only load)."""
-    from ..checkpoint import load_checkpoint
+def model_from_checkpoint(path, device="cpu"):
+    """(network in eval mode, its :class:`~dsc_pose_core.checkpoint.Checkpoint`) of a DeepIM checkpoint,
+    read weights-only; ``inference`` holds the zoom (``width``, ``height``, ``expand``,
+    ``render_faces``), ``translation_units`` and ``observed_box`` it was trained with."""
+    from ..checkpoint import read_checkpoint
 
-    payload = load_checkpoint(path, map_location=device)
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a DeepIM checkpoint ({payload.get('format')!r})")
-    m = payload["model"]
+    checkpoint = read_checkpoint(path, METHOD, map_location=device)
+    m = checkpoint.network
     model = DeepImNet(m["width"], m["fc_dim"], tuple(m["pool"]), m.get("aux_heads", True), m.get("batch_norm", False))
-    model.load_state_dict(payload["state_dict"])
-    return model.to(device).eval(), payload
+    model.load_state_dict(checkpoint.weights)
+    return model.to(device).eval(), checkpoint

@@ -57,7 +57,7 @@ from ..geometry.camera import warp_affine
 from . import backbone
 
 BACKBONES = ("resnet18", "resnet34", "resnet50")
-CHECKPOINT_FORMAT = "dsc_pose.dsc_posenet/1"
+METHOD = "dsc_posenet"  # its checkpoints' method (``checkpoint.METHODS``)
 VIEW_SCALES = ("unnorm", "norm")  # the un-normalised window and the normalised crop N (eq. 6)
 
 
@@ -348,6 +348,15 @@ class DscPoseNetEstimator:
     PnP pose and S the box's longer side (1 = confident mask and keypoints that agree with the model).
     """
 
+    @classmethod
+    def from_checkpoint(cls, path, device="cpu", **options) -> "DscPoseNetEstimator":
+        """The estimator of a DSC-PoseNet checkpoint (``options``: ``ransac``, ``box_votes``,
+        ``keypoint_scales``); ``obj_id`` is the object it serves."""
+        model, checkpoint = model_from_checkpoint(path, device)
+        estimator = cls(model, checkpoint.inference["keypoints_3d"].cpu().numpy(), device=device, **options)
+        estimator.obj_id = checkpoint.obj_ids[0]
+        return estimator
+
     def __init__(self, model: DscPoseNet, keypoints_3d: np.ndarray, ransac: bool = False,
                  device: str | torch.device = "cpu", box_votes: bool = True, keypoint_scales: str = "both"):
         if keypoint_scales not in KEYPOINT_SCALES:
@@ -414,14 +423,14 @@ class DscPoseNetEstimator:
         return DscEstimate(result.rotation, result.translation, keypoints, k_u, k_n, confidence, result.success)
 
 
-def model_from_checkpoint(path, device="cpu") -> tuple[DscPoseNet, np.ndarray, int]:
-    """(network, its 3D keypoints [K,3] in metres, object id) from a DSC-PoseNet checkpoint (weights-only)."""
-    from ..checkpoint import load_checkpoint
+def model_from_checkpoint(path, device="cpu"):
+    """(network, its :class:`~dsc_pose_core.checkpoint.Checkpoint`) of a DSC-PoseNet checkpoint, read
+    weights-only. The checkpoint's ``inference["keypoints_3d"]`` [K,3] (metres) are the network's 3D
+    keypoints; ``obj_ids[0]`` its object."""
+    from ..checkpoint import read_checkpoint
     from ..typed_config import from_dict
 
-    payload = load_checkpoint(path, map_location=device)
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a DSC-PoseNet checkpoint (format {payload.get('format')!r})")
-    model = DscPoseNet(from_dict(DscModelConfig, payload["model_config"], "model_config"))
-    model.load_state_dict(payload["model"])
-    return model.to(device), payload["keypoints_3d"].cpu().numpy(), int(payload["obj_id"])
+    checkpoint = read_checkpoint(path, METHOD, map_location=device)
+    model = DscPoseNet(from_dict(DscModelConfig, checkpoint.network, "network"))
+    model.load_state_dict(checkpoint.weights)
+    return model.to(device), checkpoint

@@ -120,29 +120,28 @@ class RoiSegmenter(nn.Module):
 # --------------------------------------------------------------------------------------------
 # Checkpoints and inference (no training imports: the pipeline's aligner loads these)
 # --------------------------------------------------------------------------------------------
-CHECKPOINT_FORMAT = "dsc_pose.segmentation/1"
+METHOD = "segmentation"  # its checkpoints' method (``checkpoint.METHODS``)
 
 
-def model_from_checkpoint(path, device="cpu") -> tuple[RoiSegmenter, dict]:
-    """(network in eval mode, payload) of a segmentation checkpoint (read weights-only). Weights stored in
-    half precision (the committed checkpoint) are loaded into the float32 network."""
-    from ..checkpoint import load_checkpoint
+def model_from_checkpoint(path, device="cpu"):
+    """(network in eval mode, its :class:`~dsc_pose_core.checkpoint.Checkpoint`) of a segmentation
+    checkpoint, read weights-only; ``network`` is the training config's ``segmentation.model`` (crop
+    size and context included). Weights stored in half precision (the committed checkpoint) are loaded
+    into the float32 network."""
+    from ..checkpoint import read_checkpoint
 
-    payload = load_checkpoint(path, map_location=device)
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a segmentation checkpoint ({payload.get('format')!r})")
-    seg = payload["config"]["segmentation"]
-    model = RoiSegmenter(len(payload["obj_ids"]), seg["model"]["encoder"], seg["model"]["decoder_channels"],
-                         seg["model"].get("output_stride", DEFAULT_OUTPUT_STRIDE),
-                         seg["model"].get("atrous_rates", DEFAULT_ATROUS_RATES), pretrained=False,
-                         frozen_stages=seg["model"].get("frozen_stages", 0),
-                         frozen_bn=seg["model"].get("frozen_bn", False),
-                         decoder=seg["model"].get("decoder", "deeplabv3plus"))
-    state = dict(payload["state_dict"])
-    # saved before the prior correction existed: no correction
-    state.setdefault("foreground_prior_logit", torch.zeros(len(payload["obj_ids"])))
-    model.load_state_dict(state)
-    return model.to(device).eval(), payload
+    checkpoint = read_checkpoint(path, METHOD, map_location=device)
+    model = network_from_config(checkpoint.network, len(checkpoint.obj_ids))
+    model.load_state_dict(checkpoint.weights)
+    return model.to(device).eval(), checkpoint
+
+
+def network_from_config(net: dict, n_objects: int, pretrained: bool = False) -> "RoiSegmenter":
+    """The network a ``segmentation.model`` config (as a dict) describes, for ``n_objects`` objects."""
+    return RoiSegmenter(n_objects, net["encoder"], net["decoder_channels"],
+                        net.get("output_stride", DEFAULT_OUTPUT_STRIDE), net.get("atrous_rates", DEFAULT_ATROUS_RATES),
+                        pretrained=pretrained, frozen_stages=net.get("frozen_stages", 0),
+                        frozen_bn=net.get("frozen_bn", False), decoder=net.get("decoder", "deeplabv3plus"))
 
 
 class MaskPredictor:
@@ -159,9 +158,9 @@ class MaskPredictor:
 
     @classmethod
     def from_checkpoint(cls, path, device="cpu") -> "MaskPredictor":
-        model, payload = model_from_checkpoint(path, device)
-        seg = payload["config"]["segmentation"]["model"]
-        return cls(model, payload["obj_ids"], seg["crop_size"], seg["context"], device)
+        model, checkpoint = model_from_checkpoint(path, device)
+        net = checkpoint.network
+        return cls(model, checkpoint.obj_ids, net["crop_size"], net["context"], device)
 
     @property
     def obj_ids(self) -> list[int]:

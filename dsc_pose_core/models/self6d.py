@@ -35,7 +35,7 @@ from ..geometry.rotations import rotation_6d_to_matrix
 from .backbone import IMAGENET_MEAN, IMAGENET_STD
 
 BACKBONES = ("resnet18", "resnet34")
-CHECKPOINT_FORMAT = "dsc_pose.self6d/1"
+METHOD = "self6d"  # its checkpoints' method (``checkpoint.METHODS``)
 
 
 @dataclass
@@ -181,6 +181,14 @@ class Self6dEstimator:
     """Inference for one object: (RGB image, K, 2D box) -> (R, t), the crop cut exactly as in training
     (``segmentation.roi``: a square window of ``context`` x the box's longer side)."""
 
+    @classmethod
+    def from_checkpoint(cls, path, device="cpu") -> "Self6dEstimator":
+        """The estimator of a Self6D checkpoint; ``obj_id`` is the object it serves."""
+        model, checkpoint = model_from_checkpoint(path, device)
+        estimator = cls(model, float(checkpoint.inference["diameter"]), device=device)
+        estimator.obj_id = checkpoint.obj_ids[0]
+        return estimator
+
     def __init__(self, model: Self6dNet, diameter: float, device="cpu"):
         self.model = model.eval()
         self.diameter = float(diameter)
@@ -204,14 +212,13 @@ class Self6dEstimator:
         return R[0].double().cpu().numpy(), t[0].double().cpu().numpy()
 
 
-def model_from_checkpoint(path, device="cpu") -> tuple[Self6dNet, int, float]:
-    """(network in eval mode, object id, diameter in metres) from a Self6D checkpoint (weights-only)."""
-    from ..checkpoint import load_checkpoint
+def model_from_checkpoint(path, device="cpu"):
+    """(network in eval mode, its :class:`~dsc_pose_core.checkpoint.Checkpoint`) of a Self6D checkpoint,
+    read weights-only; ``inference["diameter"]`` (metres) and ``obj_ids[0]`` say what it serves."""
+    from ..checkpoint import read_checkpoint
     from ..typed_config import from_dict
 
-    payload = load_checkpoint(path, map_location=device)
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a Self6D checkpoint (format {payload.get('format')!r})")
-    model = Self6dNet(from_dict(Self6dModelConfig, payload["model_config"], "model_config"))
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["model"].items()})
-    return model.to(device).eval(), int(payload["obj_id"]), float(payload["diameter"])
+    checkpoint = read_checkpoint(path, METHOD, map_location=device)
+    model = Self6dNet(from_dict(Self6dModelConfig, checkpoint.network, "network"))
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in checkpoint.weights.items()})
+    return model.to(device).eval(), checkpoint

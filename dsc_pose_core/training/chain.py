@@ -54,11 +54,13 @@ from pathlib import Path
 import yaml
 
 from . import distributed
+from .. import defaults
 from .stages import TrainConfig
 from ..typed_config import ConfigError, from_dict, to_dict
 from .deepim import DeepImConfig
 from .dsc_posenet import DscPoseNetConfig
-from .segmentation import SegmentationConfig, SyntheticDataConfig, resolve_path
+from .common import SyntheticDataConfig, ensure_synthetic, real_background_frames, resolve_path
+from .segmentation import SegmentationConfig
 from .self6d import Self6dConfig
 
 CHAIN_STAGES = ("synthetic", "segmentation", "dsc_posenet", "deepim", "self6d", "eval")
@@ -133,8 +135,8 @@ class ChainDataConfig:
 @dataclass
 class ChainEvalConfig:
     split: str = ""  # "" = data.val_split
-    init: str = "dsc"  # initial pose: "dsc" (the dsc_posenet stage) | "self6d" (the self6d stage) | "box"
-    refine_iterations: int = 2  # DeepIM iterations (needs the deepim stage); 0 = none
+    init: str = defaults.INIT  # initial pose: "dsc" (the dsc_posenet stage) | "self6d" (the self6d stage) | "box"
+    refine_iterations: int = defaults.REFINE_ITERATIONS  # DeepIM iterations (needs the deepim stage); 0 = none
     max_images: int = 0  # 0 = the whole split
     overlays: int = 4  # overlay pictures in the report
     box_seed: int = 0
@@ -355,13 +357,10 @@ class Chain:
 # The stages: each returns the list of output files that must exist for the stage to count as done
 # --------------------------------------------------------------------------------------------
 def _run_synthetic(chain: Chain, resume: bool, command: str) -> list[Path]:
-    from .segmentation import ensure_synthetic
-
     cfg = dataclasses.replace(chain.sections["synthetic"], generate=True)
     backgrounds = None
     if cfg.real_backgrounds:  # unlabeled real training frames (object boxes hidden) as backgrounds
         from ..data.boxes import DEFAULT_MAX_LOOSENING
-        from .segmentation import real_background_frames
 
         d = chain.config.data
         backgrounds = real_background_frames(str(chain.real_root), d.scene_id, d.splits_file, d.train_split,
@@ -548,9 +547,9 @@ def _checkpoints(chain: Chain) -> list[Path]:
 
 def _export(src: Path, dst: Path) -> None:
     """A compact (float16, weights-only, no optimiser) copy for the pipeline and the node (atomic)."""
-    from ..checkpoint import compact_payload, load_checkpoint, save_checkpoint
+    from ..checkpoint import compact, read_checkpoint, save_checkpoint
 
-    save_checkpoint(dst, compact_payload(load_checkpoint(src)))
+    save_checkpoint(dst, compact(read_checkpoint(src)))
 
 
 def _atomic_copy(src: Path, dst: Path) -> None:

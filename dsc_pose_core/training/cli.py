@@ -87,7 +87,7 @@ def save_resolved_config(config: TrainConfig, out: str, command: str) -> Path:
 
     from ..data.bop_io import atomic_write_text
     from ..typed_config import to_dict
-    from .segmentation import resolve_path
+    from .common import resolve_path
 
     text = f"# {command}\n" + yaml.safe_dump(to_dict(config), sort_keys=False)
     print(text, flush=True)

@@ -21,7 +21,6 @@ import os
 import platform
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,9 +37,10 @@ from ..deepim.refiner import make_zoom_renderer
 from ..data.boxes import mask_box_xyxy
 from ..deepim.zoom import ZoomConfig, crop_image
 from ..losses.deepim import DeepImLossWeights, deepim_loss
-from ..models.deepim import CHECKPOINT_FORMAT, DeepImNet
+from ..models.deepim import METHOD, DeepImNet
 from . import distributed
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import read_checkpoint
+from .common import resolve_path, write_checkpoint
 from ..typed_config import ConfigError, to_dict
 from .tensorboard_log import TrainLogger, mask_overlay, tile
 
@@ -365,32 +365,29 @@ class DeepImTrainer:
         return log
 
     # ------------------------------------------------------------ checkpoints
-    def payload(self, cfg_dict: dict, names: dict | None = None) -> dict:
-        names = names or {}
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
-            "model": self.model.config_dict(),
-            "zoom": {"width": self.zoom.width, "height": self.zoom.height, "expand": self.zoom.expand,
-                     "render_faces": self.zoom.render_faces},
-            "translation_units": self.cfg.model.translation_units,
-            # what the refiner draws in the observed-mask channel (deepim.refiner.OBSERVED_BOX)
-            "observed_box": "detection" if self.cfg.data.observed_box == "detection" else "rendered",
-            "config": cfg_dict,
-            "obj_ids": list(self.obj_ids),
-            "object_names": [names.get(o, str(o)) for o in self.obj_ids],
-            "step": int(self.step),
-            "train_seconds": float(self.train_seconds),
-        }
+    def save(self, path, cfg_dict: dict, names: dict | None = None):
+        """This network as a DeepIM checkpoint (``checkpoint`` schema): ``inference`` holds the zoom,
+        translation units and observed-mask box the refiner must use; ``resume`` the step, the
+        training clock and the optimiser."""
+        weights = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        inference = {"zoom": {"width": self.zoom.width, "height": self.zoom.height, "expand": self.zoom.expand,
+                              "render_faces": self.zoom.render_faces},
+                     "translation_units": self.cfg.model.translation_units,
+                     # what the refiner draws in the observed-mask channel (deepim.refiner.OBSERVED_BOX)
+                     "observed_box": "detection" if self.cfg.data.observed_box == "detection" else "rendered"}
+        return write_checkpoint(path, METHOD, self.model.config_dict(), self.obj_ids, weights, inference=inference,
+                                train_config=cfg_dict, object_names=names,
+                                resume={"step": int(self.step), "train_seconds": float(self.train_seconds),
+                                        "optimizer": self.optimizer.state_dict()})
 
-    def load_payload(self, payload: dict) -> None:
-        self.model.load_state_dict(payload["state_dict"])
-        if "optimizer" in payload:
-            self.optimizer.load_state_dict(payload["optimizer"])
-        self.step = int(payload.get("step", 0))
-        self.train_seconds = float(payload.get("train_seconds", 0.0))
-
+    def resume_from(self, checkpoint) -> None:
+        """Continue from a DeepIM checkpoint (:class:`~dsc_pose_core.checkpoint.Checkpoint`)."""
+        self.model.load_state_dict(checkpoint.weights)
+        progress = checkpoint.resume
+        if progress.get("optimizer"):
+            self.optimizer.load_state_dict(progress["optimizer"])
+        self.step = int(progress.get("step", 0))
+        self.train_seconds = float(progress.get("train_seconds", 0.0))
 
     def sample_picture(self, count: int = 4) -> np.ndarray | None:
         """The latest batch's zoomed observed crops, tinted red where the object was rendered at the
@@ -408,25 +405,18 @@ class DeepImTrainer:
 # --------------------------------------------------------------------------------------------
 # Entry point (stage "deepim")
 # --------------------------------------------------------------------------------------------
-def _resolve(path: str) -> Path:
-    from ..data import bop_io
-
-    p = Path(path)
-    return p if p.is_absolute() else bop_io.repo_root() / p
-
-
 def run_deepim(config, out: str | os.PathLike | None = None, resume: str | None = None, command: str = "") -> dict:
     """Train DeepIM from ``config.deepim``; checkpoints in OUT/checkpoints, a log in OUT/results.json."""
     from ..data import bop_io
     from ..objects.registry import ObjectRegistry
 
     cfg: DeepImConfig = config.deepim
-    out_dir = _resolve(str(out or config.out))
+    out_dir = resolve_path(str(out or config.out))
     out_dir.mkdir(parents=True, exist_ok=True)
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    registry = ObjectRegistry.from_yaml(_resolve(cfg.objects_file))
+    registry = ObjectRegistry.from_yaml(resolve_path(cfg.objects_file))
     obj_ids = list(cfg.obj_ids) or registry.ids
     meshes = {o: registry[o].mesh for o in obj_ids}
     infos = {o: registry[o].model_info for o in obj_ids}
@@ -440,10 +430,10 @@ def run_deepim(config, out: str | os.PathLike | None = None, resume: str | None 
     results = {"stage": "deepim", "command": command, "config": cfg_dict, "obj_ids": obj_ids, "log": [],
                "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"}
     if resume:
-        payload = load_checkpoint(resume)
-        if payload.get("obj_ids") != trainer.obj_ids:
-            raise ConfigError(f"{resume}: trained for objects {payload.get('obj_ids')}, config has {trainer.obj_ids}")
-        trainer.load_payload(payload)
+        checkpoint = read_checkpoint(resume, METHOD)
+        if checkpoint.obj_ids != list(trainer.obj_ids):
+            raise ConfigError(f"{resume}: trained for objects {checkpoint.obj_ids}, config has {trainer.obj_ids}")
+        trainer.resume_from(checkpoint)
         if results_path.exists():
             results["log"] = [r for r in json.loads(results_path.read_text()).get("log", []) if r["step"] <= trainer.step]
         print(f"resumed from {resume} (step {trainer.step})", flush=True)
@@ -452,9 +442,8 @@ def run_deepim(config, out: str | os.PathLike | None = None, resume: str | None 
         distributed.sync_buffers(trainer.model)  # every rank keeps the model rank 0 saves
         if not distributed.is_main():
             return
-        payload = trainer.payload(cfg_dict, names)
-        save_checkpoint(ckpt_dir / f"deepim_step{trainer.step}.pt", payload)
-        save_checkpoint(ckpt_dir / "deepim_last.pt", payload)
+        trainer.save(ckpt_dir / f"deepim_step{trainer.step}.pt", cfg_dict, names)
+        trainer.save(ckpt_dir / "deepim_last.pt", cfg_dict, names)
         bop_io.atomic_write_text(results_path, json.dumps(results, indent=1))
 
     t0 = time.time()

@@ -30,13 +30,13 @@ from ..data import bop_io
 from ..data.dsc_views import (MODES, RealPoseDataset, SyntheticPoseDataset, ViewAugmentConfig, real_instances,
                               synthetic_instances)
 from ..losses import dsc_posenet as L
-from ..models.dsc_posenet import (CHECKPOINT_FORMAT, DscModelConfig, DscPoseNet, ScaleSpecificBatchNorm2d,
+from ..models.dsc_posenet import (METHOD, DscModelConfig, DscPoseNet, ScaleSpecificBatchNorm2d,
                                   image_to_view, normalise_rgb, resample_map, view_to_image)
 from . import distributed
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import read_checkpoint
 from ..typed_config import ConfigError, to_dict
 from .tensorboard_log import TrainLogger, tile
-from .segmentation import SyntheticDataConfig, ensure_synthetic, resolve_path
+from .common import SyntheticDataConfig, ensure_synthetic, real_background_frames, resolve_path, write_checkpoint
 
 STAGE_NAMES = ("lb", "self")
 # the data's view tags ("u", "n"; "x_u", "a_n", ...) -> the model's view scale (its BatchNorm statistics)
@@ -317,12 +317,10 @@ def save(path: Path, trainer: DscPoseNetTrainer, optimiser, stage: str, step: in
     distributed.sync_buffers(trainer.model)
     if not distributed.is_main():
         return
-    save_checkpoint(path, {
-        "format": CHECKPOINT_FORMAT, "model": trainer.model.state_dict(),
-        "optimizer": optimiser.state_dict() if optimiser is not None else {}, "stage": stage, "step": int(step),
-        "config": to_dict(cfg), "model_config": to_dict(cfg.model), "obj_id": int(cfg.obj_id),
-        "keypoints_3d": trainer.keypoints_3d.cpu(), "history": json.dumps(history[-2000:]),
-    })
+    write_checkpoint(path, METHOD, to_dict(cfg.model), [cfg.obj_id], trainer.model.state_dict(),
+                     inference={"keypoints_3d": trainer.keypoints_3d.cpu()}, train_config=to_dict(cfg),
+                     resume={"stage": stage, "step": int(step), "history": json.dumps(history[-2000:]),
+                             "optimizer": optimiser.state_dict() if optimiser is not None else {}})
 
 
 def train_stage(trainer: DscPoseNetTrainer, stage: str, syn_iter, real_iter, opt: DscOptimConfig, out_dir: Path | None,
@@ -369,14 +367,14 @@ def train_stage(trainer: DscPoseNetTrainer, stage: str, syn_iter, real_iter, opt
 def load_backbone_from_segmentation(model: DscPoseNet, path) -> int:
     """Copy the ResNet encoder of a segmentation checkpoint (``training.segmentation``) into the
     stem and stages of ``model``; returns the number of tensors copied. The ResNets must match."""
-    payload = load_checkpoint(path)
-    if payload.get("encoder") != model.config.backbone:
-        raise ConfigError(f"{path}: segmentation encoder {payload.get('encoder')!r}, "
+    checkpoint = read_checkpoint(path, "segmentation")
+    if checkpoint.network.get("encoder") != model.config.backbone:
+        raise ConfigError(f"{path}: segmentation encoder {checkpoint.network.get('encoder')!r}, "
                           f"DSC-PoseNet backbone {model.config.backbone!r}: they must be the same ResNet")
     names = {"conv1": "stem.0", "bn1": "stem.1"} | {f"layer{k + 1}": f"stages.{k}" for k in range(len(model.stages))}
     prefix = "net.encoder."
     mapped = {}
-    for key, value in payload["state_dict"].items():
+    for key, value in checkpoint.weights.items():
         if not key.startswith(prefix):
             continue
         head, _, rest = key[len(prefix):].partition(".")
@@ -406,8 +404,6 @@ def run_dsc_posenet(config, out: str | None = None, resume: str | None = None, c
     real_root = resolve_path(cfg.real.dataset) if cfg.real.dataset else bop_io.default_lmo_dir()
     backgrounds = None
     if cfg.synthetic.real_backgrounds:  # unlabeled real training frames (object boxes hidden) as backgrounds
-        from .segmentation import real_background_frames
-
         backgrounds = real_background_frames(str(real_root), cfg.real.scene_id, cfg.real.splits_file,
                                              cfg.real.train_split, [cfg.obj_id], cfg.real.max_loosening,
                                              cfg.real.box_seed)
@@ -428,11 +424,14 @@ def run_dsc_posenet(config, out: str | None = None, resume: str | None = None, c
         loaded = load_backbone_from_segmentation(trainer.model, resolve_path(cfg.init_backbone))
         print(f"backbone: {loaded} tensors from {cfg.init_backbone}", flush=True)
     if init:
-        payload = load_checkpoint(resolve_path(init))
-        trainer.model.load_state_dict(payload["model"])
+        checkpoint = read_checkpoint(resolve_path(init), METHOD)
+        if checkpoint.obj_ids != [cfg.obj_id]:
+            raise ConfigError(f"{init}: a DSC-PoseNet of object {checkpoint.obj_ids}, the config trains {cfg.obj_id}")
+        trainer.model.load_state_dict(checkpoint.weights)
         if resume:
-            start_stage, start_step, state = payload["stage"], int(payload["step"]), payload.get("optimizer")
-            history = json.loads(payload.get("history", "[]"))
+            progress = checkpoint.resume
+            start_stage, start_step, state = progress["stage"], int(progress["step"]), progress.get("optimizer")
+            history = json.loads(progress.get("history", "[]"))
     results = {"command": command, "obj_id": cfg.obj_id, "n_synthetic": len(syn), "stages": {}}
     logger = TrainLogger(out_dir / "tb", cfg.log_every, cfg.image_every)
     for stage in cfg.stages[cfg.stages.index(start_stage):]:

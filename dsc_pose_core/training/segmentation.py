@@ -61,20 +61,20 @@ from tqdm import tqdm
 
 from .. import provenance
 from ..data import bop_io
-from ..data.backgrounds import hide_boxes
 from ..data.bop_io import find_rgb, read_rgb
-from ..data.boxes import DEFAULT_MAX_LOOSENING, box_mask, loosen_box_xywh
+from ..data.boxes import box_mask, box_xyxy_edges, loosen_box_xywh
 from ..losses.segmentation import (IOU_SURROGATES, balanced_masked_segmentation_loss, iou_surrogate_loss,
                                   masked_segmentation_loss, pairwise_affinity_loss)
 from ..models import backbone
-from ..models.segmentation import (CHECKPOINT_FORMAT, DECODERS, DEFAULT_ATROUS_RATES, DEFAULT_OUTPUT_STRIDE, ENCODERS,
-                                   OUTPUT_STRIDES, RoiSegmenter, model_from_checkpoint)
+from ..models.segmentation import (DECODERS, ENCODERS, METHOD,
+                                   OUTPUT_STRIDES, RoiSegmenter, model_from_checkpoint, network_from_config)
 from ..segmentation import roi
 from ..segmentation.grabcut_refine import grabcut_refine
 from ..segmentation.pseudo_labels import DEFAULT_CONFIDENCE, IGNORE, mask_iou, pseudo_label, tta_probability
 from ..segmentation.reference import ReferenceMasks, load_mask_png
 from . import distributed
-from ..checkpoint import load_checkpoint, save_checkpoint
+from .common import (RealDataConfig, RealSplit, SyntheticDataConfig, ensure_synthetic, load_real_split,
+                     real_background_frames, resolve_path, write_checkpoint, write_png)
 from ..typed_config import ConfigError, to_dict
 from .tensorboard_log import TrainLogger, mask_overlay, tile
 
@@ -83,46 +83,6 @@ from .tensorboard_log import TrainLogger, mask_overlay, tile
 # --------------------------------------------------------------------------------------------
 # Configuration
 # --------------------------------------------------------------------------------------------
-@dataclass
-class RealDataConfig:
-    dataset: str = ""  # BOP dataset root; "" = the LM-O data (bop_io.default_lmo_dir())
-    scene_id: int = 2
-    splits_file: str = "splits.json"  # {split name: [im_id, ...]} inside the dataset
-    train_split: str = "train_real"
-    val_split: str = "val"
-    targets_file: str = "test_targets_bop19.json"  # which objects get a box; "" = every annotated one
-    max_loosening: float = DEFAULT_MAX_LOOSENING
-    box_seed: int = 0
-    max_images: int = 0  # use only the first N images of each split (0 = all): smoke runs
-    # what the real images are fine-tuned on: "pseudo" (the method: the network's own labels, eq. 1-2) or
-    # "reference_upper_bound" (the reference masks rendered from the GT poses, flagged targets ignored
-    # inside their box): an experiment "with real mask labels" that bounds the method, never a result of it
-    labels: str = "pseudo"
-
-
-@dataclass
-class SyntheticDataConfig:
-    dir: str = "out/synth_lmo_seg"  # BOP dataset of dsc-pose-synth; generated here if missing
-    split: str = "train_synt"
-    generate: bool = True
-    models: str = ""  # BOP models folder for generation; "" = <real dataset>/models
-    n_images: int = 400
-    objects_per_image: int = 6
-    distractors: int = 3
-    distance: tuple[float, float] = (0.6, 1.3)
-    elevation: tuple[float, float] = (0.0, 80.0)
-    seed: int = 0
-    rgb_ext: str = "jpg"
-    min_visib_fract: float = 0.1
-    min_px: int = 64
-    # backgrounds: "" = the generator's kinds; real_backgrounds: the real training split's RGB frames
-    # (no labels) become background photographs (kind "folder", half of the images)
-    backgrounds: str = ""
-    real_backgrounds: bool = False
-    object_jitter: float = 0.0  # per-object colour randomisation of the renders (dsc-pose-synth --object-jitter)
-    cluster_radius: float = 0.0  # > 0: objects clustered and occluding like real clutter (dsc-pose-synth --cluster-radius)
-
-
 @dataclass
 class ModelConfig:
     encoder: str = "resnet18"
@@ -266,12 +226,6 @@ class SegmentationConfig:
 # --------------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------------
-def resolve_path(path: str, base: Path | None = None) -> Path:
-    """Relative paths are relative to the repository root (or ``base``)."""
-    p = Path(os.path.expanduser(path))
-    return p if p.is_absolute() else (base or bop_io.repo_root()) / p
-
-
 @dataclass
 class RoiSample:
     """One object instance in one image: where to read it and its (loosened) box."""
@@ -319,128 +273,6 @@ def synthetic_samples(cfg: SyntheticDataConfig, obj_ids: list[int]) -> list[RoiS
     if not samples:
         raise ValueError(f"no usable synthetic samples of objects {obj_ids} in {split}")
     return samples
-
-
-def write_box_free_backgrounds(folder: Path, frames: list[tuple[Path, list]]) -> list[Path]:
-    """Each real frame with its boxes hidden as ``folder/<scene>_<name>.png`` (kept when present)."""
-    written = []
-    for path, boxes in frames:
-        target = Path(folder) / f"{Path(path).parent.parent.name}_{Path(path).stem}.png"
-        if not target.exists():
-            _write_png(target, cv2.cvtColor(hide_boxes(read_rgb(path), boxes), cv2.COLOR_RGB2BGR))
-        written.append(target)
-    return written
-
-
-def ensure_synthetic(cfg: SyntheticDataConfig, obj_ids: list[int], real_root: Path,
-                     background_images: list[tuple[Path, list]] | None = None) -> Path:
-    """Generate the synthetic dataset with dsc-pose-synth when it is missing or incomplete
-    (the generator resumes, so an existing complete dataset costs nothing). With
-    ``cfg.real_backgrounds``, ``background_images`` (unlabeled real frames, each with the loose
-    boxes of the objects being learned) are written to ``<dir>/backgrounds/`` with those boxes
-    hidden (:func:`backgrounds.hide_boxes`) and used as background photographs."""
-    root = resolve_path(cfg.dir)
-    # a dataset may hold several scenes (e.g. shards rendered in parallel, one scene id each)
-    split_dir = root / cfg.split
-    scenes = sorted(p for p in split_dir.iterdir() if p.is_dir()) if split_dir.is_dir() else []
-    have = sum(len(list((s / "rgb").glob("*"))) for s in scenes if (s / "rgb").is_dir())
-    if scenes and have >= cfg.n_images and all((s / "scene_gt_info.json").exists() for s in scenes):
-        return root
-    if not cfg.generate:
-        raise FileNotFoundError(f"synthetic dataset {root} is missing or incomplete and generate is false")
-    from ..data.synth_cli import synth_config
-    from ..data.synthetic import GenerationReport, generate_dataset
-
-    models = resolve_path(cfg.models) if cfg.models else real_root / "models"
-    kinds = cfg.backgrounds
-    background_dir = ""
-    if cfg.real_backgrounds:
-        if not background_images:
-            raise ConfigError("synthetic.real_backgrounds needs the real training images")
-        folder = root / "backgrounds"
-        folder.mkdir(parents=True, exist_ok=True)
-        if distributed.is_main():
-            write_box_free_backgrounds(folder, background_images)
-        kinds = kinds or "folder,noise,gradient,stripes,checker"
-        background_dir = str(folder)
-    settings = dict(seed=cfg.seed, objects_per_image=cfg.objects_per_image, distractors=cfg.distractors,
-                    distance=cfg.distance, elevation=cfg.elevation, rgb_ext=cfg.rgb_ext, split=cfg.split,
-                    background_dir=background_dir, object_jitter=cfg.object_jitter, cluster_radius=cfg.cluster_radius)
-    if kinds:
-        settings["backgrounds"] = kinds
-    if distributed.is_main():  # DDP: one rank renders, the others wait for the finished dataset
-        synth = synth_config(models, obj_ids, root, cfg.n_images, **settings)
-        print(f"generating synthetic data: {cfg.n_images} images of objects {list(obj_ids)} into {root}", flush=True)
-        report = GenerationReport(root)
-        generate_dataset(synth, report=report)
-        print(f"synthetic data: rendered {len(report.rendered)} images, skipped {len(report.skipped)} finished ones "
-              f"in {report.seconds:.1f} s", flush=True)
-    distributed.barrier()
-    return root
-
-
-@dataclass
-class RealSplit:
-    scene_path: Path
-    im_ids: list[int]
-    targets: dict[int, list[tuple[int, int, np.ndarray]]]  # im_id -> [(inst, obj_id, loose box)]
-    width: int
-    height: int
-
-
-def real_background_frames(dataset: str, scene_id: int, splits_file: str, split: str, obj_ids: list[int],
-                           max_loosening: float, box_seed: int) -> list[tuple[Path, list[np.ndarray]]]:
-    """The frames of a real split with the seeded loose boxes of ``obj_ids`` (what
-    :func:`ensure_synthetic` hides before using them as backgrounds)."""
-    real = load_real_split(RealDataConfig(dataset=dataset, scene_id=scene_id, splits_file=splits_file,
-                                          train_split=split, targets_file="", max_loosening=max_loosening,
-                                          box_seed=box_seed), split, obj_ids)
-    return [(find_rgb(real.scene_path, i), [box for _, _, box in real.targets[i]]) for i in real.im_ids]
-
-
-def load_real_split(cfg: RealDataConfig, split: str, obj_ids: list[int], required: bool = True) -> RealSplit:
-    """Images of ``split`` and, per image, the target objects with their seeded loosened boxes.
-
-    Only the 2D boxes are read (``scene_boxes.json``, or ``bbox_visib`` of scene_gt_info with the
-    obj_id order of scene_gt: :mod:`dsc_pose_core.data.scene_boxes`); never the poses. A split that is
-    not there (``required`` False: the validation split) gives an empty split."""
-    from ..data.scene_boxes import load_scene_boxes, split_image_ids
-
-    root = resolve_path(cfg.dataset) if cfg.dataset else bop_io.default_lmo_dir()
-    scene_path = bop_io.scene_dir(root, cfg.scene_id)
-    try:
-        im_ids = split_image_ids(root, cfg.splits_file, split, scene_path, required)
-    except (ValueError, FileNotFoundError) as exc:
-        raise ConfigError(str(exc)) from None
-    if not im_ids:
-        if required:
-            raise ConfigError(f"split {split!r} of {root / cfg.splits_file} has no images")
-        return RealSplit(scene_path, [], {}, 0, 0)
-    if cfg.max_images:
-        im_ids = im_ids[: cfg.max_images]
-    boxes = load_scene_boxes(scene_path)
-    wanted: dict[int, set[int]] | None = None
-    if cfg.targets_file:
-        wanted = {}
-        for target in bop_io.load_targets(root / cfg.targets_file):
-            if target.scene_id == cfg.scene_id:
-                wanted.setdefault(target.im_id, set()).add(target.obj_id)
-    first = read_rgb(find_rgb(scene_path, im_ids[0]))
-    height, width = first.shape[:2]
-    targets = {}
-    for im_id in im_ids:
-        # one generator per (seed, image): the same box whatever else is loaded
-        rng = np.random.default_rng([cfg.box_seed, cfg.scene_id, im_id])
-        entries = []
-        for inst, box in enumerate(boxes.get(im_id, [])):
-            loose = loosen_box_xywh(box.bbox_visib, rng, width, height, cfg.max_loosening)
-            if box.obj_id not in obj_ids or box.bbox_visib[2] <= 0 or box.bbox_visib[3] <= 0:
-                continue
-            if wanted is not None and box.obj_id not in wanted.get(im_id, ()):
-                continue
-            entries.append((inst, box.obj_id, loose))
-        targets[im_id] = entries
-    return RealSplit(scene_path, im_ids, targets, width, height)
 
 
 # --------------------------------------------------------------------------------------------
@@ -503,7 +335,7 @@ class RoiBatcher:
         in_box = None
         if with_box:
             height, width = image.shape[:2]
-            in_box = roi.crop(box_mask(sample.box, width, height).astype(np.uint8), window, size, nearest=True) > 0
+            in_box = roi.crop(box_mask(box_xyxy_edges(sample.box), width, height).astype(np.uint8), window, size, nearest=True) > 0
         return crop, label, in_box
 
     def batch(self, batch_size: int, real_fraction: float, with_affinity: bool = False):
@@ -660,14 +492,6 @@ def predict_rois(model: RoiSegmenter, image: np.ndarray, entries, cfg: Segmentat
     return out
 
 
-def _write_png(path: Path, image: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    if not cv2.imwrite(str(tmp), image):
-        raise OSError(f"cannot write {path}")
-    os.replace(tmp, path)
-
-
 def summarise(ious: list[dict]) -> dict:
     """Mean IoU over unflagged targets, per object, and the flagged count (means None without IoU:
     no ground truth to measure against)."""
@@ -712,7 +536,7 @@ def pseudo_label_split(model, split: RealSplit, cfg: SegmentationConfig, channel
         for (inst, obj_id, box), (prob, window) in zip(entries, predictions):
             prob_t = torch.from_numpy(prob)
             inside = roi.window_mask(window, split.width, split.height)
-            in_box = box_mask(box, split.width, split.height)
+            in_box = box_mask(box_xyxy_edges(box), split.width, split.height)
             region = in_box if cfg.pseudo.box_clip else inside  # "without 2D boxes": only the ROI window
             labels = pseudo_label(prob_t, torch.from_numpy(region), cfg.pseudo.confidence).numpy()
             foreground = network_foreground = (prob >= 0.5) & region
@@ -738,8 +562,8 @@ def pseudo_label_split(model, split: RealSplit, cfg: SegmentationConfig, channel
             boxes_json[str(im_id)].append({"inst": inst, "obj_id": obj_id, "bbox_loose": [int(v) for v in box]})
             if scene_out is not None and cfg.pseudo.write_png:
                 name = f"{im_id:06d}_{inst:06d}.png"
-                _write_png(scene_out / "mask_visib" / name, np.where(labels == 1, 255, 0).astype(np.uint8))
-                _write_png(scene_out / "mask_ignore" / name, np.where(labels == IGNORE, 255, 0).astype(np.uint8))
+                write_png(scene_out / "mask_visib" / name, np.where(labels == 1, 255, 0).astype(np.uint8))
+                write_png(scene_out / "mask_ignore" / name, np.where(labels == IGNORE, 255, 0).astype(np.uint8))
     if scene_out is not None:
         scene_out.mkdir(parents=True, exist_ok=True)
         bop_io.atomic_write_text(scene_out / "pseudo_boxes.json", json.dumps(boxes_json, indent=1))
@@ -792,7 +616,7 @@ def scored_masks(model, split: RealSplit, cfg: SegmentationConfig, channel, devi
         for (inst, obj_id, box), (prob, window) in zip(entries, predictions):
             foreground = prob >= 0.5
             refined = refined_mask(image, prob, box, cfg) if cfg.eval.refine != "none" else None
-            yield (im_id, inst, obj_id, refs.get(im_id, inst), foreground & box_mask(box, split.width, split.height),
+            yield (im_id, inst, obj_id, refs.get(im_id, inst), foreground & box_mask(box_xyxy_edges(box), split.width, split.height),
                    foreground & roi.window_mask(window, split.width, split.height), refined)
 
 
@@ -817,17 +641,13 @@ def evaluate_split(model, split: RealSplit, cfg: SegmentationConfig, channel, de
 # --------------------------------------------------------------------------------------------
 # Checkpoints
 # --------------------------------------------------------------------------------------------
-def checkpoint_payload(model: RoiSegmenter, cfg_dict: dict, obj_ids: list[int], iteration: int,
-                       names: dict[int, str]) -> dict:
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "config": cfg_dict,
-        "obj_ids": list(obj_ids),
-        "object_names": [names.get(o, str(o)) for o in obj_ids],
-        "encoder": model.encoder_name,
-        "iteration": int(iteration),
-    }
+def save_segmentation(path, model: RoiSegmenter, cfg_dict: dict, obj_ids: list[int], iteration: int,
+                      names: dict[int, str]):
+    """A segmentation checkpoint (``checkpoint`` schema): the network is the config's
+    ``segmentation.model``; ``resume["iteration"]`` the loop's iteration (0: stage 0)."""
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return write_checkpoint(path, METHOD, cfg_dict["segmentation"]["model"], obj_ids, weights,
+                            train_config=cfg_dict, object_names=names, resume={"iteration": int(iteration)})
 
 
 # --------------------------------------------------------------------------------------------
@@ -904,10 +724,7 @@ def run_segmentation(config, out: str | os.PathLike | None = None, resume: str |
         print(f"no validation split {cfg.real.val_split!r}: val IoU not measured", flush=True)
     results_no_iou = no_iou_reason or (None if val_split.im_ids else f"no validation split {cfg.real.val_split!r}")
 
-    model = RoiSegmenter(len(obj_ids), cfg.model.encoder, cfg.model.decoder_channels, cfg.model.output_stride,
-                         cfg.model.atrous_rates, pretrained=cfg.model.pretrained,
-                         frozen_stages=cfg.model.frozen_stages, frozen_bn=cfg.model.frozen_bn,
-                         decoder=cfg.model.decoder).to(device)
+    model = network_from_config(cfg_dict["segmentation"]["model"], len(obj_ids), cfg.model.pretrained).to(device)
     results_path = out_dir / "results.json"
     results = {"stage": "segmentation", "command": command, "config": cfg_dict, "obj_ids": obj_ids,
                "train_real_iou_per_iter": [], "train_real_iou_no_box_clip_per_iter": [], "iterations": [],
@@ -917,27 +734,28 @@ def run_segmentation(config, out: str | os.PathLike | None = None, resume: str |
     first_iteration = 1
     ckpt_dir = out_dir / "checkpoints"
     if resume:
-        loaded, payload = model_from_checkpoint(resume, device)
-        if payload["obj_ids"] != obj_ids:
-            raise ConfigError(f"{resume}: trained for objects {payload['obj_ids']}, config has {obj_ids}")
+        loaded, checkpoint = model_from_checkpoint(resume, device)
+        if checkpoint.obj_ids != obj_ids:
+            raise ConfigError(f"{resume}: trained for objects {checkpoint.obj_ids}, config has {obj_ids}")
         _check_same_network(loaded, cfg, resume)
         model = loaded
-        first_iteration = payload["iteration"] + 1
+        done = int(checkpoint.resume.get("iteration", 0))
+        first_iteration = done + 1
         if results_path.exists():
             previous = json.loads(results_path.read_text())
             for key in ("train_real_iou_per_iter", "train_real_iou_no_box_clip_per_iter", "iterations"):
-                results[key] = previous.get(key, [])[: payload["iteration"]]
+                results[key] = previous.get(key, [])[:done]
             # one val per finished round, the last round's being the final val (appended after the loop)
             results["val_iou_per_iter"] = previous.get("val_iou_per_iter", [])[
-                : min(payload["iteration"], cfg.iterations - 1)]
+                : min(done, cfg.iterations - 1)]
             for key in ("ablation_without_real_images",):
                 if key in previous:
                     results[key] = previous[key]
-        print(f"resumed from {resume} (iteration {payload['iteration']})", flush=True)
+        print(f"resumed from {resume} (iteration {done})", flush=True)
     elif cfg.init_checkpoint:
-        loaded, payload = model_from_checkpoint(resolve_path(cfg.init_checkpoint), device)
-        if payload["obj_ids"] != obj_ids:
-            raise ConfigError(f"init_checkpoint trained for objects {payload['obj_ids']}, config has {obj_ids}")
+        loaded, checkpoint = model_from_checkpoint(resolve_path(cfg.init_checkpoint), device)
+        if checkpoint.obj_ids != obj_ids:
+            raise ConfigError(f"init_checkpoint trained for objects {checkpoint.obj_ids}, config has {obj_ids}")
         _check_same_network(loaded, cfg, cfg.init_checkpoint)
         model = loaded
 
@@ -947,9 +765,8 @@ def run_segmentation(config, out: str | os.PathLike | None = None, resume: str |
         distributed.sync_buffers(model)  # every rank keeps the model rank 0 saves
         if not distributed.is_main():
             return
-        payload = checkpoint_payload(model, cfg_dict, obj_ids, iteration, names)
-        save_checkpoint(ckpt_dir / f"seg_iter{iteration}.pt", payload)
-        save_checkpoint(ckpt_dir / "seg_last.pt", payload)
+        save_segmentation(ckpt_dir / f"seg_iter{iteration}.pt", model, cfg_dict, obj_ids, iteration, names)
+        save_segmentation(ckpt_dir / "seg_last.pt", model, cfg_dict, obj_ids, iteration, names)
 
     def write_results():
         results["timings"]["total_s"] = round(time.time() - t_start, 1)

@@ -41,10 +41,10 @@ from ..data import bop_io
 from ..data.roi_crops import CropAugmentConfig, augment_crops, ensure_synthetic_crops, load_crops, make_lmo_crops
 from ..geometry.camera import crop_intrinsics
 from ..losses import self6d as L
-from ..models.self6d import CHECKPOINT_FORMAT, Self6dModelConfig, Self6dNet, decode_pose, model_from_checkpoint
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..models.self6d import METHOD, Self6dModelConfig, Self6dNet, decode_pose, model_from_checkpoint
+from ..checkpoint import read_checkpoint
 from ..typed_config import ConfigError, to_dict
-from .segmentation import resolve_path
+from .common import resolve_path, write_checkpoint
 
 STAGE_NAMES = ("synthetic", "self")
 UNLABELED = ("target", "lmo")
@@ -303,12 +303,10 @@ def _lr(opt: Self6dOptimConfig, step: int) -> float:
 
 
 def save(path: Path, trainer: Self6dTrainer, optimiser, stage: str, step: int, cfg: Self6dConfig, history: list) -> None:
-    save_checkpoint(path, {
-        "format": CHECKPOINT_FORMAT, "model": trainer.model.state_dict(),
-        "optimizer": optimiser.state_dict() if optimiser is not None else {}, "stage": stage, "step": int(step),
-        "config": to_dict(cfg), "model_config": to_dict(cfg.model), "obj_id": int(cfg.obj_id),
-        "diameter": float(trainer.obj.diameter), "history": json.dumps(history[-2000:]),
-    })
+    write_checkpoint(path, METHOD, to_dict(cfg.model), [cfg.obj_id], trainer.model.state_dict(),
+                     inference={"diameter": float(trainer.obj.diameter)}, train_config=to_dict(cfg),
+                     resume={"stage": stage, "step": int(step), "history": json.dumps(history[-2000:]),
+                             "optimizer": optimiser.state_dict() if optimiser is not None else {}})
 
 
 def sample_picture(sample) -> np.ndarray:
@@ -417,16 +415,16 @@ def run_self6d(config, out: str | None = None, resume: str | None = None, comman
     trainer = Self6dTrainer(cfg, obj, config.device)
     start_stage, start_step, optimiser_state, history = 0, 0, None, []
     if resume:
-        payload = load_checkpoint(resume)
-        if payload.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{resume}: not a Self6D checkpoint")
-        trainer.model.load_state_dict(payload["model"])
-        start_stage = cfg.stages.index(payload["stage"])
-        start_step = int(payload["step"])
-        optimiser_state = payload.get("optimizer") or None
-        history = json.loads(payload.get("history", "[]"))
+        checkpoint = read_checkpoint(resume, METHOD)
+        trainer.model.load_state_dict(checkpoint.weights)
+        progress = checkpoint.resume
+        start_stage = cfg.stages.index(progress["stage"])
+        start_step = int(progress["step"])
+        optimiser_state = progress.get("optimizer") or None
+        history = json.loads(progress.get("history", "[]"))
     elif cfg.init_checkpoint:
-        model, obj_id, _ = model_from_checkpoint(resolve_path(cfg.init_checkpoint))
+        model, checkpoint = model_from_checkpoint(resolve_path(cfg.init_checkpoint))
+        obj_id = checkpoint.obj_ids[0]
         if obj_id != cfg.obj_id:
             raise ValueError(f"{cfg.init_checkpoint}: trained for object {obj_id}, not {cfg.obj_id}")
         trainer.model.load_state_dict(model.state_dict())

@@ -107,17 +107,17 @@ def test_segmenter_starts_from_the_wheel_and_freezes_what_it_is_told():
 
 
 def test_segmentation_checkpoint_records_the_trunk_and_loads_without_the_wheel(tmp_path, monkeypatch):
-    from dsc_pose_core.checkpoint import save_checkpoint
-    from dsc_pose_core.training.segmentation import checkpoint_payload, model_from_checkpoint
+    from dsc_pose_core.models.segmentation import model_from_checkpoint
+    from dsc_pose_core.training.segmentation import save_segmentation
 
     torch.manual_seed(0)
     model = RoiSegmenter(2, "efficientnet_lite0", decoder_channels=16, output_stride=16, frozen_stages=1).eval()
     cfg = {"segmentation": {"model": {"encoder": "efficientnet_lite0", "decoder_channels": 16, "output_stride": 16,
                                       "atrous_rates": [12, 24, 36], "frozen_stages": 1}}}
-    path = save_checkpoint(tmp_path / "seg.pt", checkpoint_payload(model, cfg, [1, 2], 0, {}))
+    path = save_segmentation(tmp_path / "seg.pt", model, cfg, [1, 2], 0, {})
     monkeypatch.setattr(backbone, "weight_file", lambda trunk: (_ for _ in ()).throw(AssertionError("read wheel")))
-    loaded, payload = model_from_checkpoint(path)
-    assert payload["encoder"] == "efficientnet_lite0"
+    loaded, checkpoint = model_from_checkpoint(path)
+    assert checkpoint.network["encoder"] == "efficientnet_lite0"
     x = torch.rand(1, 3, 48, 48) * 255
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(loaded.normalise(x)), model(model.normalise(x)))

@@ -71,7 +71,7 @@ def test_hide_boxes_fills_only_the_boxes_from_their_surroundings():
 
 
 def test_real_background_frames_are_written_with_the_boxes_hidden(tmp_path):
-    from dsc_pose_core.training.segmentation import write_box_free_backgrounds
+    from dsc_pose_core.training.common import write_box_free_backgrounds
 
     scene_rgb = tmp_path / "test" / "000002" / "rgb"
     scene_rgb.mkdir(parents=True)

@@ -9,6 +9,8 @@ import json
 import pytest
 import torch
 
+from dsc_pose_core.checkpoint import read_checkpoint
+
 CHECKED_OBJ = 10  # eggbox: the object whose ADD-S the refiner raises most, so the check is not 0 == 0
 
 
@@ -20,12 +22,12 @@ def _result(repo_root) -> dict:
 
 def test_committed_deepim_checkpoint_is_compact_and_reads_the_detection_box(repo_root):
     path = repo_root / "checkpoints" / "deepim.pt"
-    payload = torch.load(path, weights_only=True)  # no pickled code
-    weights = [v for v in payload["state_dict"].values() if v.is_floating_point()]
+    checkpoint = read_checkpoint(path, "deepim")  # weights-only: no pickled code
+    weights = [v for v in checkpoint.weights.values() if v.is_floating_point()]
     assert weights and all(v.dtype == torch.float16 for v in weights)
-    assert "optimizer" not in payload and payload["compact"]
-    assert payload["observed_box"] == "detection" and payload["translation_units"] == "zoom"
-    assert sorted(payload["obj_ids"]) == [1, 5, 6, 8, 9, 10, 11, 12]
+    assert not checkpoint.resume and checkpoint.compact
+    assert checkpoint.inference["observed_box"] == "detection" and checkpoint.inference["translation_units"] == "zoom"
+    assert sorted(checkpoint.obj_ids) == [1, 5, 6, 8, 9, 10, 11, 12]
     assert sum(p.stat().st_size for p in (repo_root / "checkpoints").rglob("*") if p.is_file()) < 100e6
 
 

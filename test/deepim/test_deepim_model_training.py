@@ -9,11 +9,10 @@ from dsc_pose_core.deepim.refiner import DeepImRefiner
 from dsc_pose_core.deepim.zoom import ZoomConfig
 from dsc_pose_core.geometry.untangled import relative_untangled
 from dsc_pose_core.models.deepim import DeepImNet
-from dsc_pose_core.checkpoint import load_checkpoint, save_checkpoint
+from dsc_pose_core.checkpoint import read_checkpoint
 from dsc_pose_core.typed_config import ConfigError
 from dsc_pose_core.training.deepim import (DeepImConfig, DeepImDataConfig, DeepImLossConfig, DeepImModelConfig,
                                            DeepImOptimConfig, DeepImTrainer)
-from dsc_pose_core.deepim.zoom import ZoomConfig
 from dsc_pose_core.models.deepim import model_from_checkpoint
 
 
@@ -49,9 +48,9 @@ def test_batch_norm_variant_starts_at_identity_and_round_trips(box_mesh, tmp_pat
         out = net.train()(x)
         torch.testing.assert_close(out["rot"], torch.eye(3).expand(4, 3, 3), atol=1e-6, rtol=0)
         assert not torch.equal(net.conv1[1].running_mean, torch.zeros_like(net.conv1[1].running_mean))
-        path = save_checkpoint(tmp_path / "bn.pt", trainer.payload({"stage": "deepim"}))
-        model, payload = model_from_checkpoint(path)
-        assert payload["model"]["batch_norm"] is True and not model.training
+        path = trainer.save(tmp_path / "bn.pt", {"stage": "deepim"})
+        model, checkpoint = model_from_checkpoint(path)
+        assert checkpoint.network["batch_norm"] is True and not model.training
         net.eval()
         torch.testing.assert_close(model(x)["trans"], net(x)["trans"])
         torch.testing.assert_close(model.conv4[1].running_var, net.conv4[1].running_var)
@@ -123,16 +122,15 @@ def test_short_training_lowers_point_matching_loss(small_K, box_mesh, tmp_path):
         assert set(before) == {"pose", "flow", "mask", "total"}
         assert after["pose"] < 0.7 * before["pose"], (before, after)
         # checkpoint round trip (atomic save, weights-only load)
-        path = save_checkpoint(tmp_path / "deepim.pt", trainer.payload({"stage": "deepim"}))
-        payload = load_checkpoint(path)
-        model, _ = model_from_checkpoint(path)
+        path = trainer.save(tmp_path / "deepim.pt", {"stage": "deepim"})
+        model, checkpoint = model_from_checkpoint(path)
         x = torch.randn(2, 8, 48, 64)
         trainer.model.eval()
         torch.testing.assert_close(model(x)["rot"], trainer.model(x)["rot"])
         torch.testing.assert_close(model(x)["trans"], trainer.model(x)["trans"])
-        assert payload["obj_ids"] == [1] and payload["step"] == 80
+        assert checkpoint.obj_ids == [1] and checkpoint.resume["step"] == 80
         other = DeepImTrainer(_tiny_config(small_K), {1: box_mesh}, seed=1)
-        other.load_payload(payload)
+        other.resume_from(checkpoint)
         assert other.step == 80
         other.close()
     finally:
@@ -194,18 +192,19 @@ def test_time_limited_training_stops_on_the_clock_and_drops_lr_by_time(small_K, 
                              "time_limit_s": limit},
                    "checkpoint_every": 100000, "log_every": 1, "image_every": 0}})
     results = run_deepim(config)
-    payload = load_checkpoint(tmp_path / "run" / "checkpoints" / "deepim_last.pt")
-    assert 2 <= payload["step"] < 100000
-    assert limit <= payload["train_seconds"] < limit + 2.0
+    checkpoint = read_checkpoint(tmp_path / "run" / "checkpoints" / "deepim_last.pt", "deepim")
+    progress = checkpoint.resume
+    assert 2 <= progress["step"] < 100000
+    assert limit <= progress["train_seconds"] < limit + 2.0
     lrs = [row["lr"] for row in results["log"]]
-    assert len(lrs) == payload["step"]
+    assert len(lrs) == progress["step"]
     assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-4)
     assert lrs == sorted(lrs, reverse=True)  # one drop, never back up
 
     trainer = DeepImTrainer(config.deepim, {1: box_mesh}, seed=0)
     try:
-        trainer.load_payload(payload)
-        assert trainer.train_seconds == payload["train_seconds"]
+        trainer.resume_from(checkpoint)
+        assert trainer.train_seconds == progress["train_seconds"]
         assert trainer.lr_at(trainer.step) == pytest.approx(1e-4)  # past half of the time
         trainer.train_seconds = 0.4 * limit
         assert trainer.lr_at(trainer.step) == pytest.approx(1e-3)
@@ -234,10 +233,10 @@ def test_decimated_zoom_renders_are_recorded_and_match_the_full_mesh(small_K, bo
         items = trainer.draw_items(2)
         batch, *_ = trainer.make_inputs(items, *trainer.initial_poses(items))
         assert batch.shape == (2, 8, 48, 64) and (batch[:, 7] > 0).any()
-        path = save_checkpoint(tmp_path / "deepim.pt", trainer.payload({"stage": "deepim"}))
+        path = trainer.save(tmp_path / "deepim.pt", {"stage": "deepim"})
     finally:
         trainer.close()
-    assert load_checkpoint(path)["zoom"]["render_faces"] == 48
+    assert read_checkpoint(path, "deepim").inference["zoom"]["render_faces"] == 48
     from dsc_pose_core.objects.registry import ObjectRegistry
 
     registry = ObjectRegistry.from_yaml(repo_root / "config/objects.yaml")
@@ -273,7 +272,8 @@ def test_detection_box_in_the_observed_mask_channel(small_K, box_mesh, renderer,
     networks of the paper's setting keep the rendered mask's box and ignore given boxes."""
     from dsc_pose_core.data.boxes import box_xyxy_edges, mask_box_xywh
     from dsc_pose_core.data.boxes import projected_box
-    from dsc_pose_core.deepim.zoom import box_in_crop, box_mask
+    from dsc_pose_core.data.boxes import box_mask
+    from dsc_pose_core.deepim.zoom import box_in_crop
     from dsc_pose_core.objects.registry import ObjectRegistry
     from dsc_pose_core.pipeline import Detection, PipelineConfig, PoseEstimator
 
@@ -292,10 +292,10 @@ def test_detection_box_in_the_observed_mask_channel(small_K, box_mesh, renderer,
             grown += [g for g, b in zip(growth, at_border) if not b]
         assert np.mean(grown) > 1.0  # loosened, not the tight box
         batch, *_ = trainer.make_inputs(items[:1], *trainer.initial_poses(items[:1]))
-        path = save_checkpoint(tmp_path / "deepim.pt", trainer.payload({"stage": "deepim"}))
+        path = trainer.save(tmp_path / "deepim.pt", {"stage": "deepim"})
     finally:
         trainer.close()
-    assert load_checkpoint(path)["observed_box"] == "detection"
+    assert read_checkpoint(path, "deepim").inference["observed_box"] == "detection"
     with pytest.raises(ConfigError):
         config.data.observed_box = "mask"
         config.validate()

@@ -8,6 +8,8 @@ import json
 import pytest
 import torch
 
+from dsc_pose_core.checkpoint import read_checkpoint
+
 LMO_OBJECTS = (1, 5, 6, 8, 9, 10, 11, 12)
 CHECKED_OBJ = 10  # eggbox: the Self model with the highest ADD-S, so the check is not 0 == 0
 
@@ -24,10 +26,10 @@ def test_committed_checkpoints_are_compact_float16_and_complete(repo_root):
     assert all(p.is_file() for p in paths), [p.name for p in paths if not p.is_file()]
     assert sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) < 100e6
     for obj_id, path in zip(LMO_OBJECTS, paths):
-        payload = torch.load(path, weights_only=True)  # no pickled code
-        weights = [v for v in payload["model"].values() if v.is_floating_point()]
+        checkpoint = read_checkpoint(path, "dsc_posenet")  # weights-only: no pickled code
+        weights = [v for v in checkpoint.weights.values() if v.is_floating_point()]
         assert weights and all(v.dtype == torch.float16 for v in weights), path.name
-        assert int(payload["obj_id"]) == obj_id
+        assert checkpoint.obj_ids == [obj_id] and checkpoint.compact and not checkpoint.resume
     # the recorded Self row scores exactly these files
     row = _self_row(repo_root)
     assert row["checkpoints"] == "checkpoints/dsc_posenet" and row["scales"] == "both"

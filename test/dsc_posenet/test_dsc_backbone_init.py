@@ -8,10 +8,9 @@ import torch
 from dsc_testlib import tiny_model_config
 from dsc_pose_core.models.dsc_posenet import DscPoseNet
 from dsc_pose_core.models.segmentation import RoiSegmenter
-from dsc_pose_core.checkpoint import save_checkpoint
 from dsc_pose_core.typed_config import ConfigError
 from dsc_pose_core.training.dsc_posenet import load_backbone_from_segmentation
-from dsc_pose_core.training.segmentation import checkpoint_payload
+from dsc_pose_core.training.segmentation import save_segmentation
 
 
 def _segmentation_checkpoint(tmp_path, encoder="resnet18"):
@@ -19,7 +18,8 @@ def _segmentation_checkpoint(tmp_path, encoder="resnet18"):
     seg = RoiSegmenter(2, encoder, decoder_channels=16)
     with torch.no_grad():  # running statistics that differ from a fresh network's
         seg.net.encoder.bn1.running_mean.uniform_(-1, 1)
-    return seg, save_checkpoint(tmp_path / "seg.pt", checkpoint_payload(seg, {}, [1, 2], 0, {}))
+    config = {"segmentation": {"model": {"encoder": encoder, "decoder_channels": 16}}}
+    return seg, save_segmentation(tmp_path / "seg.pt", seg, config, [1, 2], 0, {})
 
 
 def test_encoder_weights_and_statistics_reach_both_views(tmp_path):

@@ -185,7 +185,6 @@ def test_run_stages_checkpoint_round_trip_and_estimator(tiny_dsc_data, tmp_path)
     import yaml
 
     from dsc_pose_core.geometry import solve_pnp
-    from dsc_pose_core.checkpoint import load_checkpoint
     from dsc_pose_core.typed_config import from_dict, to_dict
 
     mc = to_dict(tiny_model_config())
@@ -207,13 +206,13 @@ def test_run_stages_checkpoint_round_trip_and_estimator(tiny_dsc_data, tmp_path)
     assert set(results["stages"]) == {"lb", "self"} and results["n_real"] > 0
     path = tmp_path / "run" / "checkpoints" / "dsc_last.pt"
     payload = torch.load(path, weights_only=True)
-    assert payload["format"] == M.CHECKPOINT_FORMAT and payload["stage"] == "self"
-    assert load_checkpoint(path)["obj_id"] == 1
-    model, kp3d, obj_id = M.model_from_checkpoint(path)
-    assert kp3d.shape == (9, 3) and obj_id == 1
+    assert payload["method"] == M.METHOD and payload["resume"]["stage"] == "self"
+    model, checkpoint = M.model_from_checkpoint(path)
+    kp3d = checkpoint.inference["keypoints_3d"].numpy()
+    assert kp3d.shape == (9, 3) and checkpoint.obj_ids == [1]
     model.eval()
     x = torch.randn(1, 3, 64, 64)
-    reloaded, _, _ = M.model_from_checkpoint(path)
+    reloaded, _ = M.model_from_checkpoint(path)
     assert torch.equal(model(x)["keypoints"], reloaded.eval()(x)["keypoints"])
 
     from dsc_pose_core.data.dsc_views import read_rgb

@@ -34,13 +34,17 @@ def test_truncated_checkpoint_is_one_clear_error(registry, tmp_path):
 
 def test_checkpoint_of_another_method_or_format_version(registry, repo_root, tmp_path):
     dsc = repo_root / "checkpoints" / "demo" / "dsc_posenet" / "obj_000001.pt"
-    with pytest.raises(PipelineConfigError, match="not a DeepIM checkpoint \\('dsc_pose.dsc_posenet/1'\\)"):
+    with pytest.raises(PipelineConfigError, match="a dsc_posenet checkpoint, not a deepim one"):
         _deepim(registry, dsc)
     payload = load_checkpoint(tiny_deepim_checkpoint(tmp_path / "deepim.pt"))
-    payload["format"] = "dsc_pose.deepim.v2"  # a future schema version
-    newer = save_checkpoint(tmp_path / "deepim_v2.pt", payload)
-    with pytest.raises(PipelineConfigError, match="not a DeepIM checkpoint \\('dsc_pose.deepim.v2'\\)"):
+    payload["version"] = 3  # a future schema version
+    newer = save_checkpoint(tmp_path / "deepim_v3.pt", payload)
+    with pytest.raises(PipelineConfigError, match="checkpoint version 3; this dsc_pose reads version 2"):
         _deepim(registry, newer)
+    payload["format"], payload["version"] = "dsc_pose.deepim.v1", None  # the schema before this one
+    older = save_checkpoint(tmp_path / "deepim_v1.pt", payload)
+    with pytest.raises(PipelineConfigError, match="python -m dsc_pose_core.checkpoint upgrade"):
+        _deepim(registry, older)
 
 
 class _Payload:

@@ -40,14 +40,44 @@ def test_node_and_pipeline_import_no_training_module(repo_root, lmo_root):
 
 
 def test_every_registered_initialiser_is_one_the_node_offers():
-    from dsc_pose_core.align import HYPOTHESES
-    from dsc_pose_core.pipeline import ALIGN_ORDERS, INITIALISERS
-    from dsc_pose_ros import params
+    from dsc_pose_core import defaults
+    from dsc_pose_core.align import align, hypothesis_rotations
+    from dsc_pose_core.pipeline import INITIALISERS, refiner_order
 
-    assert set(INITIALISERS) == set(params.INITIALISERS)
-    assert ALIGN_ORDERS == params.ALIGN_ORDERS and HYPOTHESES == params.HYPOTHESES
+    assert set(INITIALISERS) == set(defaults.INITIALISERS)
     for cls in INITIALISERS.values():
         assert callable(getattr(cls, "from_config")) and callable(getattr(cls, "initial_pose"))
+    for order in defaults.ALIGN_ORDERS:  # every order the node offers is one the pipeline runs
+        assert ("align" in refiner_order(order, 1)) == (order != "off")
+    for kind in defaults.HYPOTHESES:
+        assert len(hypothesis_rotations(kind)) >= 1
+    assert callable(align)
+
+
+def test_one_default_per_setting_for_the_library_the_cli_and_the_node():
+    """PipelineConfig, dsc-pose-predict and the node's parameters take their defaults from
+    dsc_pose_core.defaults, which imports nothing (the launch file reads it)."""
+    import subprocess
+    import sys
+
+    from dsc_pose_core import defaults
+    from dsc_pose_core.align import AlignConfig
+    from dsc_pose_core.pipeline import PipelineConfig
+    from dsc_pose_core.predict_cli import build_parser
+    from dsc_pose_ros import params
+
+    config, args = PipelineConfig(), build_parser().parse_args(["--dataset", "d", "--scene", "1", "--out", "o"])
+    assert (config.init, config.refine_iterations, AlignConfig().hypotheses) == \
+        (args.init, args.refine, args.align_hypotheses) == (defaults.INIT, defaults.REFINE_ITERATIONS,
+                                                            defaults.ALIGN_HYPOTHESES)
+    node = {p.name: p.default for p in params.PARAMETERS}
+    assert (node["init"], node["refine_iterations"], node["align"], node["align_hypotheses"]) == \
+        (defaults.INIT, defaults.REFINE_ITERATIONS, defaults.ALIGN, defaults.ALIGN_HYPOTHESES) == \
+        (args.init, args.refine, args.align, args.align_hypotheses)
+    loaded = subprocess.run([sys.executable, "-c", "import sys, dsc_pose_ros.params; "
+                             "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"],
+                            capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"
 
 
 def test_every_predict_flag_is_a_field_of_the_typed_job():

@@ -34,15 +34,12 @@ def tiny_deepim_checkpoint(path: Path, obj_ids=(1, 2)) -> Path:
     import torch
 
     from dsc_pose_core.models.deepim import DeepImNet
-    from dsc_pose_core.checkpoint import save_checkpoint
-    from dsc_pose_core.models.deepim import CHECKPOINT_FORMAT
+    from dsc_pose_core.checkpoint import Checkpoint, save_checkpoint
 
     torch.manual_seed(0)
     net = DeepImNet(width=0.125, fc_dim=16, pool=(3, 4), aux_heads=False)
-    save_checkpoint(path, {
-        "format": CHECKPOINT_FORMAT, "state_dict": net.state_dict(), "model": net.config_dict(),
-        "zoom": {"width": 64, "height": 48, "expand": 1.4}, "config": {}, "obj_ids": list(obj_ids),
-        "object_names": [str(o) for o in obj_ids], "step": 0})
+    save_checkpoint(path, Checkpoint("deepim", net.config_dict(), list(obj_ids), net.state_dict(),
+                                     {"zoom": {"width": 64, "height": 48, "expand": 1.4}}, resume={"step": 0}))
     return path
 
 
@@ -208,16 +205,14 @@ def tiny_dsc_checkpoint(path: Path, obj_id: int, keypoints_3d: np.ndarray) -> Pa
     import torch
 
     from dsc_pose_core.models.dsc_posenet import DscModelConfig, DscPoseNet
-    from dsc_pose_core.checkpoint import save_checkpoint
+    from dsc_pose_core.checkpoint import Checkpoint, save_checkpoint
     from dsc_pose_core.typed_config import to_dict
-    from dsc_pose_core.models.dsc_posenet import CHECKPOINT_FORMAT
 
     torch.manual_seed(0)
     cfg = DscModelConfig(decoder_channels=16, unnorm_size=64, window_px=100.0, norm_size=32)
     net = DscPoseNet(cfg)
-    save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "model": net.state_dict(), "model_config": to_dict(cfg),
-                           "obj_id": int(obj_id), "keypoints_3d": torch.as_tensor(keypoints_3d, dtype=torch.float32),
-                           "stage": "lb", "step": 0, "config": {}, "optimizer": {}, "history": "[]"})
+    save_checkpoint(path, Checkpoint("dsc_posenet", to_dict(cfg), [int(obj_id)], net.state_dict(),
+                                     {"keypoints_3d": torch.as_tensor(keypoints_3d, dtype=torch.float32)}))
     return path
 
 

@@ -129,7 +129,7 @@ def test_parameter_table_matches_config_pose_yaml_and_rejects_bad_values(repo_ro
 
     shipped = yaml.safe_load((repo_root / "config" / "pose.yaml").read_text())["dsc_pose"]["ros__parameters"]
     assert shipped == {p.name: p.default for p in PARAMETERS}
-    assert validate(dict(shipped))["init"] == "box"
+    assert validate(dict(shipped))["init"] == "dsc"
     assert validate({"sync_tolerance_s": 1})["sync_tolerance_s"] == 1.0  # ints accepted for floats
     for bad in ({"init": "magic"}, {"device": "tpu"}, {"device": "cuda:x"}, {"refine_iterations": -1},
                 {"qos_depth": 0}, {"obj_ids": "1,x"}, {"object_frame_pattern": "fixed"}, {"publish_tf": "yes"},

@@ -63,7 +63,7 @@ def test_shipped_demo_checkpoint_is_compact_and_serves_the_demo_object(tmp_path)
     path = find_dsc_checkpoint(DEMO_CHECKPOINTS, DEMO_OBJ_ID)
     assert path is not None and path.stat().st_size < 10e6
     payload = torch.load(path, weights_only=True)
-    assert payload["compact"] and payload["obj_id"] == DEMO_OBJ_ID and "optimizer" not in payload
+    assert payload["compact"] and payload["obj_ids"] == [DEMO_OBJ_ID] and not payload["resume"]
     shipped = sum(f.stat().st_size for f in DEMO_CHECKPOINTS.parent.rglob("*.pt"))
     assert shipped < 100e6  # the repository's checkpoints stay small
     registry = ObjectRegistry.from_yaml(write_demo_registry(tmp_path / "objects.yaml",

@@ -1,4 +1,4 @@
-"""The node with its default pipeline and QoS (config/pose.yaml: box initialiser, best effort) under a
+"""The node with its default QoS (config/pose.yaml: best effort) and the box initialiser under a
 short soak: 300 LM-O val frames (5-8 objects each) at 30 Hz; it stays alive, keeps answering to the
 end, its memory stays flat and latency bounded (the 10,000-frame run is bench/bench_soak.py). Also:
 a 12 MP image arrives and is answered over best-effort QoS (issue 31)."""
@@ -22,7 +22,7 @@ def soak_node(lmo_root, ros_session_env, tmp_path_factory):
     require_ros("vision_msgs.msg", "diagnostic_msgs.msg")
     frames = lmo_frames(lmo_root, 10)
     assert min(len(f["dets"]) for f in frames) >= 3  # several objects per frame
-    proc = start_node(["-p", "stats_period_s:=1.0"], tmp_path_factory.mktemp("soak") / "node.log", subprocess_env())
+    proc = start_node(["-p", "stats_period_s:=1.0", "-p", "init:=box"], tmp_path_factory.mktemp("soak") / "node.log", subprocess_env())
     rclpy.init()
     client = SoakClient(rclpy, frames)
     try:

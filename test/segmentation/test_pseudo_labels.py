@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from dsc_pose_core.data.boxes import box_mask, loosen_box_xywh, mask_box_xywh
+from dsc_pose_core.data.boxes import box_mask, box_xyxy_edges, loosen_box_xywh, mask_box_xywh
 from dsc_pose_core.losses.segmentation import masked_segmentation_loss
 from dsc_pose_core.segmentation.pseudo_labels import (IGNORE, mask_iou, pseudo_label, tta_probability,
                                                       uncertain_pixels)
@@ -17,7 +17,7 @@ def test_pseudo_label_ignores_uncertain_and_clears_outside_box():
     probability[0, 0] = 0.5  # uncertain, but outside the box -> background
     probability[2, 2] = 0.5  # uncertain inside the box -> ignored
     probability[3, 3] = 0.1  # confident background inside the box
-    inside = torch.from_numpy(box_mask((1, 1, 4, 4), 6, 6))
+    inside = torch.from_numpy(box_mask(box_xyxy_edges((1, 1, 4, 4)), 6, 6))
     labels = pseudo_label(probability, inside)
     assert labels[0, 0] == 0 and labels[0, 5] == 0 and labels[5, 5] == 0
     assert labels[2, 2] == IGNORE and labels[3, 3] == 0 and labels[1, 1] == 1
@@ -81,7 +81,7 @@ def test_loosened_boxes_contain_the_original_and_stay_in_bounds():
 
 
 def test_mask_helpers():
-    mask = box_mask((2, 3, 4, 5), 10, 12)
+    mask = box_mask(box_xyxy_edges((2, 3, 4, 5)), 10, 12)
     assert mask.sum() == 20 and tuple(mask_box_xywh(mask)) == (2, 3, 4, 5)
     assert mask_box_xywh(np.zeros((4, 4), bool)) is None
     assert mask_iou(mask, mask) == 1.0 and mask_iou(mask, ~mask) == 0.0

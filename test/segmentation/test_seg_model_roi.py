@@ -71,11 +71,11 @@ def test_paste_is_exact_inverse_at_native_scale():
 
 
 def test_window_as_box_covers_the_window_mask():
-    from dsc_pose_core.data.boxes import box_mask
+    from dsc_pose_core.data.boxes import box_mask, box_xyxy_edges
 
     for window in (roi.roi_window((40, 30, 20, 10), context=1.5), np.array([-3.2, 5.0, 20.7, 31.0])):
         box = roi.window_box_xywh(window)
-        assert np.array_equal(box_mask(box, 100, 80), roi.window_mask(window, 100, 80))
+        assert np.array_equal(box_mask(box_xyxy_edges(box), 100, 80), roi.window_mask(window, 100, 80))
     assert roi.window_box_xywh([34.5, 19.5, 64.5, 49.5]).tolist() == [35, 20, 30, 30]
 
 

@@ -12,8 +12,8 @@ from dsc_pose_core.segmentation.grabcut_refine import grabcut_refine
 from dsc_pose_core.segmentation.pseudo_labels import IGNORE, mask_iou
 from dsc_pose_core import checkpoint as ckpt
 from dsc_pose_core.typed_config import ConfigError
-from dsc_pose_core.training.segmentation import (CHECKPOINT_FORMAT, OptimConfig, SegmentationConfig,
-                                                 model_from_checkpoint, refined_labels, train_steps)
+from dsc_pose_core.models.segmentation import model_from_checkpoint
+from dsc_pose_core.training.segmentation import OptimConfig, SegmentationConfig, refined_labels, train_steps
 
 
 def disc_scene(seed=0, size=(120, 160)):
@@ -133,18 +133,21 @@ def test_balanced_training_records_the_foreground_prior_and_the_output_uses_it()
 
 
 def test_checkpoints_keep_the_prior_and_older_ones_load_without_it(tmp_path):
+    """The prior travels in the weights; a version-1 file from before it existed is refused with the
+    converter's command, and once converted loads with no correction."""
     model = RoiSegmenter(2, "resnet18", 16)
     model.set_foreground_prior(torch.tensor([0.25, float("nan")]))
     assert model.foreground_prior_logit.tolist() == pytest.approx([math.log(1 / 3), 0.0])
-    config = {"segmentation": {"model": {"encoder": "resnet18", "decoder_channels": 16}}}
-    path = tmp_path / "new.pt"
-    ckpt.save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "state_dict": model.state_dict(), "obj_ids": [1, 5],
-                                "config": config})
+    network = {"encoder": "resnet18", "decoder_channels": 16}
+    path = ckpt.save_checkpoint(tmp_path / "new.pt", ckpt.Checkpoint("segmentation", network, [1, 5], model.state_dict()))
     assert model_from_checkpoint(path)[0].foreground_prior_logit.tolist() == pytest.approx([math.log(1 / 3), 0.0])
     old_state = {k: v for k, v in model.state_dict().items() if k != "foreground_prior_logit"}
-    ckpt.save_checkpoint(tmp_path / "old.pt", {"format": CHECKPOINT_FORMAT, "state_dict": old_state,
-                                               "obj_ids": [1, 5], "config": config})
-    assert torch.count_nonzero(model_from_checkpoint(tmp_path / "old.pt")[0].foreground_prior_logit) == 0
+    old = ckpt.save_checkpoint(tmp_path / "old.pt", {"format": "dsc_pose.segmentation/1", "state_dict": old_state,
+                                                     "obj_ids": [1, 5], "config": {"segmentation": {"model": network}}})
+    with pytest.raises(ckpt.CheckpointError, match="python -m dsc_pose_core.checkpoint upgrade"):
+        model_from_checkpoint(old)
+    assert ckpt.main(["upgrade", str(old)]) == 0
+    assert torch.count_nonzero(model_from_checkpoint(old)[0].foreground_prior_logit) == 0
 
 
 @pytest.mark.parametrize("kind", ["lovasz", "dice"])

@@ -12,7 +12,7 @@ import yaml
 from dsc_pose_core import checkpoint as ckpt
 from dsc_pose_core.training.cli import main, parse_config
 from dsc_pose_core.typed_config import ConfigError, load_yaml
-from dsc_pose_core.training.segmentation import model_from_checkpoint
+from dsc_pose_core.models.segmentation import model_from_checkpoint
 
 from dsc_pose_core.data import bop_io
 
@@ -93,16 +93,13 @@ def test_checkpoint_round_trip_and_atomic_failure(tmp_path, monkeypatch):
 
 
 def test_segmentation_checkpoints_keep_their_deeplab_geometry(tmp_path):
-    """output_stride / atrous_rates travel in the checkpoint's config; checkpoints written before they
-    existed load with DeepLabV3+'s defaults (16; 12, 24, 36)."""
+    """output_stride / atrous_rates travel in the checkpoint's network config; a network config without
+    them (trained before they existed) loads with DeepLabV3+'s defaults (16; 12, 24, 36)."""
     from dsc_pose_core.models.segmentation import RoiSegmenter
-    from dsc_pose_core.training.segmentation import CHECKPOINT_FORMAT
 
-    def save(model, model_cfg, name):
-        path = tmp_path / name
-        ckpt.save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "state_dict": model.state_dict(), "obj_ids": [1, 5],
-                                    "config": {"segmentation": {"model": model_cfg}}})
-        return path
+    def save(model, network, name):
+        return ckpt.save_checkpoint(tmp_path / name, ckpt.Checkpoint("segmentation", network, [1, 5],
+                                                                     model.state_dict()))
 
     fine = RoiSegmenter(2, "resnet18", 16, output_stride=8, atrous_rates=(2, 4, 6))
     loaded, _ = model_from_checkpoint(save(fine, {"encoder": "resnet18", "decoder_channels": 16, "output_stride": 8,
@@ -151,8 +148,9 @@ def test_tiny_end_to_end_loop(tmp_path):
     assert len(results["train_real_iou_per_iter"]) == 1
     assert 0.0 <= results["val_iou_mean"] <= 1.0
     assert "ablation_without_real_images" in results and results["command"].startswith("python training/train.py")
-    model, payload = model_from_checkpoint(run / "checkpoints" / "seg_last.pt")
-    assert payload["obj_ids"] == [1, 2] and payload["iteration"] == 1
+    model, checkpoint = model_from_checkpoint(run / "checkpoints" / "seg_last.pt")
+    assert checkpoint.obj_ids == [1, 2] and checkpoint.resume["iteration"] == 1
+    assert checkpoint.provenance["object_names"] and checkpoint.provenance["commit"]
     with torch.no_grad():
         assert model.eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 2, 32, 32)
     # resume from stage 0 redoes iteration 1 only
@@ -191,7 +189,7 @@ def test_tiny_loop_with_grabcut_labels_and_prior_correction(tmp_path):
 
 
 def test_lmo_train_real_boxes_are_loosened_and_seeded(lmo_root):
-    from dsc_pose_core.training.segmentation import RealDataConfig, load_real_split
+    from dsc_pose_core.training.common import RealDataConfig, load_real_split
 
     cfg = RealDataConfig(dataset=str(lmo_root))
     split = load_real_split(cfg, "train_real", [1, 5, 6, 8, 9, 10, 11, 12])
@@ -211,7 +209,7 @@ def test_lmo_train_real_boxes_are_loosened_and_seeded(lmo_root):
 
 def test_real_background_frames_carry_the_seeded_loose_boxes_of_every_annotated_object(lmo_root):
     """Frames used as backgrounds hide every learned object, not only the split's targets."""
-    from dsc_pose_core.training.segmentation import RealDataConfig, load_real_split, real_background_frames
+    from dsc_pose_core.training.common import RealDataConfig, load_real_split, real_background_frames
 
     frames = real_background_frames(str(lmo_root), 2, "splits.json", "train_real", [5, 9], 0.15, 0)
     split = load_real_split(RealDataConfig(dataset=str(lmo_root), targets_file=""), "train_real", [5, 9])
@@ -303,8 +301,8 @@ def test_pretrained_trunk_loop_reports_val_per_iteration_and_the_report_compares
     lite = runs["lite"]
     assert lite["trunk"] == "efficientnet_lite0" and len(lite["val_iou_per_iter"]) == 2
     assert lite["val_iou_per_iter"][-1] == lite["val_iou_mean"]
-    _, payload = model_from_checkpoint(tmp_path / "lite" / "run" / "checkpoints" / "seg_last.pt")
-    assert payload["encoder"] == "efficientnet_lite0"
+    _, checkpoint = model_from_checkpoint(tmp_path / "lite" / "run" / "checkpoints" / "seg_last.pt")
+    assert checkpoint.network["encoder"] == "efficientnet_lite0"
     data, section = seg_report.build(lite, None, scratch=runs["scratch"], upper=runs["scratch"])
     assert data["trunk"] == "efficientnet_lite0" and data["without_pretraining"]["trunk"] == "resnet18"
     assert data["val_iou_per_iter"] == lite["val_iou_per_iter"]

@@ -106,10 +106,9 @@ def tiny_run(demo_models, tmp_path_factory):
 
 
 def test_short_training_run_lowers_the_losses(tiny_run):
-    from dsc_pose_core.checkpoint import load_checkpoint
+    from dsc_pose_core.checkpoint import read_checkpoint
 
-    payload = load_checkpoint(tiny_run / "checkpoints" / "self6d_last.pt")
-    history = json.loads(payload["history"])
+    history = json.loads(read_checkpoint(tiny_run / "checkpoints" / "self6d_last.pt", "self6d").resume["history"])
     synthetic = [h["loss"] for h in history if h["stage"] == "synthetic"]
     self_terms = [h for h in history if h["stage"] == "self"]
     assert len(synthetic) == 40 and len(self_terms) == 12
@@ -159,7 +158,7 @@ def test_pipeline_uses_self6d_as_initialiser(tiny_run, demo_models, tmp_path):
     # a checkpoint of another object is refused
     shutil.copy(tiny_run / "checkpoints" / "self6d_last.pt", tmp_path / "self6d" / "obj_000001.pt")
     payload = torch.load(tmp_path / "self6d" / "obj_000001.pt", weights_only=True)
-    payload["obj_id"] = 7
+    payload["obj_ids"] = [7]
     torch.save(payload, tmp_path / "self6d" / "obj_000001.pt")
     from dsc_pose_core.pipeline import PipelineConfigError
 

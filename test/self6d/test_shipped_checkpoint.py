@@ -16,9 +16,9 @@ SHIPPED_OBJ = 5
 def test_shipped_self6d_checkpoint_is_compact_and_trained(repo_root, lmo_root):
     path = repo_root / "checkpoints" / "self6d" / f"obj_{SHIPPED_OBJ:06d}.pt"
     assert path.stat().st_size < 8e6
-    payload = torch.load(path, weights_only=True)
-    assert all(v.dtype == torch.float16 for v in payload["model"].values() if v.is_floating_point())
-    model, obj_id, diameter = model_from_checkpoint(path)
+    model, checkpoint = model_from_checkpoint(path)
+    assert all(v.dtype == torch.float16 for v in checkpoint.weights.values() if v.is_floating_point())
+    obj_id, diameter = checkpoint.obj_ids[0], checkpoint.inference["diameter"]
     assert obj_id == SHIPPED_OBJ
     crops = to_tensors(make_synthetic_crops("target", SHIPPED_OBJ, str(lmo_root / "models"), 16, seed=77,
                                             progress=False))

@@ -4,6 +4,9 @@ recorded with: every mean of `docs/results/lmo_dsc.json` (row Self: checkpoints/
 starts, 0/1/2/4 iterations) is scored again on LM-O `val` with the same commands, and the differences
 are written to `docs/results/checkpoint_reproduction.json` and the section "Committed checkpoints
 through the checkpoint schema" of docs/BENCHMARKS.md. Goal (issue 24): every mean within 0.002.
+Rows that start from the box initialiser are reported apart: that initialiser uses no checkpoint, and
+its box changed after the DeepIM table was recorded (the projected model's pixel-edge box, 2026-12-07),
+so their differences say nothing about the checkpoints.
 
     python bench/bench_checkpoint_reproduction.py
 
@@ -67,12 +70,15 @@ def main() -> int:
                 now_rows = refine_bench.run_noisy_gt_rows(lmo, ids, iterations, deepim, work, val_ids)
             for key, row in now_rows.items():
                 rows[f"lmo_deepim {name} {key}"] = compare(table[key], row, refine_bench.METRICS)
-    diffs = [abs(v["diff"]) for row in rows.values() for v in row.values()]
+    checkpoint_rows = {k: v for k, v in rows.items() if " box_init " not in k}
+    diffs = [abs(v["diff"]) for row in checkpoint_rows.values() for v in row.values()]
+    box_diffs = [abs(v["diff"]) for k, row in rows.items() if k not in checkpoint_rows for v in row.values()]
     result = {"split": "val", "n_images": len(val_ids), "commit": git_commit(),
               "machine": f"{cpu_model()}, {os.cpu_count()} cores, no GPU",
               "command": "python bench/bench_checkpoint_reproduction.py",
               "recorded_commits": {"lmo_dsc": dsc_table.get("commit"), "lmo_deepim": deepim_table.get("commit")},
               "tolerance": TOLERANCE, "max_abs_diff": max(diffs), "within_tolerance": max(diffs) <= TOLERANCE,
+              "max_abs_diff_box_init_rows": max(box_diffs, default=0.0),
               "rows": rows}
     out = REPO / "docs" / "results" / "checkpoint_reproduction.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
@@ -84,8 +90,12 @@ def main() -> int:
              "`python -m dsc_pose_core.checkpoint upgrade`, weights unchanged) re-scored with the commands of "
              f"`docs/results/lmo_dsc.json` (recorded at {result['recorded_commits']['lmo_dsc']}) and "
              f"`docs/results/lmo_deepim.json` (recorded at {result['recorded_commits']['lmo_deepim']}).",
-             f"- Largest difference of any mean: **{result['max_abs_diff']:.4f}** (goal <= {TOLERANCE}: "
-             f"{'met' if result['within_tolerance'] else 'NOT met'}). JSON: `docs/results/checkpoint_reproduction.json`.",
+             f"- Largest difference of any mean of the rows the checkpoints drive: **{result['max_abs_diff']:.4f}** "
+             f"(goal <= {TOLERANCE}: {'met' if result['within_tolerance'] else 'NOT met'}). JSON: "
+             "`docs/results/checkpoint_reproduction.json`.",
+             f"- Rows starting from the box initialiser (no checkpoint; its box became the projected model's "
+             f"pixel-edge box after the DeepIM table was recorded): largest difference "
+             f"{result['max_abs_diff_box_init_rows']:.4f}.",
              "", "| table row | metric | recorded | now | difference |", "|---|---|---|---|---|"]
     for name, row in rows.items():
         for m, v in row.items():

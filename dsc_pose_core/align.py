@@ -37,6 +37,7 @@ All arrays are numpy; poses are object -> camera (R [3,3], t [3] metres); crop p
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -59,6 +60,9 @@ class AlignConfig:
     step_log_depth: float = 0.03
     step_deg: float = 8.0
     min_step_px: float = 0.2  # the search stops when the shift step falls below this
+    # a pose tracked from the previous frame (``tracking``) starts near the answer: this many rounds, from
+    # half the first steps, no hypotheses
+    track_rounds: int = 5
     w_edge: float = 1.0  # weight of the contour-to-edge term
     w_colour: float = 0.0  # weight of the appearance term (1 - NCC of rendered vertex colours and the image) / 2
     # the frame's other detections' masks mark pixels where the object may be hidden (rendered pixels there
@@ -86,8 +90,8 @@ class AlignConfig:
     def validate(self) -> None:
         if self.hypotheses not in HYPOTHESES:
             raise ValueError(f"align.hypotheses must be one of {HYPOTHESES}, not {self.hypotheses!r}")
-        if self.keep < 1 or self.rounds < 0:
-            raise ValueError("align.keep must be >= 1 and align.rounds >= 0")
+        if self.keep < 1 or self.rounds < 0 or self.track_rounds < 0:
+            raise ValueError("align.keep must be >= 1, align.rounds and align.track_rounds >= 0")
         if not (self.step_px > 0 and self.step_log_depth > 0 and self.step_deg > 0 and self.min_step_px > 0):
             raise ValueError("align steps must be positive")
         if min(self.w_edge, self.w_colour, self.recall_beta, self.edge_band) < 0 or not self.edge_tau > 0:
@@ -270,6 +274,14 @@ class _Search:
         return _rodrigues(p[3:]) @ self.R0, t
 
 
+def tracking_config(config: AlignConfig) -> AlignConfig:
+    """The search for a pose tracked from the previous frame: ``track_rounds`` rounds from half the
+    first steps, the start rotation only."""
+    return dataclasses.replace(config, rounds=config.track_rounds, step_px=config.step_px / 2,
+                               step_log_depth=config.step_log_depth / 2, step_deg=config.step_deg / 2,
+                               hypotheses="none", keep=1)
+
+
 def align(renderer, obj_id: int, R: np.ndarray, t: np.ndarray, obs: Observation, config: AlignConfig
           ) -> tuple[np.ndarray, np.ndarray, float, dict]:
     """Aligned pose of one detection: (R [3,3], t [3] metres, final energy, {"renders": n, "hypothesis": i}).
@@ -341,4 +353,4 @@ def align(renderer, obj_id: int, R: np.ndarray, t: np.ndarray, obs: Observation,
 
 __all__ = ["AlignConfig", "Observation", "observe", "energies", "contour", "colour_agreement", "confidence",
            "score_features", "score_pose", "hypothesis_rotations",
-           "align", "HYPOTHESES"]
+           "align", "tracking_config", "HYPOTHESES"]

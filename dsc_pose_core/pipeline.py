@@ -78,6 +78,7 @@ class PoseResult:
     init_t: np.ndarray | None = None
     init_score: float | None = None  # the initialiser's own confidence (DSC-PoseNet); None for "box"
     refined: bool = False
+    tracked: bool = False  # started from a given pose (the previous frame's, ``tracking``), not the initialiser
     reason: str | None = None  # why the detection was skipped
     timings: dict = field(default_factory=dict)  # seconds: init (this detection), refine (frame batch), total (frame)
 
@@ -263,12 +264,14 @@ INITIALISERS: dict[str, type] = {"dsc": DscInitialiser, "box": BoxInitialiser, "
 # --------------------------------------------------------------------------------------------
 class Refiner(Protocol):
     """Improves poses of one frame: ``refine_poses(image, K, [(obj_id, R [3,3], t [3] metres, detection
-    box xyxy pixel edges)]) -> [(R, t) or None (left as it was)]``, one batch for the frame.
+    box xyxy pixel edges)], tracked) -> [(R, t) or None (left as it was)]``, one batch for the frame;
+    ``tracked[i]``: item i starts from the previous frame's pose (a refiner may search less).
     ``obj_ids``: the objects it can refine; ``close()`` frees what it holds (renderers)."""
 
     obj_ids: set[int]
 
-    def refine_poses(self, image: np.ndarray, K: np.ndarray, items: list) -> list: ...
+    def refine_poses(self, image: np.ndarray, K: np.ndarray, items: list,
+                     tracked: Sequence[bool] | None = None) -> list: ...
 
     def close(self) -> None: ...
 
@@ -298,7 +301,7 @@ class DeepImStage:
             raise PipelineConfigError(f"cannot load DeepIM checkpoint {path}: {type(exc).__name__}: {exc}") from None
         return cls(refiner, refiner.renderer, refiner.obj_ids, config.refine_iterations)
 
-    def refine_poses(self, image, K, items):
+    def refine_poses(self, image, K, items, tracked=None):
         out = self.refiner.refine(image, K, [(o, R, t) for o, R, t, _ in items], self.iterations,
                                   boxes=[box for *_, box in items])
         return [(out.R[i], out.t[i]) for i in range(len(items))]
@@ -366,13 +369,15 @@ class AlignStage:
                                      np.max(others, axis=0) if others else None)
         return [cache[(int(o), tuple(box))] for o, *_, box in items]
 
-    def refine_poses(self, image, K, items):
-        from .align import align
+    def refine_poses(self, image, K, items, tracked=None):
+        from .align import align, tracking_config
 
+        tracked = tracked if tracked is not None else [False] * len(items)
+        near = tracking_config(self.config)
         out = []
-        for (obj_id, R, t, _), obs in zip(items, self._observations(image, K, items)):
+        for (obj_id, R, t, _), obs, from_track in zip(items, self._observations(image, K, items), tracked):
             try:
-                R_new, t_new, _, _ = align(self.renderer, obj_id, R, t, obs, self.config)
+                R_new, t_new, _, _ = align(self.renderer, obj_id, R, t, obs, near if from_track else self.config)
             except ValueError:  # a start behind the camera: left as it was
                 out.append(None)
                 continue
@@ -553,13 +558,18 @@ class PoseEstimator:
         b1, b2 = np.asarray(box_xyxy[:2]), np.asarray(box_xyxy[2:])
         return box_iou_xywh((*p1, *(p2 - p1)), (*b1, *(b2 - b1)))
 
-    def estimate(self, image_rgb: np.ndarray, K: np.ndarray, detections: Sequence[Detection]) -> list[PoseResult]:
+    def estimate(self, image_rgb: np.ndarray, K: np.ndarray, detections: Sequence[Detection],
+                 starts: Mapping[int, tuple] | None = None) -> list[PoseResult]:
+        """One result per detection (same order). ``starts``: {index of a detection: (R [3,3], t [3])}
+        poses that replace the initialiser for those detections (tracking: the previous frame's
+        pose); the refiners then start from them (``PoseResult.tracked``)."""
         t_frame = time.perf_counter()
+        starts = starts or {}
         K = _check_frame(image_rgb, K)
         height, width = image_rgb.shape[:2]
         results: list[PoseResult] = []
         todo: list[tuple[PoseResult, np.ndarray]] = []
-        for det in detections:
+        for index, det in enumerate(detections):
             try:
                 obj_id = int(det.obj_id)
             except (TypeError, ValueError):
@@ -588,11 +598,14 @@ class PoseEstimator:
             if res.reason:
                 continue
             t0 = time.perf_counter()
-            try:
-                R, t, own = self.initialiser.initial_pose(image_rgb, K, obj_id, res.box_xywh, box_xyxy)
-            except Exception as exc:  # e.g. PnP failure inside the estimator: skip, keep the frame
-                res.reason = f"initial pose failed: {type(exc).__name__}: {exc}"
-                continue
+            if index in starts:
+                (R, t), own, res.tracked = starts[index], None, True
+            else:
+                try:
+                    R, t, own = self.initialiser.initial_pose(image_rgb, K, obj_id, res.box_xywh, box_xyxy)
+                except Exception as exc:  # e.g. PnP failure inside the estimator: skip, keep the frame
+                    res.reason = f"initial pose failed: {type(exc).__name__}: {exc}"
+                    continue
             res.timings["init"] = time.perf_counter() - t0
             R, t = np.asarray(R, dtype=np.float64), np.asarray(t, dtype=np.float64).reshape(3)
             if not (np.isfinite(R).all() and np.isfinite(t).all()):
@@ -608,7 +621,8 @@ class PoseEstimator:
             if not refine:
                 continue
             t0 = time.perf_counter()
-            out = refiner.refine_poses(image_rgb, K, [(r.obj_id, r.R, r.t, b) for r, b in refine])
+            out = refiner.refine_poses(image_rgb, K, [(r.obj_id, r.R, r.t, b) for r, b in refine],
+                                       [r.tracked for r, _ in refine])
             t_refine += time.perf_counter() - t0
             for (r, _), pose in zip(refine, out):
                 if pose is not None and np.isfinite(pose[0]).all() and np.isfinite(pose[1]).all():

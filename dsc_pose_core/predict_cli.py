@@ -30,6 +30,7 @@ import json
 import sys
 import time
 from collections import Counter
+import dataclasses
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -71,6 +72,8 @@ class PredictJob:
     threads: int = 0
     box_templates: int = 0
     dsc_scales: str = "both"
+    track: bool = False  # images in id order as one video: confident poses start the next frame (``tracking``)
+    track_min_score: float = 0.5  # tracking: poses at least this confident continue their track
     quiet: bool = False
 
 
@@ -119,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--box-templates", type=int, default=0, help="box initialiser: viewpoints to score (0: canonical)")
     p.add_argument("--dsc-scales", default="both", choices=("both", "unnorm", "norm"),
                    help="DSC-PoseNet keypoints given to PnP: both scales averaged (default) or one alone")
+    p.add_argument("--track", action="store_true",
+                   help="the images (in id order) are one video: a confident pose of the previous image starts the "
+                   "refiners instead of the initialiser (needs --align or --refine > 0)")
+    p.add_argument("--track-min-score", type=float, default=0.5,
+                   help="--track: poses at least this confident continue their track (default 0.5)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -211,6 +219,11 @@ def run(args: PredictJob) -> dict:
     n_det, t_pipeline = 0, 0.0
     t_start = time.perf_counter()
     with load_pose_estimator(registry, config, models_dir=args.models_dir) as estimator:
+        tracker = None
+        if args.track:
+            from .tracking import Tracker, TrackingConfig
+
+            tracker = Tracker(estimator, TrackingConfig(min_score=args.track_min_score))
         wanted = set(estimator.obj_ids) if args.obj_ids else None
         for im_id in tqdm(im_ids, desc=PROG, unit="img", disable=args.quiet, dynamic_ncols=True):
             image = read_rgb(find_rgb(scene_path, im_id))
@@ -219,7 +232,7 @@ def run(args: PredictJob) -> dict:
                                  args.max_loosening)
             n_det += len(dets)
             t0 = time.perf_counter()
-            results = estimator.estimate(image, cams[im_id].K, dets)
+            results = (tracker or estimator).estimate(image, cams[im_id].K, dets)
             elapsed = time.perf_counter() - t0
             t_pipeline += elapsed
             for r in results:
@@ -227,10 +240,11 @@ def run(args: PredictJob) -> dict:
                     skipped[r.reason.split(" (")[0] if r.reason.startswith("unknown class") else r.reason] += 1
                     continue
                 estimates.append(bop_io.PoseEstimate(args.scene, im_id, r.obj_id, r.score, r.R, r.t, elapsed))
+        tracking = None if tracker is None else dataclasses.asdict(tracker.stats)
     bop_io.write_bop_results(args.out, estimates)
     return {"images": len(im_ids), "detections": n_det, "estimates": len(estimates), "skipped": dict(skipped),
             "seconds": time.perf_counter() - t_start,
-            "pipeline_seconds": t_pipeline}
+            "pipeline_seconds": t_pipeline, "tracking": tracking}
 
 
 def main(argv=None) -> int:

@@ -300,6 +300,8 @@ def node_command(args, topics: dict[str, str]) -> list[str]:
     if args.params_file:
         cmd += ["--params-file", str(args.params_file)]
     cmd += list(NODE_DEFAULT_ARGS)
+    if getattr(args, "tracking", False):
+        cmd += ["-p", "tracking:=true"]
     for extra in args.node_arg or []:
         cmd += shlex.split(extra)
     for name in ("image", "camera_info", "detections"):
@@ -775,6 +777,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--node-arg", action="append", default=[],
                    help="extra ROS arguments for the node, split like a shell line, appended after the defaults "
                    "(-p init:=box -p refine_iterations:=0), e.g. --node-arg '-p device:=cuda'; repeatable")
+    e.add_argument("--tracking", action="store_true",
+                   help="the node tracks objects across frames (-p tracking:=true; give it a refiner with "
+                   "--node-arg, e.g. '-p align:=after')")
     e.add_argument("--params-file", default=None,
                    help="node parameters YAML (default: config/pose.yaml when it exists; '' for none)")
     e.add_argument("--node-command", default=None,

@@ -127,6 +127,12 @@ class PoseNode:
                                 segmentation_checkpoint=str(resolve_path(segmentation)) if segmentation else None,
                                 align=AlignConfig(hypotheses=p["align_hypotheses"]))
         self.estimator = load_pose_estimator(resolve_path(p["registry"]), config, p["models_dir"] or None)
+        self.tracker = None
+        if p["tracking"]:  # a confident pose of the previous frame starts the refiners (dsc_pose_core.tracking)
+            from dsc_pose_core.tracking import Tracker, TrackingConfig
+
+            self.tracker = Tracker(self.estimator, TrackingConfig(min_score=p["tracking_min_score"],
+                                                                  smoothing=p["tracking_smoothing"]))
         registry = self.estimator.registry
         self.registry = registry
         self.obj_ids = list(self.estimator.obj_ids)
@@ -265,8 +271,8 @@ class PoseNode:
             self.warn("empty_detections", "detection array is empty: nothing to estimate")
         t0 = time.perf_counter()
         convert_ms = (time.time_ns() - t_take) / 1e6
-        results = (self.estimator.estimate(rgb, K, [Detection(d.obj_id, d.box_xywh, d.score) for d in parsed])
-                   if parsed else [])
+        results = ((self.tracker or self.estimator).estimate(rgb, K, [Detection(d.obj_id, d.box_xywh, d.score)
+                                                                      for d in parsed]) if parsed else [])
         pipeline_s = time.perf_counter() - t0
         estimates = []
         for det, res in zip(parsed, results):
@@ -370,7 +376,9 @@ class PoseNode:
         return {"processed": self.processed, "dropped": self.sync.dropped, "skipped": dict(self.skipped),
                 "latency_ms_p50": pct(lat, 50), "latency_ms_p90": pct(lat, 90), "latency_ms_p99": pct(lat, 99),
                 "pipeline_ms_p50": pct(pipe, 50)} | {
-                f"stage_{k}_ms_p50": pct(np.asarray(v, dtype=np.float64), 50) for k, v in self.stage_ms.items()}
+                f"stage_{k}_ms_p50": pct(np.asarray(v, dtype=np.float64), 50) for k, v in self.stage_ms.items()} | (
+                {} if self.tracker is None else {f"tracking_{k}": v for k, v in vars(self.tracker.stats).items()
+                                                 if k != "reasons"})
 
     def _report(self) -> None:
         from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue

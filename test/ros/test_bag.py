@@ -192,3 +192,14 @@ def test_replay_through_the_node_matches_the_pipeline(lmo_root, tmp_path):
         assert np.abs(e.R - r.R).max() < 1e-4, (key, e.R, r.R)
         assert abs(e.score - r.score) < 1e-6, key
         assert e.scene_id == SCENE and e.time > 0
+
+
+def test_eval_tracking_flag_starts_the_node_with_tracking():
+    from dsc_pose_ros.bag import build_parser, node_command
+
+    topics = {"image": "/i", "camera_info": "/c", "detections": "/d"}
+    args = build_parser().parse_args(["eval", "--bag", "b", "--out", "o", "--tracking", "--node-arg", "-p align:=after"])
+    cmd = node_command(args, topics)
+    assert cmd[cmd.index("tracking:=true") - 1] == "-p" and cmd.index("tracking:=true") < cmd.index("align:=after")
+    plain = node_command(build_parser().parse_args(["eval", "--bag", "b", "--out", "o"]), topics)
+    assert "tracking:=true" not in plain

@@ -156,3 +156,10 @@ def test_output_messages_carry_the_pose():
     assert detection3d_array(header, [est], class_id_names=True).detections[0].results[0].hypothesis.class_id == "can"
     tf = transform_stamped(header, "dsc_pose/can", est)
     assert tf.child_frame_id == "dsc_pose/can" and tf.transform.translation.z == pytest.approx(0.9)
+
+
+def test_tracking_parameters_are_checked():
+    assert validate({"tracking": True, "tracking_min_score": 0.3})["tracking_min_score"] == 0.3
+    for bad in ({"tracking": "yes"}, {"tracking_min_score": 1.5}, {"tracking_smoothing": 1.0}):
+        with pytest.raises(ParameterError):
+            validate(dict(bad))

@@ -49,6 +49,18 @@ def mask_box_xywh(mask: np.ndarray) -> np.ndarray | None:
     return np.array([xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1], dtype=np.int64)
 
 
+def mask_box_bop(mask: np.ndarray, offset: tuple[int, int] = (0, 0)) -> tuple[int, int, int, int]:
+    """The box of a mask as BOP files hold it (the BOP toolkit's ``calc_2d_bbox``): [x, y, x_max - x_min,
+    y_max - y_min], one pixel narrower than :func:`mask_box_xywh`; [-1]*4 for an empty mask. Only for
+    writing BOP ground truth (``scene_gt_info.json``) as the toolkit does; ``offset`` = image coordinates
+    of the mask's pixel (0, 0)."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return (-1, -1, -1, -1)
+    x0, y0 = int(xs.min()) + offset[0], int(ys.min()) + offset[1]
+    return (x0, y0, int(xs.max() - xs.min()), int(ys.max() - ys.min()))
+
+
 def mask_box_xyxy(mask: np.ndarray) -> np.ndarray | None:
     """Tightest box of a boolean mask as pixel-edge coordinates (x1, y1, x2, y2); None when empty."""
     ys, xs = np.nonzero(mask)

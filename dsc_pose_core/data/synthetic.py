@@ -62,6 +62,7 @@ import numpy as np
 from . import bop_io
 from .augment import AugmentConfig, DepthNoiseConfig, augment_rgb, apply_depth_noise
 from .backgrounds import BACKGROUND_KINDS, random_background
+from .boxes import mask_box_bop
 
 # LM-O / LINEMOD (Kinect v1) intrinsics at 640x480
 LMO_K = (572.4114, 0.0, 325.2611, 0.0, 573.57043, 242.04899, 0.0, 0.0, 1.0)
@@ -319,16 +320,6 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # Boxes and masks (BOP conventions)
 # --------------------------------------------------------------------------------------------
-def bop_bbox(mask: np.ndarray, offset: tuple[int, int] = (0, 0)) -> tuple[int, int, int, int]:
-    """[x, y, x_max - x_min, y_max - y_min] of a mask as the BOP toolkit's ``calc_2d_bbox`` writes it
-    (``offset`` = image coordinates of the mask's pixel (0, 0)); [-1]*4 for an empty mask."""
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
-        return (-1, -1, -1, -1)
-    x0, y0 = int(xs.min()) + offset[0], int(ys.min()) + offset[1]
-    return (x0, y0, int(xs.max() - xs.min()), int(ys.max() - ys.min()))
-
-
 # --------------------------------------------------------------------------------------------
 # Distractor shapes
 # --------------------------------------------------------------------------------------------
@@ -499,7 +490,7 @@ class SyntheticSceneGenerator:
                                    height=H + top + bottom, rgb=False)
         full = out.instance > 0
         inside = full[top:top + H, left:left + W]
-        return np.ascontiguousarray(inside), int(full.sum()), bop_bbox(full, offset=(-left, -top))
+        return np.ascontiguousarray(inside), int(full.sum()), mask_box_bop(full, offset=(-left, -top))
 
     def _light(self, rng):
         from ..render import LightConfig
@@ -592,7 +583,7 @@ class SyntheticSceneGenerator:
             masks[i], masks_visib[i] = inside, visib
             px_visib = int(visib.sum())
             infos.append(bop_io.GtInfo(
-                bbox_obj=bbox_obj, bbox_visib=bop_bbox(visib), px_count_all=px_all,
+                bbox_obj=bbox_obj, bbox_visib=mask_box_bop(visib), px_count_all=px_all,
                 px_count_valid=int((inside & (depth > 0)).sum()), px_count_visib=px_visib,
                 visib_fract=px_visib / px_all if px_all > 0 else 0.0))
         return SyntheticSample(

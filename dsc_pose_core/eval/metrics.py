@@ -29,6 +29,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import cKDTree
 
+from ..geometry.camera import project_posed  # numpy only: scoring stays free of torch
+
 # ~ number of float64 3-vectors materialised at once in the symmetry-aware errors
 _CHUNK_POINTS = 2_000_000
 
@@ -104,9 +106,9 @@ def proj2d_batch(R_e, t_e, R_g, t_g, K, pts) -> np.ndarray:
     step = max(1, _CHUNK_POINTS // max(1, 2 * len(pts)))
     for s in range(0, len(R_e), step):
         sl = slice(s, s + step)
-        u_e, v_e = _project_batch(pts, K[sl] @ R_e[sl], np.einsum("pij,pj->pi", K[sl], t_e[sl]))
-        u_g, v_g = _project_batch(pts, K[sl] @ R_g[sl], np.einsum("pij,pj->pi", K[sl], t_g[sl]))
-        out[sl] = np.sqrt((u_e - u_g) ** 2 + (v_e - v_g) ** 2).mean(-1)
+        uv_e, _ = project_posed(pts, K[sl], R_e[sl], t_e[sl])  # [p,N,2]
+        uv_g, _ = project_posed(pts, K[sl], R_g[sl], t_g[sl])
+        out[sl] = np.linalg.norm(uv_e - uv_g, axis=-1).mean(-1)
     return out
 
 
@@ -131,13 +133,6 @@ def _sym_poses(R_g, t_g, sym_R, sym_t):
     R_gs = np.matmul(R_g[:, None], sym_R[None])
     t_gs = np.einsum("pij,sj->psi", R_g, sym_t) + t_g[:, None, :]
     return R_gs, t_gs
-
-
-def _project_batch(pts, KR, Kt):
-    """Project pts [N,3] with stacked KR [...,3,3], Kt [...,3] -> u, v each [...,N]."""
-    uvw = np.matmul(KR, pts.T) + Kt[..., :, None]  # [...,3,N], rows contiguous
-    inv_w = 1.0 / uvw[..., 2, :]
-    return uvw[..., 0, :] * inv_w, uvw[..., 1, :] * inv_w
 
 
 def mssd_batch(R_e, t_e, R_g, t_g, pts, syms=None) -> np.ndarray:
@@ -177,16 +172,13 @@ def mspd_batch(R_e, t_e, R_g, t_g, K, pts, syms=None) -> np.ndarray:
     for p0 in range(0, n_p, p_step):
         ps = slice(p0, p0 + p_step)
         Kp = K[ps]
-        u_e, v_e = _project_batch(pts, Kp @ R_e[ps], np.einsum("pij,pj->pi", Kp, t_e[ps]))  # [p,N]
-        u_e, v_e = u_e[:, None], v_e[:, None]
+        uv_e = project_posed(pts, Kp, R_e[ps], t_e[ps])[0][:, None]  # [p,1,N,2]
         for s0 in range(0, n_s, s_step):
             ss = slice(s0, s0 + s_step)
             R_gs, t_gs = _sym_poses(R_g[ps], t_g[ps], sym_R[ss], sym_t[ss])
-            KR = np.matmul(Kp[:, None], R_gs)
-            Kt = np.einsum("pij,psj->psi", Kp, t_gs)
-            u_g, v_g = _project_batch(pts, KR, Kt)  # [p,s,N]
-            du, dv = u_g - u_e, v_g - v_e
-            worst = np.sqrt((du * du + dv * dv).max(-1))
+            uv_g, _ = project_posed(pts, Kp[:, None], R_gs, t_gs)  # [p,s,N,2]
+            d = uv_g - uv_e
+            worst = np.sqrt((d * d).sum(-1).max(-1))
             best[ps] = np.minimum(best[ps], worst.min(-1))
     return best
 

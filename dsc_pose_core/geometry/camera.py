@@ -11,9 +11,12 @@ K' = A K, so renderers crop by changing K and images are resampled with the same
 
 from __future__ import annotations
 
+import typing
+
 import numpy as np
 
-import torch
+if typing.TYPE_CHECKING:  # torch is imported where a torch function runs: the numpy half needs none
+    import torch
 
 
 def project_points(points_cam: torch.Tensor, K: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
@@ -24,6 +27,8 @@ def project_points(points_cam: torch.Tensor, K: torch.Tensor, eps: float = 1e-9)
 
 def backproject(pixels: torch.Tensor, depth: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     """Pixels [...,N,2] with depth [...,N] (metres, along z) -> camera points [...,N,3]."""
+    import torch
+
     ones = torch.ones_like(pixels[..., :1])
     rays = torch.cat([pixels, ones], dim=-1) @ torch.linalg.inv(K).transpose(-1, -2)
     return rays * depth.unsqueeze(-1)
@@ -34,6 +39,8 @@ def crop_affine(box: torch.Tensor, out_width: int, out_height: int) -> torch.Ten
 
     Edge coordinates map linearly: x1 -> -0.5 and x2 -> out_width - 0.5.
     """
+    import torch
+
     x1, y1, x2, y2 = box.unbind(-1)
     scale_x = out_width / (x2 - x1)
     scale_y = out_height / (y2 - y1)
@@ -53,6 +60,8 @@ def crop_intrinsics(K: torch.Tensor, box: torch.Tensor, out_width: int, out_heig
 
 def uncrop_pixels(pixels_in_crop: torch.Tensor, box: torch.Tensor, out_width: int, out_height: int) -> torch.Tensor:
     """Crop pixels [...,N,2] back to full-image pixels (exact inverse of the crop map)."""
+    import torch
+
     affine = crop_affine(box, out_width, out_height)
     scale = torch.stack([affine[..., 0, 0], affine[..., 1, 1]], dim=-1).unsqueeze(-2)
     offset = torch.stack([affine[..., 0, 2], affine[..., 1, 2]], dim=-1).unsqueeze(-2)
@@ -61,6 +70,8 @@ def uncrop_pixels(pixels_in_crop: torch.Tensor, box: torch.Tensor, out_width: in
 
 def square_box_around(center: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
     """Square boxes [...,4] of side ``size`` [...] centred on ``center`` [...,2] (pixel coordinates)."""
+    import torch
+
     half = size.unsqueeze(-1) / 2
     return torch.cat([center - half, center + half], dim=-1)
 
@@ -70,6 +81,8 @@ def zoom_in_box(
 ) -> torch.Tensor:
     """DeepIM's zoom-in window (deepim sec. 3.1): centred on the object's projected centre,
     enclosing the box with ``padding`` and keeping the output aspect ratio (width / height)."""
+    import torch
+
     half_w = torch.maximum((bbox_xyxy[..., 2] - center[..., 0]).abs(), (center[..., 0] - bbox_xyxy[..., 0]).abs())
     half_h = torch.maximum((bbox_xyxy[..., 3] - center[..., 1]).abs(), (center[..., 1] - bbox_xyxy[..., 1]).abs())
     half_w = torch.maximum(half_w, half_h * aspect) * padding
@@ -81,12 +94,13 @@ def zoom_in_box(
 
 def project_posed(points, K, R, t) -> tuple[np.ndarray, np.ndarray]:
     """numpy: object points [N,3] posed by (R [3,3], t [3]) (or batched R [...,3,3], t [...,3]) seen through
-    K [3,3] -> (pixels [...,N,2] in this module's convention, camera depths [...,N]); points at or behind
-    the camera plane give inf / nan pixels (callers check the depths)."""
+    K [3,3] (or batched K [...,3,3], broadcast against R) -> (pixels [...,N,2] in this module's convention,
+    camera depths [...,N]); points at or behind the camera plane give inf / nan pixels (callers check the
+    depths)."""
     R = np.asarray(R, np.float64)
     t = np.asarray(t, np.float64)
     cam = np.matmul(np.asarray(points, np.float64), np.swapaxes(R, -1, -2)) + t[..., None, :]
-    uvw = cam @ np.asarray(K, np.float64).T
+    uvw = np.matmul(cam, np.swapaxes(np.asarray(K, np.float64), -1, -2))
     with np.errstate(divide="ignore", invalid="ignore"):
         return uvw[..., :2] / uvw[..., 2:3], cam[..., 2]
 

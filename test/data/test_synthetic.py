@@ -13,13 +13,13 @@ import pytest
 
 from dsc_pose_core.data import bop_io
 from dsc_pose_core.data.augment import DepthNoiseConfig, apply_depth_noise, depth_sigma
+from dsc_pose_core.data.boxes import mask_box_bop
 from dsc_pose_core.data.synthetic import (
     DistractorConfig,
     GenerationReport,
     PoseSamplingConfig,
     SynthConfig,
     SyntheticSceneGenerator,
-    bop_bbox,
     generate_dataset,
     read_depth,
     sample_pose,
@@ -112,7 +112,7 @@ def test_gt_info_matches_masks(dataset):
             visib = cv2.imread(str(scene / "mask_visib" / f"{im_id:06d}_{k:06d}.png"), 0) > 0
             full = cv2.imread(str(scene / "mask" / f"{im_id:06d}_{k:06d}.png"), 0) > 0
             assert not (visib & ~full).any(), "mask_visib must lie inside mask"
-            assert info.bbox_visib == bop_bbox(visib)
+            assert info.bbox_visib == mask_box_bop(visib)
             assert info.px_count_visib == visib.sum()
             assert info.px_count_all >= full.sum()  # includes the part outside the image
             assert info.px_count_valid == (full & (depth > 0)).sum()
@@ -122,7 +122,7 @@ def test_gt_info_matches_masks(dataset):
             vx, vy, vw, vh = info.bbox_visib
             assert x <= vx and y <= vy and vx + vw <= x + w and vy + vh <= y + h
             if full.sum() == info.px_count_all:  # not truncated: the box is the mask's
-                assert info.bbox_obj == bop_bbox(full)
+                assert info.bbox_obj == mask_box_bop(full)
 
 
 def test_same_seed_same_bytes_other_seed_differs(dataset, tiny_models, tmp_path):

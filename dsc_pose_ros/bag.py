@@ -18,7 +18,9 @@ beside the bag in ``dsc_pose_gt.json`` (dataset, scene, split; per frame im_id, 
 BOP units (R row-major, t mm) and the detections).
 
 ``eval`` starts the node (``python -m dsc_pose_ros.node --ros-args --params-file config/pose.yaml
--p init:=box -p refine_iterations:=0 <--node-arg ...> -r image:=... ...``, in the local-only ROS
+-p init:=box -p refine_iterations:=0 -p registry:=REGISTRY -p checkpoints:=<repo>/checkpoints <--node-arg ...>
+-r image:=... ...``, REGISTRY the one that maps the bag's class ids, ``--registry``, default
+config/objects.yaml: LM-O), in the local-only ROS
 environment of ``dsc_pose_ros.ros_env``), waits until it subscribes to the bag's topics and
 publishes ``/dsc_pose/detections3d``, replays the bag at its recorded rate x ``--rate-scale`` with
 every header stamp rewritten to the ROS time of replay (best-effort QoS, depth 5, as the node
@@ -300,6 +302,9 @@ def node_command(args, topics: dict[str, str]) -> list[str]:
     if args.params_file:
         cmd += ["--params-file", str(args.params_file)]
     cmd += list(NODE_DEFAULT_ARGS)
+    # the objects of the bag (the registry that maps its class ids) and this repository's checkpoints
+    registry = Path(args.registry) if args.registry else REPO_ROOT / "config" / "objects.yaml"
+    cmd += ["-p", f"registry:={registry.resolve()}", "-p", f"checkpoints:={REPO_ROOT / 'checkpoints'}"]
     if getattr(args, "tracking", False):
         cmd += ["-p", "tracking:=true"]
     for extra in args.node_arg or []:
@@ -796,7 +801,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--diagnostics-prefix", default="dsc_pose",
                    help="record the node's last /diagnostics status whose name starts with this (default dsc_pose)")
     e.add_argument("--dataset", help="BOP dataset folder (default: the one recorded in dsc_pose_gt.json)")
-    e.add_argument("--registry", help="object registry to map class names to ids (default config/objects.yaml)")
+    e.add_argument("--registry", help="the bag's object registry: the node serves it and class names map through it "
+                   "(default config/objects.yaml)")
     return p
 
 

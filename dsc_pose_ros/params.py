@@ -63,13 +63,14 @@ def _pattern(value: str):
 
 
 PARAMETERS: tuple[Parameter, ...] = (
-    Parameter("registry", "config/objects.yaml",
-              "object registry YAML (ids = the detector's class ids); relative paths: to the package root"),
+    Parameter("registry", "config/demo/objects.yaml",
+              "object registry YAML (ids = the detector's class ids); relative paths: to the package root. "
+              "Default: the embedded demo object (starts anywhere); LM-O: config/objects.yaml (config/lmo.yaml)"),
     Parameter("models_dir", "", "override the registry's models_dir ('' = the registry's own)"),
     Parameter("obj_ids", "", "objects to serve, e.g. '1,5' ('' = every registry object)", _obj_ids),
     Parameter("init", defaults.INIT, "initial pose: box (2D box only), dsc (DSC-PoseNet) or self6d",
               _one_of(INITIALISERS)),
-    Parameter("checkpoints", "checkpoints", "checkpoint folder of every method: dsc_posenet/obj_XXXXXX.pt (init dsc), "
+    Parameter("checkpoints", "checkpoints/demo", "checkpoint folder of every method: dsc_posenet/obj_XXXXXX.pt (init dsc), "
               "self6d/obj_XXXXXX.pt (init self6d), deepim.pt, segmentation/lmo_seg.pt"),
     Parameter("deepim_checkpoint", "", "DeepIM checkpoint ('' = <checkpoints>/deepim.pt); needed when refining"),
     Parameter("refine_iterations", defaults.REFINE_ITERATIONS, "DeepIM iterations per frame (0 = no refinement; the paper uses 2-4)",

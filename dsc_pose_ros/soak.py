@@ -183,7 +183,7 @@ class SoakClient(NodeInputs):
 
 def start_node(node_args: list[str], log_path: Path, env: dict) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "dsc_pose_ros.node", "--ros-args", "--params-file",
-           str(REPO_ROOT / "config" / "pose.yaml"), *node_args]
+           str(REPO_ROOT / "config" / "pose.yaml"), "--params-file", str(REPO_ROOT / "config" / "lmo.yaml"), *node_args]
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO_ROOT))
     proc.log_file = log

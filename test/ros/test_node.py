@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,7 +120,8 @@ def live_node(lmo_root, repo_root, ros_session_env, tmp_path_factory):
     rclpy = require_ros("rclpy")
     require_ros("vision_msgs.msg", "tf2_msgs.msg", "diagnostic_msgs.msg", "visualization_msgs.msg")
     cmd = [sys.executable, "-m", "dsc_pose_ros.node", "--ros-args", "--params-file",
-           str(repo_root / "config" / "pose.yaml"), "-p", f"obj_ids:={','.join(map(str, OBJ_IDS))}",
+           str(repo_root / "config" / "pose.yaml"), "--params-file", str(repo_root / "config" / "lmo.yaml"),
+           "-p", f"obj_ids:={','.join(map(str, OBJ_IDS))}",
            "-p", "stats_period_s:=1.0", "-p", "sync:=exact", "-p", "debug_image:=true",
            "-p", "qos_reliability:=reliable"]
     log_path = tmp_path_factory.mktemp("node") / "node.log"
@@ -350,3 +352,48 @@ def test_bad_params_files_stop_the_node_with_one_error_line(repo_root, ros_sessi
     errors = [line for line in proc.stderr.splitlines() if line.startswith("dsc-pose-node: error:")]
     assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------ issue 30: defaults that start anywhere
+
+
+def test_the_default_parameters_need_nothing_outside_the_repository(repo_root, tmp_path):
+    """The node's defaults serve the embedded demo object: its registry and mesh are committed under
+    config/demo (equal to what dsc_pose_core.objects.demo_object writes) and its checkpoint under
+    checkpoints/demo, so a clone without ../shared starts."""
+    from dsc_pose_core.objects.demo_object import write_demo_models
+    from dsc_pose_core.objects.registry import ObjectRegistry
+    from dsc_pose_core.pipeline import find_dsc_checkpoint
+    from dsc_pose_ros.params import BY_NAME, resolve_path
+
+    registry = ObjectRegistry.from_yaml(resolve_path(BY_NAME["registry"].default))
+    checkpoints = resolve_path(BY_NAME["checkpoints"].default)
+    generated = write_demo_models(tmp_path / "models")
+    assert registry.ids
+    for entry in (registry[o] for o in registry.ids):
+        mesh = Path(entry.mesh_path).resolve()
+        assert mesh.is_relative_to(repo_root.resolve()), mesh
+        assert mesh.read_bytes() == (generated / mesh.name).read_bytes()
+        assert (mesh.parent / "models_info.json").read_text() == (generated / "models_info.json").read_text()
+        assert find_dsc_checkpoint(checkpoints, entry.obj_id) is not None
+
+
+def test_the_node_starts_with_its_defaults_alone(repo_root, ros_session_env, tmp_path):
+    require_ros("rclpy")
+    log = tmp_path / "node.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "dsc_pose_ros.node"], env=subprocess_env(), stdout=out,
+                                stderr=subprocess.STDOUT, cwd=str(tmp_path))  # not the repository: paths resolve
+    import time
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and "ready:" not in log.read_text():
+        time.sleep(0.5)
+    text = log.read_text()
+    proc.send_signal(2)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    assert "ready:" in text and "demo_bracket" in text and "init dsc" in text, text[-3000:]

@@ -5,6 +5,15 @@ from setuptools import find_packages, setup
 
 PACKAGE = "dsc_pose_ros"
 
+
+def _tree(folder: str) -> list[tuple[str, list[str]]]:
+    """data_files entries installing ``folder`` (files of every sub-folder) under share/PACKAGE."""
+    entries = []
+    for root, _, files in sorted(os.walk(folder)):
+        if files:
+            entries.append((os.path.join("share", PACKAGE, root), sorted(os.path.join(root, f) for f in files)))
+    return entries
+
 setup(
     name=PACKAGE,
     version="0.1.0",
@@ -14,6 +23,9 @@ setup(
         (os.path.join("share", PACKAGE), ["package.xml"]),
         (os.path.join("share", PACKAGE, "launch"), glob("launch/*.py")),
         (os.path.join("share", PACKAGE, "config"), glob("config/*.yaml") + glob("config/*.xml")),
+        # the node's defaults (the demo object) and every committed checkpoint: an install space needs no
+        # source checkout (dsc_pose_ros.params.package_root resolves relative paths against share/)
+        *_tree("config/demo"), *_tree("checkpoints"),
     ],
     install_requires=["setuptools"],
     zip_safe=False,

@@ -88,7 +88,8 @@ class PoseNode:
         self.worker.start()
         self.node.create_timer(self.params["stats_period_s"], self._report)
         self.log.info(f"ready: objects {self.obj_ids} ({', '.join(self.names[o] for o in self.obj_ids)}), "
-                      f"init {self.params['init']}, refine {self.params['refine_iterations']}, device {self.device}")
+                      f"init {self.params['init']}, refine {self.params['refine_iterations']}, device {self.device}, "
+                      f"registry {resolve_path(self.params['registry'])}")
 
     def _overridden_names(self) -> list[str]:
         try:

@@ -15,6 +15,7 @@ from dsc_pose_core import defaults
 from dsc_pose_core.defaults import ALIGN_ORDERS, HYPOTHESES, INITIALISERS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = "dsc_pose_ros"
 NODE_NAME = "dsc_pose"
 RELIABILITY = ("best_effort", "reliable")
 SYNC_MODES = ("exact", "approximate")
@@ -149,7 +150,22 @@ def validate(values: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+def package_root() -> Path:
+    """Where ``config/`` and ``checkpoints/`` live: the source checkout this module runs from, else the
+    package's share directory in a ROS 2 install space (``colcon build``: found through the ament index
+    of ``AMENT_PREFIX_PATH``, i.e. after sourcing the workspace's ``install/setup.sh``)."""
+    if (REPO_ROOT / "config" / "pose.yaml").is_file():
+        return REPO_ROOT
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return Path(get_package_share_directory(PACKAGE))
+    except Exception:  # ament_index missing or this package not in any install space
+        return REPO_ROOT
+
+
 def resolve_path(path: str) -> Path:
-    """Relative paths are relative to the package root (where config/ lives)."""
+    """Relative paths are relative to the package root (:func:`package_root`: the checkout, or the
+    install space's share/dsc_pose_ros)."""
     p = Path(path).expanduser()
-    return p if p.is_absolute() else REPO_ROOT / p
+    return p if p.is_absolute() else package_root() / p

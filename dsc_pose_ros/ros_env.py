@@ -32,7 +32,6 @@ import tempfile
 from pathlib import Path
 from typing import Mapping, MutableMapping, Optional
 
-PACKAGE = "dsc_pose_ros"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DOMAIN_ID_RANGE = (1, 101)  # 1..101 is valid for every participant count on Linux
 _AMENT_MARKER = Path("share", "ament_index", "resource_index", "packages")
@@ -41,19 +40,13 @@ _DROP = ("ROS_LOCALHOST_ONLY", "FASTRTPS_DEFAULT_PROFILES_FILE")
 
 
 def fastdds_profile() -> Path:
-    """Path of the local-only Fast DDS profile (source tree first, then the installed share)."""
-    in_tree = REPO_ROOT / "config" / "fastdds.xml"
-    if in_tree.is_file():
-        return in_tree
-    try:
-        from ament_index_python.packages import get_package_share_directory
+    """Path of the local-only Fast DDS profile (the source tree, else the install space's share)."""
+    from .params import resolve_path
 
-        installed = Path(get_package_share_directory(PACKAGE)) / "config" / "fastdds.xml"
-        if installed.is_file():
-            return installed
-    except Exception:  # ament_index missing or package not installed
-        pass
-    raise FileNotFoundError(f"Fast DDS profile not found (looked at {in_tree})")
+    profile = resolve_path("config/fastdds.xml")
+    if not profile.is_file():
+        raise FileNotFoundError(f"Fast DDS profile not found (looked at {profile})")
+    return profile
 
 
 FASTDDS_DEFAULT_SHM_SEGMENT = 512 * 1024  # Fast DDS's built-in shared-memory transport

@@ -17,19 +17,15 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch_ros.actions import Node
 
-from dsc_pose_ros.params import NODE_NAME, PARAMETERS
+from dsc_pose_ros.params import NODE_NAME, PARAMETERS, package_root
 
 NOT_GIVEN = "__from_params_file__"
 INPUTS = ("image", "camera_info", "detections")
 
 
 def _share_dir() -> str:
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        return get_package_share_directory("dsc_pose_ros")
-    except Exception:  # running from a source checkout
-        return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    """The package root: the install space's share/dsc_pose_ros, or the source checkout."""
+    return str(package_root())
 
 
 def _typed(name: str, text: str):

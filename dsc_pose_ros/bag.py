@@ -18,7 +18,7 @@ beside the bag in ``dsc_pose_gt.json`` (dataset, scene, split; per frame im_id, 
 BOP units (R row-major, t mm) and the detections).
 
 ``eval`` starts the node (``python -m dsc_pose_ros.node --ros-args --params-file config/pose.yaml
--p init:=box -p refine_iterations:=0 -p registry:=REGISTRY -p checkpoints:=<repo>/checkpoints <--node-arg ...>
+-p registry:=REGISTRY -p checkpoints:=<repo>/checkpoints <--node-arg ...>
 -r image:=... ...``, REGISTRY the one that maps the bag's class ids, ``--registry``, default
 config/objects.yaml: LM-O), in the local-only ROS
 environment of ``dsc_pose_ros.ros_env``), waits until it subscribes to the bag's topics and
@@ -61,7 +61,6 @@ DEFAULT_TOPICS = {"image": "/camera/image", "camera_info": "/camera/camera_info"
 OUTPUT_TOPIC = "/dsc_pose/detections3d"
 DEFAULT_FRAME_ID = "camera_color_optical_frame"
 DEFAULT_START_STAMP = 1_700_000_000.0  # s; recorded stamps are fixed so that a bag is reproducible
-NODE_DEFAULT_ARGS = ("-p", "init:=box", "-p", "refine_iterations:=0")
 ACCURACY_KEYS = ("ADD-S_0.1d", "5cm5deg", "proj2d_5px", "AR_MSSD", "AR_MSPD")
 NS = 1_000_000_000
 
@@ -301,7 +300,6 @@ def node_command(args, topics: dict[str, str]) -> list[str]:
     cmd = [*base, "--ros-args"]
     if args.params_file:
         cmd += ["--params-file", str(args.params_file)]
-    cmd += list(NODE_DEFAULT_ARGS)
     # the objects of the bag (the registry that maps its class ids) and this repository's checkpoints
     registry = Path(args.registry) if args.registry else REPO_ROOT / "config" / "objects.yaml"
     cmd += ["-p", f"registry:={registry.resolve()}", "-p", f"checkpoints:={REPO_ROOT / 'checkpoints'}"]
@@ -781,7 +779,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--rate-scale", type=float, default=1.0, help="replay speed x the recorded rate (default 1)")
     e.add_argument("--node-arg", action="append", default=[],
                    help="extra ROS arguments for the node, split like a shell line, appended after the defaults "
-                   "(-p init:=box -p refine_iterations:=0), e.g. --node-arg '-p device:=cuda'; repeatable")
+                   "(the node's own defaults, config/pose.yaml), e.g. --node-arg '-p init:=box'; repeatable")
     e.add_argument("--tracking", action="store_true",
                    help="the node tracks objects across frames (-p tracking:=true; give it a refiner with "
                    "--node-arg, e.g. '-p align:=after')")

@@ -145,7 +145,7 @@ def test_replay_through_the_node_matches_the_pipeline(lmo_root, tmp_path):
     bag, report_dir = tmp_path / "lmo_val", tmp_path / "report"
     _make(lmo_root, bag)
     cmd = [sys.executable, "-m", "dsc_pose_ros.bag", "eval", "--bag", str(bag), "--out", str(report_dir),
-           "--rate-scale", "0.5", "--startup-timeout", "90"]
+           "--rate-scale", "0.5", "--startup-timeout", "90", "--node-arg", "-p init:=box"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=subprocess_env())
     log = (report_dir / "node.log").read_text() if (report_dir / "node.log").is_file() else ""
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}\nnode log:\n{log[-3000:]}"

@@ -55,9 +55,9 @@ def main(argv=None) -> int:
         f"then `dsc-pose-bag eval` (node: config/pose.yaml{''.join(' ' + a for a in args.node_arg)})",
         "- Data: LM-O scene 2, split `val` (50 frames); detections = GT visible boxes loosened U(0, 15 %) per "
         "side (seed 0), as `dsc-pose-predict`",
-        "- The default node configuration is the box initialiser without refinement (no trained checkpoints ship "
-        "yet): its accuracy is ~0 by construction; this section shows that the whole path (bag -> node -> "
-        "scoring) runs from one command and what it reports.",
+        "- The node runs with its defaults (`dsc_pose_core/defaults.py`: DSC-PoseNet, no refinement) on LM-O's "
+        "registry and checkpoints (`config/lmo.yaml`), plus the node arguments above; this section shows the whole "
+        "path (bag -> node -> scoring) from one command and what it reports.",
         "",
         body.strip(),
         END,

@@ -28,7 +28,6 @@ def main(argv=None) -> int:
     from dsc_pose_core.data import bop_io
     from dsc_pose_core.models.dsc_posenet import DscPoseNetEstimator
     from dsc_pose_core.predict_cli import gt_detections
-    from dsc_pose_core.models.dsc_posenet import model_from_checkpoint
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True)
@@ -37,9 +36,8 @@ def main(argv=None) -> int:
     p.add_argument("--note", default="", help="what the checkpoint is (for the section)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model, loaded = model_from_checkpoint(args.checkpoint)
-    keypoints_3d, obj_id = loaded.inference["keypoints_3d"].numpy(), loaded.obj_ids[0]
-    estimator = DscPoseNetEstimator(model.eval(), keypoints_3d)
+    estimator = DscPoseNetEstimator.from_checkpoint(args.checkpoint)
+    obj_id = estimator.obj_id
     lmo = bop_io.default_lmo_dir()
     scene = bop_io.select_scene_images(lmo, 2, "test", "val")
     times, frames = [], 0
@@ -57,7 +55,7 @@ def main(argv=None) -> int:
         if frames > args.frames:
             break
     ms = np.asarray(times[1:]) * 1e3  # first call = warm-up
-    cfg = model.config
+    cfg = estimator.model.config
     section = "\n".join([
         START,
         "## DSC-PoseNet inference on a 480x640 frame (`bench/bench_dsc_inference.py`)",

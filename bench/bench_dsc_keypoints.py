@@ -30,7 +30,6 @@ import torch
 from dsc_pose_core.data.bop_io import (find_rgb, load_scene_camera, load_scene_gt, load_scene_gt_info, load_splits,
                                        read_rgb)
 from dsc_pose_core.models.dsc_posenet import DscPoseNetEstimator
-from dsc_pose_core.models.dsc_posenet import model_from_checkpoint
 
 from benchlib import cpu_model, git_commit, write_section
 
@@ -38,9 +37,8 @@ BEGIN, END = "<!-- bench_dsc_keypoints:start -->", "<!-- bench_dsc_keypoints:end
 
 
 def measure(checkpoint: Path, scene: Path, im_ids: list[int] | None, max_instances: int) -> dict:
-    model, loaded = model_from_checkpoint(checkpoint)
-    keypoints_3d, obj_id = loaded.inference["keypoints_3d"].numpy(), loaded.obj_ids[0]
-    estimator = DscPoseNetEstimator(model, keypoints_3d)
+    estimator = DscPoseNetEstimator.from_checkpoint(checkpoint)
+    obj_id = estimator.obj_id
     gts = load_scene_gt(scene / "scene_gt.json")
     infos = load_scene_gt_info(scene / "scene_gt_info.json")
     cameras = load_scene_camera(scene / "scene_camera.json")
@@ -54,7 +52,7 @@ def measure(checkpoint: Path, scene: Path, im_ids: list[int] | None, max_instanc
                 continue
             K = cameras[im_id].K
             estimate = estimator.estimate(read_rgb(find_rgb(scene, im_id)), K, info.bbox_visib)
-            cam = keypoints_3d @ gt.R.T + np.ravel(gt.t)
+            cam = estimator.keypoints_3d @ gt.R.T + np.ravel(gt.t)
             truth = (K[:2, :2] @ (cam[:, :2] / cam[:, 2:3]).T).T + K[:2, 2]
             side = max(info.bbox_visib[2], info.bbox_visib[3], 1)
             for name, predicted in (("unnorm", estimate.keypoints_unnorm), ("norm", estimate.keypoints_norm),

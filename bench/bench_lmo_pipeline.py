@@ -12,7 +12,9 @@ Rows: ``box`` / ``dsc`` initialiser; ``+align``: the aligner (``dsc_pose_core.al
 after the aligner when both run. Time per object: the pipeline's wall time on an image divided by its
 detections (initialiser, refiners and confidence; no image decoding), p50 / p90 over images, one torch
 thread. ``confidence_auroc``: over every val estimate of the ``dsc+align`` row (``box+align`` when that row
-is not run), how well the pose's ``score`` ranks ADD(-S)-correct poses (< 0.1 d) above wrong ones.
+is not run), how well the pose's ``score`` ranks ADD(-S)-correct poses (< 0.1 d) above wrong ones. Also the
+time per frame (all of an LM-O frame's 5-8 detections), whether 3 objects fit 10 Hz, the default pipeline
+(``dsc_pose_core/defaults.py``) marked, and docs/images/lmo_pipelines.svg: ADD(-S) against the time per frame.
 """
 
 from __future__ import annotations

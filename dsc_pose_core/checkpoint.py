@@ -190,11 +190,16 @@ def _upgrade(payload: dict, path) -> Checkpoint:
         return Checkpoint(method, dict(payload["model"]), list(payload.get("obj_ids") or []), payload["state_dict"],
                           inference, payload.get("config", {}), legacy_provenance, resume | optimizer,
                           bool(payload.get("compact", False)))
-    # segmentation: the network is its model config; saved before the prior correction existed: none
-    seg = payload["config"]["segmentation"]
+    # segmentation: the network is its model config (files written without one name at least their encoder);
+    # saved before the prior correction existed: none
+    network = ((payload.get("config") or {}).get("segmentation") or {}).get("model")
+    if network is None:
+        if "encoder" not in payload:
+            raise CheckpointError(f"{path}: a {fmt} file without its network's config or encoder: cannot convert")
+        network = {"encoder": payload["encoder"]}
     weights = dict(payload["state_dict"])
     weights.setdefault("foreground_prior_logit", torch.zeros(len(payload["obj_ids"])))
-    return Checkpoint(method, dict(seg["model"]), list(payload["obj_ids"]), weights, {}, payload["config"],
+    return Checkpoint(method, dict(network), list(payload["obj_ids"]), weights, {}, payload.get("config") or {},
                       legacy_provenance, {"iteration": int(payload.get("iteration", 0))},
                       bool(payload.get("compact", False)))
 

@@ -21,3 +21,6 @@ REFINE_ITERATIONS = 0  # DeepIM iterations per detection (the paper uses 2-4)
 ALIGN = "off"  # the test-time aligner: off, before or after DeepIM
 ALIGN_HYPOTHESES = "none"
 SCORE_THRESHOLD = 0.0  # poses with a lower confidence are not published
+TRACKING = False  # the previous frame's confident poses start the refiners (``tracking``)
+TRACKING_MIN_SCORE = 0.5  # tracking: poses at least this confident continue their track
+TRACKING_SMOOTHING = 0.0  # tracking: weight of the previous pose in the published one

@@ -31,7 +31,7 @@ or non-finite box, or a box entirely outside the image gives a :class:`PoseResul
 False and ``reason`` set (same order as the detections). Bad frames (image not uint8 HxWx3, K not a
 finite 3x3 with positive focal lengths) raise ``ValueError``; bad configuration or checkpoints raise
 :class:`PipelineConfigError` at construction. Checkpoints are read weights-only
-(``checkpoint.load_checkpoint``: ``torch.load(weights_only=True)``). No ROS imports.
+(``checkpoint.read_checkpoint``: the one schema, ``torch.load(weights_only=True)``). No ROS imports.
 """
 
 from __future__ import annotations
@@ -287,18 +287,16 @@ class DeepImStage:
 
     @classmethod
     def from_config(cls, pipeline: "PoseEstimator", config: "PipelineConfig") -> "DeepImStage":
+        from functools import partial
+
         from .deepim.refiner import DeepImRefiner
 
         if config.deepim_checkpoint is None:
             raise PipelineConfigError("refine_iterations > 0 needs a DeepIM checkpoint (or set refine_iterations to 0)")
         meshes = {o: pipeline.registry[o].mesh for o in pipeline.obj_ids}
-        path = Path(config.deepim_checkpoint)
-        if not path.is_file():
-            raise PipelineConfigError(f"DeepIM checkpoint not found: {path}")
-        try:  # the renderer is made now: a start-up failure, not one in the first frame
-            refiner = DeepImRefiner.from_checkpoint(path, meshes, pipeline.device)
-        except Exception as exc:  # truncated / not a torch file / pickled code / wrong method / no OpenGL
-            raise PipelineConfigError(f"cannot load DeepIM checkpoint {path}: {type(exc).__name__}: {exc}") from None
+        # the zoom-in renderer is made now: a start-up failure, not one in the first frame
+        refiner = _load(partial(DeepImRefiner.from_checkpoint, meshes=meshes), config.deepim_checkpoint, "DeepIM",
+                        pipeline.device)
         return cls(refiner, refiner.renderer, refiner.obj_ids, config.refine_iterations)
 
     def refine_poses(self, image, K, items, tracked=None):
@@ -622,7 +620,7 @@ class PoseEstimator:
                 continue
             t0 = time.perf_counter()
             out = refiner.refine_poses(image_rgb, K, [(r.obj_id, r.R, r.t, b) for r, b in refine],
-                                       [r.tracked for r, _ in refine])
+                                       tracked=[r.tracked for r, _ in refine])
             t_refine += time.perf_counter() - t0
             for (r, _), pose in zip(refine, out):
                 if pose is not None and np.isfinite(pose[0]).all() and np.isfinite(pose[1]).all():

@@ -73,7 +73,7 @@ class PredictJob:
     box_templates: int = 0
     dsc_scales: str = "both"
     track: bool = False  # images in id order as one video: confident poses start the next frame (``tracking``)
-    track_min_score: float = 0.5  # tracking: poses at least this confident continue their track
+    track_min_score: float = defaults.TRACKING_MIN_SCORE  # tracking: poses at least this confident continue their track
     quiet: bool = False
 
 
@@ -125,8 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--track", action="store_true",
                    help="the images (in id order) are one video: a confident pose of the previous image starts the "
                    "refiners instead of the initialiser (needs --align or --refine > 0)")
-    p.add_argument("--track-min-score", type=float, default=0.5,
-                   help="--track: poses at least this confident continue their track (default 0.5)")
+    p.add_argument("--track-min-score", type=float, default=defaults.TRACKING_MIN_SCORE,
+                   help=f"--track: poses at least this confident continue their track "
+                   f"(default {defaults.TRACKING_MIN_SCORE})")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -203,6 +204,8 @@ def run(args: PredictJob) -> dict:
     if args.init == "dsc" and ckpt_dir is None:
         raise ValueError("--init dsc needs --checkpoints DIR (no <repo>/checkpoints folder); "
                          "or use --init box")
+    if args.deepim and args.refine == 0:
+        raise ValueError(f"--deepim {args.deepim} with --refine 0 would not be used; give --refine N (the paper: 2-4)")
     if args.refine > 0 and deepim is None:
         raise ValueError("--refine > 0 needs --deepim CKPT (no checkpoints/deepim.pt found); or pass --refine 0")
     segmentation = args.segmentation
@@ -220,7 +223,8 @@ def run(args: PredictJob) -> dict:
     t_start = time.perf_counter()
     with load_pose_estimator(registry, config, models_dir=args.models_dir) as estimator:
         tracker = None
-        if args.track:
+        if args.track:  # one video: the frames in id order
+            im_ids = sorted(im_ids)
             from .tracking import Tracker, TrackingConfig
 
             tracker = Tracker(estimator, TrackingConfig(min_score=args.track_min_score))

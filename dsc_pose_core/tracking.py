@@ -9,6 +9,7 @@ passed as ``PoseEstimator.estimate``'s ``starts`` (the refiners search near it:
 ``align.tracking_config``), and skips the initialiser. It falls back to the initialiser, in the same
 frame, when
 
+- no refiner refined the tracked start (only objects some refiner serves are tracked at all),
 - the tracked pose's confidence drops below ``min_score`` (the aligner's calibrated confidence, or
   the box IoU without the aligner), or
 - the pose jumps: the refiners moved its translation more than ``max_jump`` object diameters from
@@ -29,6 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
+from . import defaults
 from .box_initialiser import fit_translation
 from .data.boxes import box_xyxy_edges
 from .pipeline import Detection, PipelineConfigError, PoseEstimator, PoseResult
@@ -36,10 +38,10 @@ from .pipeline import Detection, PipelineConfigError, PoseEstimator, PoseResult
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    min_score: float = 0.5  # a pose at least this confident continues its track
+    min_score: float = defaults.TRACKING_MIN_SCORE  # a pose at least this confident continues its track
     max_shift: float = 1.0  # box centres of one instance in consecutive frames lie within this many box diagonals
     max_jump: float = 0.5  # refined minus start translation, in object diameters, beyond which the track restarts
-    smoothing: float = 0.0  # weight of the previous pose in the published one (0: none, < 1)
+    smoothing: float = defaults.TRACKING_SMOOTHING  # weight of the previous pose in the published one (0: none, < 1)
 
     def validate(self) -> None:
         if not (0.0 <= self.min_score <= 1.0 and self.max_shift > 0.0):
@@ -120,7 +122,9 @@ class Tracker:
 
     def _falls_back(self, result: PoseResult, start_t: np.ndarray) -> str | None:
         """Why a tracked result falls back to the initialiser, or None."""
-        if not result.ok or result.score < self.config.min_score:
+        if not result.refined:  # no refiner moved the start: nothing confirms it in this frame
+            return "not refined"
+        if result.score < self.config.min_score:
             return "low score"
         diameter = self.estimator.diameters[result.obj_id]
         if np.linalg.norm(np.asarray(result.t) - start_t) > self.config.max_jump * diameter:
@@ -128,7 +132,9 @@ class Tracker:
         return None
 
     def estimate(self, image_rgb: np.ndarray, K: np.ndarray, detections: Sequence[Detection]) -> list[PoseResult]:
-        matched = self._match(detections)
+        # only objects a refiner serves can continue a track: an unrefined start would stay as it was
+        refined_ids = self.estimator.refine_ids
+        matched = {i: track for i, track in self._match(detections).items() if track.obj_id in refined_ids}
         starts = {}
         for i, track in matched.items():  # the track's rotation, moved to where the detection is now
             box = box_xyxy_edges(np.asarray(detections[i].box_xywh, dtype=np.float64))
@@ -138,6 +144,8 @@ class Tracker:
         results = self.estimator.estimate(image_rgb, K, detections, starts)
         fall_back = {}
         for i in matched:
+            if not results[i].tracked:  # skipped by the pipeline (e.g. an implausible box): as it is
+                continue
             reason = self._falls_back(results[i], starts[i][1])
             if reason is not None:
                 fall_back[i] = reason

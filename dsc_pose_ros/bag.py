@@ -18,9 +18,9 @@ beside the bag in ``dsc_pose_gt.json`` (dataset, scene, split; per frame im_id, 
 BOP units (R row-major, t mm) and the detections).
 
 ``eval`` starts the node (``python -m dsc_pose_ros.node --ros-args --params-file config/pose.yaml
--p registry:=REGISTRY -p checkpoints:=<repo>/checkpoints <--node-arg ...>
--r image:=... ...``, REGISTRY the one that maps the bag's class ids, ``--registry``, default
-config/objects.yaml: LM-O), in the local-only ROS
+[--params-file config/lmo.yaml | -p registry:=REGISTRY] <--node-arg ...> -r image:=... ...``: the
+node's defaults, then the bag's objects: ``--registry`` when given (the registry that maps the bag's
+class ids), else LM-O's registry and checkpoints), in the local-only ROS
 environment of ``dsc_pose_ros.ros_env``), waits until it subscribes to the bag's topics and
 publishes ``/dsc_pose/detections3d``, replays the bag at its recorded rate x ``--rate-scale`` with
 every header stamp rewritten to the ROS time of replay (best-effort QoS, depth 5, as the node
@@ -50,8 +50,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .params import resolve_path
+
 PROG = "dsc-pose-bag"
 REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PARAMS_FILE = "config/pose.yaml"  # the node's defaults
+LMO_PARAMS_FILE = "config/lmo.yaml"  # LM-O's registry and checkpoints (bags of the LM-O dataset)
 GT_FILE = "dsc_pose_gt.json"
 GT_FORMAT = "dsc_pose_bag_gt/1"
 IMAGE_TYPE = "sensor_msgs/msg/Image"
@@ -300,9 +304,13 @@ def node_command(args, topics: dict[str, str]) -> list[str]:
     cmd = [*base, "--ros-args"]
     if args.params_file:
         cmd += ["--params-file", str(args.params_file)]
-    # the objects of the bag (the registry that maps its class ids) and this repository's checkpoints
-    registry = Path(args.registry) if args.registry else REPO_ROOT / "config" / "objects.yaml"
-    cmd += ["-p", f"registry:={registry.resolve()}", "-p", f"checkpoints:={REPO_ROOT / 'checkpoints'}"]
+    # the objects of the bag: the registry that maps its class ids. Without --registry and with the default
+    # params file, LM-O's (config/lmo.yaml: its registry and the checkpoints trained for it); a params file of
+    # the user's keeps its own.
+    if args.registry:
+        cmd += ["-p", f"registry:={Path(args.registry).resolve()}"]
+    elif args.params_file == str(resolve_path(DEFAULT_PARAMS_FILE)):
+        cmd += ["--params-file", str(resolve_path(LMO_PARAMS_FILE))]
     if getattr(args, "tracking", False):
         cmd += ["-p", "tracking:=true"]
     for extra in args.node_arg or []:
@@ -379,7 +387,7 @@ def _class_resolver(registry_path: str | None):
                 if not registry:
                     from dsc_pose_core.objects.registry import ObjectRegistry
 
-                    registry.append(ObjectRegistry.from_yaml(registry_path or REPO_ROOT / "config" / "objects.yaml"))
+                    registry.append(ObjectRegistry.from_yaml(registry_path or resolve_path("config/objects.yaml")))
                 value = registry[0].by_name(class_id).obj_id
             except Exception:
                 value = None
@@ -614,7 +622,7 @@ def run_eval(args) -> int:
             raise BagError(f"dataset of the bag not found: {dataset} (pass --dataset DIR)")
     params_file = args.params_file
     if params_file is None:
-        default = REPO_ROOT / "config" / "pose.yaml"
+        default = resolve_path(DEFAULT_PARAMS_FILE)
         params_file = str(default) if default.is_file() else ""
     elif params_file and not Path(params_file).is_file():
         raise BagError(f"params file not found: {params_file}")

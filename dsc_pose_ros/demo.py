@@ -22,11 +22,11 @@ import sys
 import time
 from pathlib import Path
 
-from .params import REPO_ROOT
+from .params import REPO_ROOT, resolve_path
 
 SCENE_ID = 1
 # the checkpoint folder shipped for the demo object (pipeline layout: dsc_posenet/obj_000001.pt)
-DEMO_CHECKPOINTS = REPO_ROOT / "checkpoints" / "demo"
+DEMO_CHECKPOINTS = resolve_path("checkpoints/demo")
 
 
 def _run(cmd: list[str], env=None) -> None:

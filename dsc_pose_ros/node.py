@@ -127,7 +127,8 @@ class PoseNode:
                                 refiners=refiner_order(p["align"], p["refine_iterations"]),
                                 segmentation_checkpoint=str(resolve_path(segmentation)) if segmentation else None,
                                 align=AlignConfig(hypotheses=p["align_hypotheses"]))
-        self.estimator = load_pose_estimator(resolve_path(p["registry"]), config, p["models_dir"] or None)
+        self.estimator = load_pose_estimator(resolve_path(p["registry"]), config,
+                                             str(resolve_path(p["models_dir"])) if p["models_dir"] else None)
         self.tracker = None
         if p["tracking"]:  # a confident pose of the previous frame starts the refiners (dsc_pose_core.tracking)
             from dsc_pose_core.tracking import Tracker, TrackingConfig

@@ -82,11 +82,11 @@ PARAMETERS: tuple[Parameter, ...] = (
               "cube24 (for the box initialiser)", _one_of(HYPOTHESES)),
     Parameter("segmentation_checkpoint", "", "the aligner's mask network ('' = "
               "<checkpoints>/segmentation/lmo_seg.pt); needed when aligning"),
-    Parameter("tracking", False, "a confident pose of the previous frame starts the refiners instead of the "
+    Parameter("tracking", defaults.TRACKING, "a confident pose of the previous frame starts the refiners instead of the "
               "initialiser (instances matched by class and box); needs align or refine_iterations > 0"),
-    Parameter("tracking_min_score", 0.5, "tracking: poses at least this confident continue their track",
+    Parameter("tracking_min_score", defaults.TRACKING_MIN_SCORE, "tracking: poses at least this confident continue their track",
               lambda v: None if 0.0 <= v <= 1.0 else "must be in [0, 1]"),
-    Parameter("tracking_smoothing", 0.0, "tracking: weight of the previous pose in the published one (0 = none)",
+    Parameter("tracking_smoothing", defaults.TRACKING_SMOOTHING, "tracking: weight of the previous pose in the published one (0 = none)",
               lambda v: None if 0.0 <= v < 1.0 else "must be in [0, 1)"),
     Parameter("box_templates", 0, "box initialiser: viewpoints scored against the box (0 = canonical rotation)",
               _at_least(0)),

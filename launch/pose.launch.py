@@ -17,7 +17,7 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch_ros.actions import Node
 
-from dsc_pose_ros.params import NODE_NAME, PARAMETERS, package_root
+from dsc_pose_ros.params import NODE_NAME, PARAMETERS, package_root, resolve_path
 
 NOT_GIVEN = "__from_params_file__"
 INPUTS = ("image", "camera_info", "detections")
@@ -41,7 +41,8 @@ def _node(context):
     config = context.launch_configurations
     overrides = {p.name: _typed(p.name, config[p.name]) for p in PARAMETERS if config.get(p.name, NOT_GIVEN) != NOT_GIVEN}
     return [Node(package="dsc_pose_ros", executable="pose_node", name=NODE_NAME, output="screen",
-                 parameters=[config["params_file"], overrides],
+                 # a relative params file (params_file:=config/lmo.yaml) is the package's own
+                 parameters=[str(resolve_path(config["params_file"])), overrides],
                  remappings=[(topic, config[topic]) for topic in INPUTS])]
 
 

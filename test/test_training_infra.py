@@ -149,3 +149,26 @@ def test_config_inherits_from_bases_and_saves_the_resolved_config(tmp_path, caps
     (tmp_path / "bad.yaml").write_text("base: no_such.yaml\nstage: deepim\n")
     with pytest.raises(ConfigError, match="not found"):
         parse_config(tmp_path / "bad.yaml")
+
+
+def test_version_1_deepim_self6d_and_segmentation_files_convert_with_every_value_moved(tmp_path):
+    """The converter for the other methods' version-1 layouts: DeepIM (state_dict + model + zoom, units,
+    observed box, step), Self6D (model + model_config + obj_id + diameter) and a segmentation file that
+    only names its encoder (as early ones did)."""
+    w = {"w": torch.ones(2)}
+    deepim = ckpt.upgrade({"format": "dsc_pose.deepim.v1", "state_dict": w, "model": {"width": 0.5}, "obj_ids": [1, 5],
+                           "zoom": {"width": 64, "height": 48}, "translation_units": "zoom", "observed_box": "detection",
+                           "step": 12, "train_seconds": 3.0, "optimizer": {"state": {}}, "object_names": ["ape", "can"]})
+    assert (deepim.method, deepim.network, deepim.obj_ids) == ("deepim", {"width": 0.5}, [1, 5])
+    assert deepim.inference == {"zoom": {"width": 64, "height": 48}, "translation_units": "zoom",
+                                "observed_box": "detection"}
+    assert deepim.resume["step"] == 12 and deepim.provenance["object_names"] == ["ape", "can"]
+    self6d = ckpt.upgrade({"format": "dsc_pose.self6d/1", "model": w, "model_config": {"backbone": "resnet18"},
+                           "obj_id": 5, "diameter": 0.2, "stage": "self", "step": 4, "compact": True})
+    assert (self6d.method, self6d.obj_ids, self6d.inference) == ("self6d", [5], {"diameter": 0.2})
+    assert self6d.compact and self6d.resume == {} and self6d.provenance["progress"] == {"stage": "self", "step": 4}
+    seg = ckpt.upgrade({"format": "dsc_pose.segmentation/1", "state_dict": w, "config": {}, "obj_ids": [1],
+                        "encoder": "resnet18", "iteration": 0})
+    assert seg.network == {"encoder": "resnet18"} and seg.weights["foreground_prior_logit"].shape == (1,)
+    with pytest.raises(ckpt.CheckpointError, match="cannot convert"):
+        ckpt.upgrade({"format": "dsc_pose.segmentation/1", "state_dict": w, "config": {}, "obj_ids": [1]})

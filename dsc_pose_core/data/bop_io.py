@@ -345,6 +345,22 @@ def _dump_image_keyed(path: str | os.PathLike, data: dict) -> None:
     atomic_write_text(path, "{\n" + ",\n".join(lines) + ("\n}\n" if lines else "}\n"))
 
 
+def atomic_write_image(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Write an image (``[H,W,3]`` RGB, or one channel: masks, 16-bit depth) through a temporary file
+    and ``os.replace``: a file that exists is complete. JPEG quality 95 for ``.jpg``."""
+    import cv2
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if path.suffix.lower() in (".jpg", ".jpeg") else []
+    if not cv2.imwrite(str(tmp), image, params):
+        raise OSError(f"cannot write {path}")
+    os.replace(tmp, path)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and ``os.replace`` (atomic on POSIX)."""
     path = os.fspath(path)

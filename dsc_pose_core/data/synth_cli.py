@@ -85,7 +85,7 @@ def synth_config(models, obj_ids, out, n_images: int, *, seed: int = 0, camera: 
                  object_jitter: float = 0.0, rgb_ext: str = "png", split: str | None = None, scene_id: int = 0,
                  progress: bool = True) -> "SynthConfig":
     """The generator's typed config from the command's settings (same names and defaults as its flags);
-    ``dsc-pose-synth`` and the trainers (``training.segmentation.ensure_synthetic``) both build it here."""
+    ``dsc-pose-synth`` and the trainers (``training.common.ensure_synthetic``) both build it here."""
     from ..data import bop_io
     from .augment import AugmentConfig
     from .synthetic import DEFAULT_SPLIT, LMO_K, DistractorConfig, PoseSamplingConfig, SynthConfig, scale_intrinsics

@@ -616,17 +616,6 @@ def read_depth(path: str | os.PathLike, depth_scale: float) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # Dataset writing
 # --------------------------------------------------------------------------------------------
-def _write_image(path: Path, image: np.ndarray) -> None:
-    """cv2.imwrite through a temporary file + os.replace (a file that exists is complete)."""
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if path.suffix == ".jpg" else []
-    if not cv2.imwrite(str(tmp), image, params):
-        raise OSError(f"cannot write {tmp}")
-    os.replace(tmp, path)
-
-
 class SceneWriter:
     """Paths and files of one BOP scene of a synthetic dataset."""
 
@@ -661,11 +650,11 @@ class SceneWriter:
     def write_sample(self, im_id: int, sample: SyntheticSample, depth_scale: float) -> None:
         """Masks and depth first, the rgb image last: a present rgb file marks a finished image."""
         for k in range(len(sample.obj_ids)):
-            _write_image(self.mask_path(im_id, k), sample.masks[k].astype(np.uint8) * 255)
-            _write_image(self.mask_path(im_id, k, visib=True), sample.masks_visib[k].astype(np.uint8) * 255)
+            bop_io.atomic_write_image(self.mask_path(im_id, k), sample.masks[k].astype(np.uint8) * 255)
+            bop_io.atomic_write_image(self.mask_path(im_id, k, visib=True), sample.masks_visib[k].astype(np.uint8) * 255)
         if self.depth:
-            _write_image(self.depth_path(im_id), depth_to_uint16(sample.depth, depth_scale))
-        _write_image(self.rgb_path(im_id), sample.rgb)
+            bop_io.atomic_write_image(self.depth_path(im_id), depth_to_uint16(sample.depth, depth_scale))
+        bop_io.atomic_write_image(self.rgb_path(im_id), sample.rgb)
 
 
 @dataclass

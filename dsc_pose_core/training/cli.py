@@ -61,6 +61,8 @@ def main(argv=None) -> int:
         print(f"train.py: config error: {exc}", file=sys.stderr)
         return 2
     config.device = distributed.init_from_env(config.device)
+    from ..checkpoint import CheckpointError
+
     try:
         if distributed.is_main():
             save_resolved_config(config, args.out or config.out, command)
@@ -68,13 +70,15 @@ def main(argv=None) -> int:
             from .chain import run_chain
 
             only = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
-            try:
-                run_chain(config, args.out, only, args.resume is not None, command)
-            except ConfigError as exc:
-                print(f"train.py: config error: {exc}", file=sys.stderr)
-                return 2
+            run_chain(config, args.out, only, args.resume is not None, command)
         else:
             STAGES[config.stage](config, out=args.out, resume=args.resume, command=command)
+    except ConfigError as exc:
+        print(f"train.py: config error: {exc}", file=sys.stderr)
+        return 2
+    except CheckpointError as exc:  # another method's file, another version, a version-1 file
+        print(f"train.py: checkpoint error: {exc}", file=sys.stderr)
+        return 2
     finally:
         distributed.shutdown()
     return 0

@@ -14,7 +14,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from ..checkpoint import Checkpoint, provenance, save_checkpoint
@@ -80,7 +79,7 @@ def write_box_free_backgrounds(folder: Path, frames: list[tuple[Path, list]]) ->
     for path, boxes in frames:
         target = Path(folder) / f"{Path(path).parent.parent.name}_{Path(path).stem}.png"
         if not target.exists():
-            write_png(target, cv2.cvtColor(hide_boxes(read_rgb(path), boxes), cv2.COLOR_RGB2BGR))
+            bop_io.atomic_write_image(target, hide_boxes(read_rgb(path), boxes))
         written.append(target)
     return written
 
@@ -197,12 +196,13 @@ def load_real_split(cfg: RealDataConfig, split: str, obj_ids: list[int], require
 
 
 
-def write_png(path: Path, image: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    if not cv2.imwrite(str(tmp), image):
-        raise OSError(f"cannot write {path}")
-    os.replace(tmp, path)
+def resume_state(checkpoint: Checkpoint, path) -> dict:
+    """The training progress a checkpoint holds to continue from; a compact copy (no optimiser, no step)
+    is one clear :class:`ConfigError`."""
+    if not checkpoint.resume:
+        raise ConfigError(f"{path} is a compact copy without training state: resume from the run's *_last.pt "
+                          "(or start from it with init_checkpoint)")
+    return checkpoint.resume
 
 
 def write_checkpoint(path: str | os.PathLike, method: str, network: dict, obj_ids, weights: dict, *,

@@ -40,7 +40,7 @@ from ..losses.deepim import DeepImLossWeights, deepim_loss
 from ..models.deepim import METHOD, DeepImNet
 from . import distributed
 from ..checkpoint import read_checkpoint
-from .common import resolve_path, write_checkpoint
+from .common import resolve_path, resume_state, write_checkpoint
 from ..typed_config import ConfigError, to_dict
 from .tensorboard_log import TrainLogger, mask_overlay, tile
 
@@ -433,6 +433,7 @@ def run_deepim(config, out: str | os.PathLike | None = None, resume: str | None 
         checkpoint = read_checkpoint(resume, METHOD)
         if checkpoint.obj_ids != list(trainer.obj_ids):
             raise ConfigError(f"{resume}: trained for objects {checkpoint.obj_ids}, config has {trainer.obj_ids}")
+        resume_state(checkpoint, resume)
         trainer.resume_from(checkpoint)
         if results_path.exists():
             results["log"] = [r for r in json.loads(results_path.read_text()).get("log", []) if r["step"] <= trainer.step]

@@ -36,7 +36,8 @@ from . import distributed
 from ..checkpoint import read_checkpoint
 from ..typed_config import ConfigError, to_dict
 from .tensorboard_log import TrainLogger, tile
-from .common import SyntheticDataConfig, ensure_synthetic, real_background_frames, resolve_path, write_checkpoint
+from .common import (SyntheticDataConfig, ensure_synthetic, real_background_frames, resolve_path, resume_state,
+                     write_checkpoint)
 
 STAGE_NAMES = ("lb", "self")
 # the data's view tags ("u", "n"; "x_u", "a_n", ...) -> the model's view scale (its BatchNorm statistics)
@@ -429,7 +430,7 @@ def run_dsc_posenet(config, out: str | None = None, resume: str | None = None, c
             raise ConfigError(f"{init}: a DSC-PoseNet of object {checkpoint.obj_ids}, the config trains {cfg.obj_id}")
         trainer.model.load_state_dict(checkpoint.weights)
         if resume:
-            progress = checkpoint.resume
+            progress = resume_state(checkpoint, resume)
             start_stage, start_step, state = progress["stage"], int(progress["step"]), progress.get("optimizer")
             history = json.loads(progress.get("history", "[]"))
     results = {"command": command, "obj_id": cfg.obj_id, "n_synthetic": len(syn), "stages": {}}

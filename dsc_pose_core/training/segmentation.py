@@ -74,7 +74,7 @@ from ..segmentation.pseudo_labels import DEFAULT_CONFIDENCE, IGNORE, mask_iou, p
 from ..segmentation.reference import ReferenceMasks, load_mask_png
 from . import distributed
 from .common import (RealDataConfig, RealSplit, SyntheticDataConfig, ensure_synthetic, load_real_split,
-                     real_background_frames, resolve_path, write_checkpoint, write_png)
+                     real_background_frames, resolve_path, resume_state, write_checkpoint)
 from ..typed_config import ConfigError, to_dict
 from .tensorboard_log import TrainLogger, mask_overlay, tile
 
@@ -562,8 +562,8 @@ def pseudo_label_split(model, split: RealSplit, cfg: SegmentationConfig, channel
             boxes_json[str(im_id)].append({"inst": inst, "obj_id": obj_id, "bbox_loose": [int(v) for v in box]})
             if scene_out is not None and cfg.pseudo.write_png:
                 name = f"{im_id:06d}_{inst:06d}.png"
-                write_png(scene_out / "mask_visib" / name, np.where(labels == 1, 255, 0).astype(np.uint8))
-                write_png(scene_out / "mask_ignore" / name, np.where(labels == IGNORE, 255, 0).astype(np.uint8))
+                bop_io.atomic_write_image(scene_out / "mask_visib" / name, np.where(labels == 1, 255, 0).astype(np.uint8))
+                bop_io.atomic_write_image(scene_out / "mask_ignore" / name, np.where(labels == IGNORE, 255, 0).astype(np.uint8))
     if scene_out is not None:
         scene_out.mkdir(parents=True, exist_ok=True)
         bop_io.atomic_write_text(scene_out / "pseudo_boxes.json", json.dumps(boxes_json, indent=1))
@@ -735,6 +735,7 @@ def run_segmentation(config, out: str | os.PathLike | None = None, resume: str |
     ckpt_dir = out_dir / "checkpoints"
     if resume:
         loaded, checkpoint = model_from_checkpoint(resume, device)
+        resume_state(checkpoint, resume)
         if checkpoint.obj_ids != obj_ids:
             raise ConfigError(f"{resume}: trained for objects {checkpoint.obj_ids}, config has {obj_ids}")
         _check_same_network(loaded, cfg, resume)

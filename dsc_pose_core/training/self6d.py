@@ -44,7 +44,7 @@ from ..losses import self6d as L
 from ..models.self6d import METHOD, Self6dModelConfig, Self6dNet, decode_pose, model_from_checkpoint
 from ..checkpoint import read_checkpoint
 from ..typed_config import ConfigError, to_dict
-from .common import resolve_path, write_checkpoint
+from .common import resolve_path, resume_state, write_checkpoint
 
 STAGE_NAMES = ("synthetic", "self")
 UNLABELED = ("target", "lmo")
@@ -416,8 +416,10 @@ def run_self6d(config, out: str | None = None, resume: str | None = None, comman
     start_stage, start_step, optimiser_state, history = 0, 0, None, []
     if resume:
         checkpoint = read_checkpoint(resume, METHOD)
+        if checkpoint.obj_ids != [cfg.obj_id]:
+            raise ConfigError(f"{resume}: a Self6D network of object {checkpoint.obj_ids}, the config trains {cfg.obj_id}")
+        progress = resume_state(checkpoint, resume)
         trainer.model.load_state_dict(checkpoint.weights)
-        progress = checkpoint.resume
         start_stage = cfg.stages.index(progress["stage"])
         start_step = int(progress["step"])
         optimiser_state = progress.get("optimizer") or None

@@ -193,3 +193,14 @@ def test_valid_gt_mask_rules():
     assert list(_valid_gt_mask(gts, infos, {1: 2, 2: 1}, -1.0)) == [True, True, True]
     # old rule: target object and visib_fract >= visib_gt_min
     assert list(_valid_gt_mask(gts, infos, {1: 2, 2: 1}, 0.1)) == [False, True, True]
+
+
+def test_scoring_imports_no_torch():
+    """The BOP evaluator and its metrics use the numpy half of geometry.camera only (dsc-pose-eval
+    starts in ~2 s, not ~5 s with torch)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import sys, dsc_pose_core.eval.bop, dsc_pose_core.eval.cli; "
+                          "print('torch' in sys.modules)"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

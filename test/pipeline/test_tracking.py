@@ -22,8 +22,9 @@ class FakeEstimator:
     """The PoseEstimator surface a Tracker uses; ``score`` decides each result's confidence, from the
     pose it starts with (tracked) or from the initialiser (a fixed pose at 0.6 m)."""
 
-    def __init__(self, tracked_score=0.9, init_score=0.8, refined_t=None):
+    def __init__(self, tracked_score=0.9, init_score=0.8, refined_t=None, refine_ids=(1, 2)):
         self.refiners = ["a refiner"]
+        self.refine_ids = set(refine_ids)
         self.vertices, self.diameters = {1: CUBE, 2: CUBE}, {1: 0.17, 2: 0.17}
         self.tracked_score, self.init_score, self.refined_t = tracked_score, init_score, refined_t
         self.calls = []
@@ -36,6 +37,7 @@ class FakeEstimator:
             r = PoseResult(obj_id=d.obj_id, box_xywh=np.asarray(d.box_xywh, float))
             if i in starts:
                 r.R, r.t, r.tracked = starts[i][0], np.asarray(starts[i][1], float), True
+                r.refined = d.obj_id in self.refine_ids
                 if self.refined_t is not None:
                     r.t = np.asarray(self.refined_t, float)
                 r.score = self.tracked_score
@@ -54,17 +56,18 @@ def test_confident_poses_continue_and_matching_uses_class_and_box_centre():
     tracker = Tracker(est, TrackingConfig(min_score=0.5, max_shift=1.0))
     first = tracker.estimate(_frame(), K, [Detection(1, (300, 220, 40, 40)), Detection(2, (100, 100, 40, 40))])
     assert not any(r.tracked for r in first) and est.calls == [[]]
-    # object 1 moved by less than a box diagonal, object 2 far away, a new object 1 instance elsewhere
+    # object 1 moved by less than a box diagonal, object 2 far away, a new object 1 instance elsewhere, and an
+    # object of class 2 right where object 1's track is (another class never continues it)
     second = tracker.estimate(_frame(), K, [Detection(1, (320, 230, 40, 40)), Detection(2, (400, 400, 40, 40)),
-                                            Detection(1, (10, 400, 40, 40))])
-    assert [r.tracked for r in second] == [True, False, False]
+                                            Detection(1, (10, 400, 40, 40)), Detection(2, (300, 220, 40, 40))])
+    assert [r.tracked for r in second] == [True, False, False, False]
     # the tracked start keeps the rotation and moves the translation onto the new box's ray
     start_t = second[0].t
     u = K @ start_t
     assert u[0] / u[2] == pytest.approx(339.5, abs=1.0) and u[1] / u[2] == pytest.approx(249.5, abs=1.0)
     stats = tracker.stats
-    assert (stats.frames, stats.tracked, stats.initialised, stats.reinitialised) == (2, 1, 4, 0)
-    assert stats.lost == 1 and stats.active == 3  # object 2's track was not matched
+    assert (stats.frames, stats.tracked, stats.initialised, stats.reinitialised) == (2, 1, 5, 0)
+    assert stats.lost == 1 and stats.active == 4  # object 2's track was not matched
 
 
 def test_low_confidence_or_a_jump_falls_back_to_the_initialiser_in_the_same_frame():
@@ -79,6 +82,12 @@ def test_low_confidence_or_a_jump_falls_back_to_the_initialiser_in_the_same_fram
     tracker.estimate(_frame(), K, [Detection(1, (300, 220, 40, 40))])
     assert not tracker.estimate(_frame(), K, [Detection(1, (302, 221, 40, 40))])[0].tracked
     assert tracker.stats.reasons == {"jump": 1}
+    # an object no refiner serves is never tracked (its start would stay unrefined)
+    est = FakeEstimator(refine_ids=(2,))
+    tracker = Tracker(est)
+    tracker.estimate(_frame(), K, [Detection(1, (300, 220, 40, 40))])
+    assert not tracker.estimate(_frame(), K, [Detection(1, (302, 221, 40, 40))])[0].tracked
+    assert est.calls[-1] == [] and tracker.stats.reinitialised == 0
     # an unconfident pose starts no track
     est = FakeEstimator(init_score=0.1)
     tracker = Tracker(est)

@@ -203,3 +203,22 @@ def test_eval_tracking_flag_starts_the_node_with_tracking():
     assert cmd[cmd.index("tracking:=true") - 1] == "-p" and cmd.index("tracking:=true") < cmd.index("align:=after")
     plain = node_command(build_parser().parse_args(["eval", "--bag", "b", "--out", "o"]), topics)
     assert "tracking:=true" not in plain
+
+
+def test_eval_gives_the_node_the_bags_objects_and_keeps_a_users_params_file():
+    from dsc_pose_ros.bag import build_parser, node_command
+    from dsc_pose_ros.params import resolve_path
+
+    topics = {"image": "/i", "camera_info": "/c", "detections": "/d"}
+    pose, lmo = str(resolve_path("config/pose.yaml")), str(resolve_path("config/lmo.yaml"))
+    args = build_parser().parse_args(["eval", "--bag", "b", "--out", "o"])
+    args.params_file = pose  # as eval resolves the default
+    cmd = node_command(args, topics)
+    assert cmd[cmd.index(pose) + 1:cmd.index(pose) + 3] == ["--params-file", lmo]  # LM-O after the defaults
+    args = build_parser().parse_args(["eval", "--bag", "b", "--out", "o", "--registry", "config/demo/objects.yaml"])
+    args.params_file = pose
+    cmd = node_command(args, topics)
+    assert lmo not in cmd and any(a.startswith("registry:=") and a.endswith("config/demo/objects.yaml") for a in cmd)
+    args = build_parser().parse_args(["eval", "--bag", "b", "--out", "o", "--params-file", "mine.yaml"])
+    cmd = node_command(args, topics)
+    assert lmo not in cmd and not any(a.startswith("registry:=") for a in cmd)

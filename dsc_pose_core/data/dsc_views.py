@@ -317,6 +317,7 @@ class SyntheticPoseDataset(torch.utils.data.Dataset):
             raise ValueError(f"augment.norm_box must be 'mask' or 'loosened', not {aug.norm_box!r}")
         out = make_view_pair(image, self.model, A, box, nbox, rng, aug, {"mask": mask},
                              norm_box_augmented=augmented)
+        out["box_xyxy"] = torch.as_tensor(box, dtype=torch.float32)  # the visible box (image px, edges)
         out.update(keypoints=torch.as_tensor(project_posed(self.keypoints_3d, item.K, item.R, item.t)[0],
                                              dtype=torch.float32),
                    scale=torch.tensor(side, dtype=torch.float32), K=torch.as_tensor(item.K, dtype=torch.float32),
@@ -379,6 +380,7 @@ class RealPoseDataset(torch.utils.data.Dataset):
         out["align_ignore"] = torch.from_numpy(warp_affine(ignore.astype(np.uint8), m_align, self.align_size, self.align_size, True)
                                                .astype(np.float32))
         out.update(scale=torch.tensor(side, dtype=torch.float32), K=torch.as_tensor(item.K, dtype=torch.float32))
+        out["box_xyxy"] = torch.as_tensor(loose, dtype=torch.float32)  # the loosened box (the weak label)
         if item.R is not None:
             out["keypoints"] = torch.as_tensor(project_posed(self.keypoints_3d, item.K, item.R, item.t)[0],
                                                dtype=torch.float32)

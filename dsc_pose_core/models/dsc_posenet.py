@@ -83,6 +83,9 @@ class DscModelConfig:
     # inference (DscPoseNetEstimator): True = only output cells inside the detection box vote in eq. (3)
     # (the older models); False = the soft predicted mask over the whole view votes, as in training
     box_votes: bool = True
+    # training: the same restriction (cells whose centre lies in the sample's box, the visible box of a
+    # render or the loosened box of a real image), so that training and inference vote alike
+    train_box_votes: bool = False
 
     def validate(self) -> None:
         from ..typed_config import ConfigError
@@ -115,6 +118,19 @@ def cell_centres(height: int, width: int, stride: int, device=None, dtype=torch.
     xs = torch.arange(width, device=device, dtype=dtype) * stride + (stride - 1) / 2.0
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     return torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=-1)
+
+
+def box_region(matrix: torch.Tensor, box_xyxy: torch.Tensor, size: int, stride: int) -> torch.Tensor:
+    """[B,h*w] 1 for the output cells (``size // stride`` per side) of a view (image -> view ``matrix``
+    [B,3,3]) whose centre lies inside the image box [B,4] (x1, y1, x2, y2); rows with no such cell are
+    all ones (no restriction)."""
+    cells = size // stride
+    centres = cell_centres(cells, cells, stride, device=matrix.device)
+    points = view_to_image(centres[None].expand(matrix.shape[0], -1, -1), matrix.float())
+    box = box_xyxy.to(points)[:, None]
+    inside = ((points[..., 0] >= box[..., 0]) & (points[..., 0] <= box[..., 2]) & (points[..., 1] >= box[..., 1])
+              & (points[..., 1] <= box[..., 3])).float()
+    return torch.where(inside.sum(-1, keepdim=True) > 0, inside, torch.ones_like(inside))
 
 
 def attention_keypoints(offsets: torch.Tensor, attention: torch.Tensor, fg_weight: torch.Tensor,

@@ -34,7 +34,7 @@ from ..data import bop_io
 from ..data.dsc_views import (MODES, IndexedObjects, RealPoseDataset, SyntheticPoseDataset, ViewAugmentConfig,
                               real_instances, synthetic_instances)
 from ..losses import dsc_posenet as L
-from ..models.dsc_posenet import (CHECKPOINT_FORMAT, DscModelConfig, DscPoseNet, ScaleSpecificBatchNorm2d,
+from ..models.dsc_posenet import (CHECKPOINT_FORMAT, DscModelConfig, DscPoseNet, ScaleSpecificBatchNorm2d, box_region,
                                   image_to_view, resample_map, view_to_image)
 from . import distributed
 from ..checkpoint import load_checkpoint, save_checkpoint
@@ -170,12 +170,17 @@ class DscPoseNetTrainer:
                 self.renderer.add_object(index, one, target_faces=cfg.loss.align_faces)
 
     def _forward_view(self, images: torch.Tensor, matrix: torch.Tensor, tag: str,
-                      obj_index: torch.Tensor | None = None) -> dict:
+                      obj_index: torch.Tensor | None = None, box_xyxy: torch.Tensor | None = None) -> dict:
         """One view's batch (``tag`` "u"/"n", optionally prefixed "x_"/"a_") through the network with
-        that scale's BatchNorm statistics (and each sample's object channels, ``obj_index``)."""
+        that scale's BatchNorm statistics (and each sample's object channels, ``obj_index``); with
+        ``model.train_box_votes`` only the cells inside ``box_xyxy`` (image px) vote, as at inference."""
         obj_index = None if obj_index is None else obj_index.to(self.device)
+        region = None
+        if self.model.config.train_box_votes and box_xyxy is not None:
+            region = box_region(matrix.to(self.device), box_xyxy.to(self.device), images.shape[-1],
+                                self.model.config.out_stride)
         out = self.net(self.model.normalise(images.to(self.device)), obj_index=obj_index,
-                       view=VIEW_SCALE_OF_TAG[tag[-1]])
+                       view=VIEW_SCALE_OF_TAG[tag[-1]], region=region)
         out["k_image"] = view_to_image(out["keypoints"], matrix.to(self.device))
         return out
 
@@ -197,7 +202,7 @@ class DscPoseNetTrainer:
         terms = {}
         for tag in ("u", "n"):
             matrix = batch[f"{tag}_matrix"].to(dev)
-            out = self._forward_view(batch[f"{tag}_image"], matrix, tag, batch.get("obj_index"))
+            out = self._forward_view(batch[f"{tag}_image"], matrix, tag, batch.get("obj_index"), batch.get("box_xyxy"))
             for k, v in self._supervised(out, matrix, kp, scale, batch[f"{tag}_mask"].to(dev),
                                          offsets_only=offsets_only).items():
                 terms[k] = terms.get(k, 0.0) + v
@@ -232,7 +237,8 @@ class DscPoseNetTrainer:
             terms = {}
             for tag in ("a_u", "a_n"):
                 matrix = batch[f"{tag}_matrix"].to(dev)
-                out = self._forward_view(batch[f"{tag}_image"], matrix, tag, batch.get("obj_index"))
+                out = self._forward_view(batch[f"{tag}_image"], matrix, tag, batch.get("obj_index"),
+                                         batch.get("box_xyxy"))
                 for k, v in self._supervised(out, matrix, batch["keypoints"].to(dev), scale,
                                              batch[f"{tag}_mask"].to(dev), batch[f"{tag}_ignore"].to(dev)).items():
                     terms[f"real_{k}"] = terms.get(f"real_{k}", 0.0) + v
@@ -245,7 +251,9 @@ class DscPoseNetTrainer:
         for tag in ("u", "n"):  # x and A(x) through the network together
             images = torch.cat([batch[f"x_{tag}_image"], batch[f"a_{tag}_image"]])
             matrices = torch.cat([batch[f"x_{tag}_matrix"], batch[f"a_{tag}_matrix"]]).to(dev)
-            out = self._forward_view(images, matrices, tag, torch.cat([obj_index, obj_index]))
+            boxes = batch.get("box_xyxy")
+            out = self._forward_view(images, matrices, tag, torch.cat([obj_index, obj_index]),
+                                     None if boxes is None else torch.cat([boxes, boxes]))
             views[f"x_{tag}"] = {k: v[:bsz] for k, v in out.items() if k != "centres"}
             views[f"a_{tag}"] = {k: v[bsz:] for k, v in out.items() if k != "centres"}
         k3d = self.keypoints_3d[0][None] if self.single else self.keypoints_3d[obj_index]  # [1|B,N,3]

@@ -96,7 +96,8 @@ def test_shared_network_trains_and_exports_per_object_checkpoints(two_object_dat
     from dsc_pose_core.typed_config import from_dict, to_dict
 
     data = two_object_data
-    raw = {"models_dir": str(data["models"]), "obj_ids": [1, 2], "model": to_dict(lite0_config(n_objects=2)),
+    raw = {"models_dir": str(data["models"]), "obj_ids": [1, 2],
+           "model": to_dict(lite0_config(n_objects=2, train_box_votes=True)),
            "synthetic": {"dir": str(data["synth"]), "generate": False, "min_px": 16, "n_images": 6},
            "augment": {"inplane_deg": [-30.0, 30.0]},
            "real": {"dataset": str(data["real"]), "scene_id": 0, "pseudo_dir": str(data["pseudo"])},
@@ -163,3 +164,17 @@ def test_lite0_config_parses(repo_root):
     cfg = config.dsc_posenet
     assert cfg.model.backbone == "efficientnet_lite0" and cfg.model.n_objects == len(cfg.obj_ids) == 8
     assert cfg.real.pseudo_dir.endswith("iter_2") and tuple(cfg.augment.inplane_deg) == (-70.0, 70.0)
+
+
+def test_training_box_region_matches_the_inference_region():
+    model = M.DscPoseNet(M.DscModelConfig(backbone="resnet18", decoder_channels=16, unnorm_size=64, window_px=80.0,
+                                          norm_size=32))
+    estimator = M.DscPoseNetEstimator(model, np.zeros((9, 3)), box_votes=True)
+    box = np.array([30.0, 40.0, 70.0, 65.0])
+    matrix = M.view_matrix(M.unnorm_window(model.config, box, (128, 96)), 64)
+    expected = estimator._box_region(matrix, 64, box)
+    got = M.box_region(torch.as_tensor(matrix, dtype=torch.float32)[None], torch.as_tensor(box)[None], 64, 4)
+    assert torch.equal(expected, got) and 0 < float(got.sum()) < got.numel()
+    # a box outside the view restricts nothing
+    far = M.box_region(torch.as_tensor(matrix, dtype=torch.float32)[None], torch.tensor([[900.0, 900, 910, 910]]), 64, 4)
+    assert bool((far == 1).all())

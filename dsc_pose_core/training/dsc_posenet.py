@@ -9,7 +9,11 @@
   With ``real.mode: with_real_pose_labels`` (the paper's upper bound "with real pose labels") the real
   batch is supervised like synthetic data with ground-truth keypoints instead.
 
-One model per object (``obj_id``). Checkpoints (atomic, weights-only loadable):
+One model per object (``obj_id``, the paper's set-up), or with ``obj_ids`` one network for several
+objects: a shared trunk and decoder with per-object output channels (``model.n_objects`` =
+``len(obj_ids)``, selected by each sample's ``obj_index``), trained on every object's renders and
+real instances at once; :func:`export_object` writes one object's single-object checkpoint from it
+(the pipeline's ``obj_XXXXXX.pt`` layout). Checkpoints (atomic, weights-only loadable):
 ``OUT/checkpoints/dsc_{stage}.pt`` and ``dsc_last.pt`` with the model weights, optimiser state,
 stage, step, the config, the object id and its 3D keypoints.
 """
@@ -27,13 +31,13 @@ import torch
 from tqdm import tqdm
 
 from ..data import bop_io
-from ..data.dsc_views import (MODES, RealPoseDataset, SyntheticPoseDataset, ViewAugmentConfig, real_instances,
-                              synthetic_instances)
+from ..data.dsc_views import (MODES, IndexedObjects, RealPoseDataset, SyntheticPoseDataset, ViewAugmentConfig,
+                              real_instances, synthetic_instances)
 from ..losses import dsc_posenet as L
-from ..models.dsc_posenet import (METHOD, DscModelConfig, DscPoseNet, ScaleSpecificBatchNorm2d,
-                                  image_to_view, normalise_rgb, resample_map, view_to_image)
+from ..models.dsc_posenet import (METHOD, DscModelConfig, DscPoseNet, ScaleSpecificBatchNorm2d, box_region,
+                                  image_to_view, resample_map, view_to_image)
 from . import distributed
-from ..checkpoint import read_checkpoint
+from ..checkpoint import Checkpoint, read_checkpoint, save_checkpoint
 from ..typed_config import ConfigError, to_dict
 from .tensorboard_log import TrainLogger, tile
 from .common import (SyntheticDataConfig, ensure_synthetic, real_background_frames, resolve_path, resume_state,
@@ -90,6 +94,8 @@ class DscPoseNetConfig:
     objects_file: str = "config/objects.yaml"
     models_dir: str = ""  # alternative to objects_file: BOP models folder (obj_XXXXXX.ply, mm)
     obj_id: int = 1
+    # several objects: one shared network (per-object output channels); [] = the single ``obj_id``
+    obj_ids: list[int] = field(default_factory=list)
     stages: list[str] = field(default_factory=lambda: ["lb", "self"])
     model: DscModelConfig = field(default_factory=DscModelConfig)
     synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
@@ -116,6 +122,12 @@ class DscPoseNetConfig:
         if self.loss.sigma <= 0 or self.loss.align_sigma_px <= 0:
             raise ConfigError("dsc_posenet.loss: sigma and align_sigma_px must be > 0")
         self.model.validate()
+        if self.obj_ids and len(set(self.obj_ids)) != len(self.obj_ids):
+            raise ConfigError(f"dsc_posenet.obj_ids {self.obj_ids} repeats an object")
+
+    def object_ids(self) -> list[int]:
+        """The objects this run trains (one network): ``obj_ids`` or ``[obj_id]``."""
+        return list(self.obj_ids) if self.obj_ids else [int(self.obj_id)]
 
 
 def _cycle(dataset, batch_size: int, seed: int, workers: int = 0):
@@ -140,23 +152,36 @@ class DscPoseNetTrainer:
 
     def __init__(self, cfg: DscPoseNetConfig, keypoints_3d: np.ndarray, mesh=None, device="cpu",
                  model: DscPoseNet | None = None):
+        """``keypoints_3d`` [N,3] (one object) or [O,N,3] and ``mesh`` one mesh or a list of O (several
+        objects, indexed by the batches' ``obj_index``)."""
         self.cfg = cfg
         self.device = torch.device(device)
         self.model = (model or DscPoseNet(cfg.model)).to(self.device)
         self.net = distributed.wrap(self.model)  # the forward pass (DDP averages gradients over ranks)
         self.last_synthetic = None  # (view images, predicted and true keypoints in view px) for pictures
-        self.keypoints_3d = torch.as_tensor(np.asarray(keypoints_3d), dtype=torch.float32, device=self.device)
+        keypoints_3d = torch.as_tensor(np.asarray(keypoints_3d), dtype=torch.float32, device=self.device)
+        self.single = keypoints_3d.dim() == 2
+        self.keypoints_3d = keypoints_3d[None] if self.single else keypoints_3d  # [O,N,3]
         self.renderer = None
         if mesh is not None:
             from ..render.differentiable import DifferentiableRenderer
 
             self.renderer = DifferentiableRenderer(cfg.loss.align_faces_per_pixel, cfg.loss.align_sigma_px, self.device)
-            self.renderer.add_object(0, mesh, target_faces=cfg.loss.align_faces)
+            for index, one in enumerate(mesh if isinstance(mesh, (list, tuple)) else [mesh]):
+                self.renderer.add_object(index, one, target_faces=cfg.loss.align_faces)
 
-    def _forward_view(self, images: torch.Tensor, matrix: torch.Tensor, tag: str) -> dict:
+    def _forward_view(self, images: torch.Tensor, matrix: torch.Tensor, tag: str,
+                      obj_index: torch.Tensor | None = None, box_xyxy: torch.Tensor | None = None) -> dict:
         """One view's batch (``tag`` "u"/"n", optionally prefixed "x_"/"a_") through the network with
-        that scale's BatchNorm statistics."""
-        out = self.net(normalise_rgb(images.to(self.device)), view=VIEW_SCALE_OF_TAG[tag[-1]])
+        that scale's BatchNorm statistics (and each sample's object channels, ``obj_index``); with
+        ``model.train_box_votes`` only the cells inside ``box_xyxy`` (image px) vote, as at inference."""
+        obj_index = None if obj_index is None else obj_index.to(self.device)
+        region = None
+        if self.model.config.train_box_votes and box_xyxy is not None:
+            region = box_region(matrix.to(self.device), box_xyxy.to(self.device), images.shape[-1],
+                                self.model.config.out_stride)
+        out = self.net(self.model.normalise(images.to(self.device)), obj_index=obj_index,
+                       view=VIEW_SCALE_OF_TAG[tag[-1]], region=region)
         out["k_image"] = view_to_image(out["keypoints"], matrix.to(self.device))
         return out
 
@@ -178,7 +203,7 @@ class DscPoseNetTrainer:
         terms = {}
         for tag in ("u", "n"):
             matrix = batch[f"{tag}_matrix"].to(dev)
-            out = self._forward_view(batch[f"{tag}_image"], matrix, tag)
+            out = self._forward_view(batch[f"{tag}_image"], matrix, tag, batch.get("obj_index"), batch.get("box_xyxy"))
             for k, v in self._supervised(out, matrix, kp, scale, batch[f"{tag}_mask"].to(dev),
                                          offsets_only=offsets_only).items():
                 terms[k] = terms.get(k, 0.0) + v
@@ -213,20 +238,26 @@ class DscPoseNetTrainer:
             terms = {}
             for tag in ("a_u", "a_n"):
                 matrix = batch[f"{tag}_matrix"].to(dev)
-                out = self._forward_view(batch[f"{tag}_image"], matrix, tag)
+                out = self._forward_view(batch[f"{tag}_image"], matrix, tag, batch.get("obj_index"),
+                                         batch.get("box_xyxy"))
                 for k, v in self._supervised(out, matrix, batch["keypoints"].to(dev), scale,
                                              batch[f"{tag}_mask"].to(dev), batch[f"{tag}_ignore"].to(dev)).items():
                     terms[f"real_{k}"] = terms.get(f"real_{k}", 0.0) + v
             return terms
         bsz = scale.shape[0]
+        obj_index = batch.get("obj_index")
+        obj_index = torch.zeros(bsz, dtype=torch.long) if obj_index is None else obj_index
+        obj_index = obj_index.to(dev)
         views = {}
         for tag in ("u", "n"):  # x and A(x) through the network together
             images = torch.cat([batch[f"x_{tag}_image"], batch[f"a_{tag}_image"]])
             matrices = torch.cat([batch[f"x_{tag}_matrix"], batch[f"a_{tag}_matrix"]]).to(dev)
-            out = self._forward_view(images, matrices, tag)
+            boxes = batch.get("box_xyxy")
+            out = self._forward_view(images, matrices, tag, torch.cat([obj_index, obj_index]),
+                                     None if boxes is None else torch.cat([boxes, boxes]))
             views[f"x_{tag}"] = {k: v[:bsz] for k, v in out.items() if k != "centres"}
             views[f"a_{tag}"] = {k: v[bsz:] for k, v in out.items() if k != "centres"}
-        k3d = self.keypoints_3d[None]
+        k3d = self.keypoints_3d[0][None] if self.single else self.keypoints_3d[obj_index]  # [1|B,N,3]
         # eq. (11): target from the un-augmented image at both scales
         target, valid = L.dual_scale_target(views["x_u"]["k_image"], views["x_n"]["k_image"], k3d, K,
                                             lc.dual_stop_gradient)
@@ -245,7 +276,12 @@ class DscPoseNetTrainer:
                 ok = ok & valid
                 R = torch.where(ok[:, None, None], R, torch.eye(3, device=dev).expand_as(R))
                 t = torch.where(ok[:, None], t, torch.tensor([0.0, 0.0, 1.0], device=dev).expand_as(t))
-                rendered = self.renderer.silhouette(K_align, 0, R, t, size, size)
+                rendered = torch.zeros(bsz, size, size, device=dev)
+                for index in obj_index.unique().tolist():  # the renderer draws one object per call
+                    rows = obj_index == index
+                    rendered = rendered.index_put(
+                        (rows.nonzero()[:, 0],),
+                        self.renderer.silhouette(K_align[rows], int(index), R[rows], t[rows], size, size))
                 prob = torch.sigmoid(views[tag]["mask_logits"])
                 prob = resample_map(prob, batch[f"{tag}_matrix"].to(dev), view_size, m_align, size)[:, 0]
                 align = align + L.visible_silhouette_dice(rendered, prob, batch["align_mask"].to(dev),
@@ -268,17 +304,18 @@ class DscPoseNetTrainer:
 
 
 # --------------------------------------------------------------------------------------------
-def load_object(cfg: DscPoseNetConfig):
-    """(mesh, keypoints_3d [9,3] metres) of ``obj_id``."""
+def load_object(cfg: DscPoseNetConfig, obj_id: int | None = None):
+    """(mesh, keypoints_3d [9,3] metres) of ``obj_id`` (default ``cfg.obj_id``)."""
     from ..objects.keypoints import object_keypoints
     from ..objects.mesh import load_mesh
 
+    obj_id = cfg.obj_id if obj_id is None else int(obj_id)
     if cfg.models_dir:
-        mesh = load_mesh(resolve_path(cfg.models_dir) / f"obj_{cfg.obj_id:06d}.ply", 0.001)
+        mesh = load_mesh(resolve_path(cfg.models_dir) / f"obj_{obj_id:06d}.ply", 0.001)
     else:
         from ..objects.registry import ObjectRegistry
 
-        mesh = ObjectRegistry.from_yaml(resolve_path(cfg.objects_file))[cfg.obj_id].mesh
+        mesh = ObjectRegistry.from_yaml(resolve_path(cfg.objects_file))[obj_id].mesh
     keypoints = object_keypoints(mesh, cfg.model.n_keypoints - 1)
     return mesh, keypoints
 
@@ -303,7 +340,7 @@ def calibrate_view_statistics(model: DscPoseNet, batches) -> int:
     try:
         for batch in batches:
             for tag, view in VIEW_SCALE_OF_TAG.items():
-                model(normalise_rgb(batch[f"{tag}_image"].to(next(model.parameters()).device)), view=view)
+                model(model.normalise(batch[f"{tag}_image"].to(next(model.parameters()).device)), view=view)
             count += 1
     finally:
         for m, momentum in zip(norms, saved_momentum):
@@ -318,8 +355,10 @@ def save(path: Path, trainer: DscPoseNetTrainer, optimiser, stage: str, step: in
     distributed.sync_buffers(trainer.model)
     if not distributed.is_main():
         return
-    write_checkpoint(path, METHOD, to_dict(cfg.model), [cfg.obj_id], trainer.model.state_dict(),
-                     inference={"keypoints_3d": trainer.keypoints_3d.cpu()}, train_config=to_dict(cfg),
+    # one object: keypoints [N,3]; a shared network: [O,N,3] in obj_ids' order (export_object splits it)
+    keypoints = (trainer.keypoints_3d[0] if trainer.single else trainer.keypoints_3d).cpu()
+    write_checkpoint(path, METHOD, to_dict(cfg.model), cfg.object_ids(), trainer.model.state_dict(),
+                     inference={"keypoints_3d": keypoints}, train_config=to_dict(cfg),
                      resume={"stage": stage, "step": int(step), "history": json.dumps(history[-2000:]),
                              "optimizer": optimiser.state_dict() if optimiser is not None else {}})
 
@@ -401,23 +440,30 @@ def run_dsc_posenet(config, out: str | None = None, resume: str | None = None, c
     out_dir = resolve_path(out or config.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    mesh, keypoints_3d = load_object(cfg)
+    obj_ids = cfg.object_ids()
+    shared = bool(cfg.obj_ids)
+    if shared and cfg.model.n_objects != len(obj_ids):
+        raise ConfigError(f"dsc_posenet.model.n_objects must be len(obj_ids) = {len(obj_ids)} for one shared network")
+    loaded = [load_object(cfg, o) for o in obj_ids]
+    meshes, keypoints = [m for m, _ in loaded], [k for _, k in loaded]
     real_root = resolve_path(cfg.real.dataset) if cfg.real.dataset else bop_io.default_lmo_dir()
     backgrounds = None
     if cfg.synthetic.real_backgrounds:  # unlabeled real training frames (object boxes hidden) as backgrounds
         backgrounds = real_background_frames(str(real_root), cfg.real.scene_id, cfg.real.splits_file,
-                                             cfg.real.train_split, [cfg.obj_id], cfg.real.max_loosening,
+                                             cfg.real.train_split, obj_ids, cfg.real.max_loosening,
                                              cfg.real.box_seed)
     # "{obj_id}" in synthetic.dir: one render set per object from a single configuration file
     syn_cfg = dataclasses.replace(cfg.synthetic, dir=cfg.synthetic.dir.replace("{obj_id}", str(cfg.obj_id)))
-    syn_root = ensure_synthetic(syn_cfg, [cfg.obj_id], real_root, backgrounds)
+    syn_root = ensure_synthetic(syn_cfg, obj_ids, real_root, backgrounds)
     data_seed = distributed.rank_seed(config.seed)  # DDP: every rank draws its own batches
-    syn = SyntheticPoseDataset(synthetic_instances(syn_root, cfg.obj_id, syn_cfg.split,
-                                                   syn_cfg.min_visib_fract, syn_cfg.min_px),
-                               keypoints_3d, cfg.model, cfg.augment, data_seed)
+    syn_sets = [SyntheticPoseDataset(synthetic_instances(syn_root, o, syn_cfg.split, syn_cfg.min_visib_fract,
+                                                         syn_cfg.min_px), k, cfg.model, cfg.augment, data_seed)
+                for o, k in zip(obj_ids, keypoints)]
+    syn = IndexedObjects(syn_sets) if shared else syn_sets[0]
     # the differentiable renderer only serves the alignment term (eq. 12-14): none without it
     needs_renderer = "self" in cfg.stages and cfg.real.mode == "pseudo" and cfg.loss.lambda_2 > 0
-    trainer = DscPoseNetTrainer(cfg, keypoints_3d, mesh if needs_renderer else None, config.device)
+    trainer = DscPoseNetTrainer(cfg, np.stack(keypoints) if shared else keypoints[0],
+                                (meshes if shared else meshes[0]) if needs_renderer else None, config.device)
     start_stage, start_step, state = cfg.stages[0], 0, None
     history: list = []
     init = resume or cfg.init_checkpoint
@@ -426,14 +472,14 @@ def run_dsc_posenet(config, out: str | None = None, resume: str | None = None, c
         print(f"backbone: {loaded} tensors from {cfg.init_backbone}", flush=True)
     if init:
         checkpoint = read_checkpoint(resolve_path(init), METHOD)
-        if checkpoint.obj_ids != [cfg.obj_id]:
-            raise ConfigError(f"{init}: a DSC-PoseNet of object {checkpoint.obj_ids}, the config trains {cfg.obj_id}")
+        if checkpoint.obj_ids != obj_ids:
+            raise ConfigError(f"{init}: a DSC-PoseNet of objects {checkpoint.obj_ids}, the config trains {obj_ids}")
         trainer.model.load_state_dict(checkpoint.weights)
         if resume:
             progress = resume_state(checkpoint, resume)
             start_stage, start_step, state = progress["stage"], int(progress["step"]), progress.get("optimizer")
             history = json.loads(progress.get("history", "[]"))
-    results = {"command": command, "obj_id": cfg.obj_id, "n_synthetic": len(syn), "stages": {}}
+    results = {"command": command, "obj_id": obj_ids[0], "obj_ids": obj_ids, "n_synthetic": len(syn), "stages": {}}
     logger = TrainLogger(out_dir / "tb", cfg.log_every, cfg.image_every)
     for stage in cfg.stages[cfg.stages.index(start_stage):]:
         opt = cfg.lb if stage == "lb" else cfg.self_stage
@@ -444,11 +490,14 @@ def run_dsc_posenet(config, out: str | None = None, resume: str | None = None, c
             im_ids = split_image_ids(real_root, cfg.real.splits_file, cfg.real.train_split,
                                      bop_io.scene_dir(real_root, cfg.real.scene_id))[: cfg.real.max_images or None]
             pseudo = resolve_path(cfg.real.pseudo_dir) if cfg.real.pseudo_dir else None
-            real = RealPoseDataset(real_instances(real_root, cfg.real.scene_id, im_ids, cfg.obj_id, pseudo,
-                                                  cfg.real.mode, cfg.real.box_seed, cfg.real.max_loosening),
-                                   keypoints_3d, cfg.model, cfg.augment, cfg.loss.align_size, data_seed)
-            if len(real) == 0:
-                raise ConfigError(f"no real instances of object {cfg.obj_id} (pseudo_dir {pseudo})")
+            real_sets = [RealPoseDataset(real_instances(real_root, cfg.real.scene_id, im_ids, o, pseudo, cfg.real.mode,
+                                                        cfg.real.box_seed, cfg.real.max_loosening),
+                                         k, cfg.model, cfg.augment, cfg.loss.align_size, data_seed)
+                         for o, k in zip(obj_ids, keypoints)]
+            empty = [o for o, r in zip(obj_ids, real_sets) if len(r) == 0]
+            if empty:
+                raise ConfigError(f"no real instances of objects {empty} (pseudo_dir {pseudo})")
+            real = IndexedObjects(real_sets) if shared else real_sets[0]
             results["n_real"] = len(real)
             real_iter = _cycle(real, opt.real_batch_size, data_seed + 1, cfg.workers)
         optimiser = torch.optim.Adam(trainer.model.parameters(), lr=opt.lr)
@@ -471,3 +520,52 @@ def run_dsc_posenet(config, out: str | None = None, resume: str | None = None, c
         bop_io.atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
         bop_io.atomic_write_text(out_dir / "history.json", json.dumps(history) + "\n")
     return results
+
+
+def export_object(checkpoint: Checkpoint, obj_id: int) -> Checkpoint:
+    """One object's single-object DSC-PoseNet checkpoint (what ``model_from_checkpoint`` and the
+    pipeline load) from a shared network's checkpoint: the same trunk and decoder, the object's own
+    output channels of the head, ``n_objects`` 1; weights only (no optimiser state or history)."""
+    ids = list(checkpoint.obj_ids)
+    if int(obj_id) not in ids:
+        raise ConfigError(f"object {obj_id} is not among the network's objects {ids}")
+    k = ids.index(int(obj_id))
+    network = dict(checkpoint.network)
+    n_objects = int(network.get("n_objects", 1))
+    per = 1 + 3 * int(network.get("n_keypoints", 9))
+    weights = {}
+    for key, value in checkpoint.weights.items():
+        if key in ("head.weight", "head.bias") and n_objects > 1:
+            value = value[k * per:(k + 1) * per].clone()
+        weights[key] = value
+    network["n_objects"] = 1
+    keypoints = checkpoint.inference["keypoints_3d"]
+    train_config = dict(checkpoint.train_config)
+    train_config.update(obj_id=int(obj_id), obj_ids=[], model=network)
+    progress = {k_: v for k_, v in checkpoint.resume.items() if k_ in ("stage", "step")}
+    provenance = dict(checkpoint.provenance) | {"shared_with": ids} | ({"progress": progress} if progress else {})
+    return Checkpoint(METHOD, network, [int(obj_id)], weights,
+                      {"keypoints_3d": keypoints[k] if keypoints.dim() == 3 else keypoints}, train_config, provenance,
+                      {}, checkpoint.compact)
+
+
+def export_objects(src, out_dir) -> list[Path]:
+    """Every object of a (shared) checkpoint ``src`` as ``out_dir/obj_XXXXXX.pt`` (atomic saves)."""
+    checkpoint = read_checkpoint(src, METHOD)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for obj_id in checkpoint.obj_ids:
+        path = out_dir / f"obj_{obj_id:06d}.pt"
+        save_checkpoint(path, export_object(checkpoint, obj_id))
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":  # python -m dsc_pose_core.training.dsc_posenet export SRC OUT_DIR
+    import sys
+
+    if len(sys.argv) != 4 or sys.argv[1] != "export":
+        raise SystemExit("usage: python -m dsc_pose_core.training.dsc_posenet export SHARED.pt OUT_DIR")
+    for written in export_objects(sys.argv[2], sys.argv[3]):
+        print(written)

@@ -116,12 +116,12 @@ def svg_curve(curves: dict, path: Path) -> None:
 
 def svg_tradeoff(rows: dict, default: str, path: Path) -> None:
     """ADD(-S) against the latency per frame (log scale), one labelled point per pipeline, the 10 Hz line."""
-    w, h, m = 460, 300, 50
+    w, h, m = 620, 300, 50  # room right of the slowest point for its label
     lo, hi = 1.0, max(2000.0, max(r["ms_per_frame_p50"] for r in rows.values()) * 1.2)
     top = max(0.25, max(r["ADD-S_0.1d"] for r in rows.values()) * 1.2)
 
     def xy(ms, acc):
-        x = m + (np.log10(max(ms, lo)) - np.log10(lo)) / (np.log10(hi) - np.log10(lo)) * (w - 2 * m)
+        x = m + (np.log10(max(ms, lo)) - np.log10(lo)) / (np.log10(hi) - np.log10(lo)) * (w - 2 * m - 110)
         return x, h - m - acc / top * (h - 2 * m)
 
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" '

@@ -3,7 +3,6 @@ synthetic set and, through a BOP "test" scene plus a pseudo-label folder, as the
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 from synth_testlib import make_models_dir  # noqa: E402
+from dsc_testlib import renders_as_real_scene  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -28,13 +28,7 @@ def tiny_dsc_data(tmp_path_factory):
                       height=96, K=tuple(K.ravel()), pose=PoseSamplingConfig(distance=(0.22, 0.3), image_margin=0.3),
                       progress=False, seed=3)
     generate_dataset(cfg)
-    scene = root / "synth" / "train_synt" / "000000"
-    # the same images as a "real" BOP scene 0 whose pseudo labels are the visible masks
-    (root / "real" / "test").mkdir(parents=True)
-    os.symlink(scene, root / "real" / "test" / "000000")
-    (root / "real" / "splits.json").write_text('{"train_real": [0, 1, 2, 3, 4, 5]}')
-    (root / "pseudo" / "test" / "000000").mkdir(parents=True)
-    os.symlink(scene / "mask_visib", root / "pseudo" / "test" / "000000" / "mask_visib")
+    renders_as_real_scene(root)
     return {"root": root, "models": models, "synth": root / "synth", "real": root / "real",
             "pseudo": root / "pseudo", "K": K}
 

@@ -67,11 +67,11 @@ def test_older_checkpoint_configs_keep_box_votes():
 
 @pytest.fixture(scope="module")
 def two_object_data(tmp_path_factory):
-    import os
     import sys
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+    from dsc_testlib import renders_as_real_scene
     from synth_testlib import make_models_dir
 
     from dsc_pose_core.data.synthetic import LMO_K, PoseSamplingConfig, SynthConfig, generate_dataset, scale_intrinsics
@@ -82,12 +82,7 @@ def two_object_data(tmp_path_factory):
     generate_dataset(SynthConfig(models_dir=str(models), obj_ids=(1, 2), out_dir=str(root / "synth"), n_images=6,
                                  width=128, height=96, K=tuple(K.ravel()), objects_per_image=2,
                                  pose=PoseSamplingConfig(distance=(0.3, 0.4), image_margin=0.3), progress=False, seed=5))
-    scene = root / "synth" / "train_synt" / "000000"
-    (root / "real" / "test").mkdir(parents=True)
-    os.symlink(scene, root / "real" / "test" / "000000")
-    (root / "real" / "splits.json").write_text('{"train_real": [0, 1, 2, 3, 4, 5]}')
-    (root / "pseudo" / "test" / "000000").mkdir(parents=True)
-    os.symlink(scene / "mask_visib", root / "pseudo" / "test" / "000000" / "mask_visib")
+    renders_as_real_scene(root)
     return {"models": models, "synth": root / "synth", "real": root / "real", "pseudo": root / "pseudo"}
 
 

@@ -380,20 +380,16 @@ def test_the_default_parameters_need_nothing_outside_the_repository(repo_root, t
 
 def test_the_node_starts_with_its_defaults_alone(repo_root, ros_session_env, tmp_path):
     require_ros("rclpy")
-    log = tmp_path / "node.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "dsc_pose_ros.node"], env=subprocess_env(), stdout=out,
-                                stderr=subprocess.STDOUT, cwd=str(tmp_path))  # not the repository: paths resolve
     import time
 
+    log = tmp_path / "node.log"
+    out = open(log, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "dsc_pose_ros.node"], env=subprocess_env(), stdout=out,
+                            stderr=subprocess.STDOUT, cwd=str(tmp_path))  # not the repository: paths resolve
+    proc.log_file = out
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None and "ready:" not in log.read_text():
         time.sleep(0.5)
     text = log.read_text()
-    proc.send_signal(2)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_node(proc)
     assert "ready:" in text and "demo_bracket" in text and "init dsc" in text, text[-3000:]

@@ -180,7 +180,10 @@ def _upgrade(payload: dict, path) -> Checkpoint:
         inference = ({"keypoints_3d": payload["keypoints_3d"]} if method == "dsc_posenet"
                      else {"diameter": float(payload["diameter"])})
         resume = ({"stage": payload["stage"], "step": int(payload["step"])} if "stage" in payload else {})
-        return Checkpoint(method, payload["model_config"], [int(payload["obj_id"])], payload["model"], inference,
+        # a shared DSC-PoseNet (several objects, per-object head channels) named them all
+        ids = ([int(o) for o in torch.as_tensor(payload["obj_ids"]).reshape(-1).tolist()] if "obj_ids" in payload
+               else [int(payload["obj_id"])])
+        return Checkpoint(method, payload["model_config"], ids, payload["model"], inference,
                           payload.get("config", {}), legacy_provenance, resume | optimizer | history,
                           bool(payload.get("compact", False)))
     if method == "deepim":

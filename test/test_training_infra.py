@@ -167,6 +167,9 @@ def test_version_1_deepim_self6d_and_segmentation_files_convert_with_every_value
                            "obj_id": 5, "diameter": 0.2, "stage": "self", "step": 4, "compact": True})
     assert (self6d.method, self6d.obj_ids, self6d.inference) == ("self6d", [5], {"diameter": 0.2})
     assert self6d.compact and self6d.resume == {} and self6d.provenance["progress"] == {"stage": "self", "step": 4}
+    shared = ckpt.upgrade({"format": "dsc_pose.dsc_posenet/1", "model": w, "model_config": {"n_objects": 2},
+                           "obj_id": 1, "obj_ids": torch.tensor([1, 5]), "keypoints_3d": torch.zeros(2, 9, 3)})
+    assert shared.obj_ids == [1, 5] and shared.inference["keypoints_3d"].shape == (2, 9, 3)
     seg = ckpt.upgrade({"format": "dsc_pose.segmentation/1", "state_dict": w, "config": {}, "obj_ids": [1],
                         "encoder": "resnet18", "iteration": 0})
     assert seg.network == {"encoder": "resnet18"} and seg.weights["foreground_prior_logit"].shape == (1,)

@@ -74,6 +74,7 @@ def main(argv=None) -> int:
     from dsc_pose_core.models.deepim import DeepImNet
     from dsc_pose_core.objects.registry import ObjectRegistry
     from dsc_pose_core.models.deepim import model_from_checkpoint
+    from dsc_pose_core.typed_config import from_dict
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu")
@@ -94,8 +95,7 @@ def main(argv=None) -> int:
     zw, zh = (int(v) for v in args.zoom.lower().split("x"))
     if args.checkpoint:
         model, loaded = model_from_checkpoint(args.checkpoint, device=device)
-        z = loaded.inference["zoom"]
-        zooms = [ZoomConfig(z["width"], z["height"], z["expand"], int(z.get("render_faces", 0)))]
+        zooms = [from_dict(ZoomConfig, loaded.inference["zoom"], "zoom")]
         units = loaded.inference.get("translation_units", "normalized")
         observed_box = loaded.inference.get("observed_box", "rendered")
         width = float(loaded.network["width"])

@@ -141,19 +141,6 @@ def compact(checkpoint: Checkpoint) -> Checkpoint:
                       checkpoint.train_config, record, {}, True)
 
 
-def provenance(object_names: dict | None = None, obj_ids=()) -> dict:
-    """Where a checkpoint came from: commit, machine, UTC time, the objects' registry names."""
-    import time
-
-    from . import provenance as prov
-
-    record = {"commit": prov.git_commit(), "machine": prov.machine(),
-              "written_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    if obj_ids:
-        record["object_names"] = [(object_names or {}).get(o, str(o)) for o in obj_ids]
-    return record
-
-
 # --------------------------------------------------------------------------------------------
 # The converter from the per-method formats of version 1
 # --------------------------------------------------------------------------------------------

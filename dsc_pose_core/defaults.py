@@ -7,7 +7,7 @@ values, no imports, so that reading them loads neither torch nor the networks.
 Chosen by measurement on LM-O ``val`` (docs/BENCHMARKS.md, "Pipelines on LM-O val"): DSC-PoseNet
 (AR_MSPD 0.244, ADD(-S) 0.019) over the box initialiser (0.003); DeepIM's two iterations add 0.005
 ADD(-S) for a render-and-network pass per iteration, so none by default; the test-time aligner
-(ADD(-S) 0.143) costs ~170 ms per object on 2 CPU cores, so it is opt-in (``align``).
+(ADD(-S) 0.143) costs 150-170 ms per object on 2 CPU cores, so it is opt-in (``align``).
 """
 
 # the names of the pipeline's tables (``pipeline.INITIALISERS``, ``pipeline.refiner_order``,

@@ -281,9 +281,13 @@ class DeepImStage:
     frame's detections, each with its detection box (drawn in the observed-mask channel when the
     checkpoint was trained so). Objects its checkpoint was not trained for are not refined."""
 
-    def __init__(self, refiner, renderer, obj_ids: set[int], iterations: int):
-        self.refiner, self.renderer, self.obj_ids, self.iterations = refiner, renderer, obj_ids, int(iterations)
-        self.refiner.renderer = renderer
+    def __init__(self, refiner, iterations: int):
+        self.refiner, self.iterations = refiner, int(iterations)
+        self.obj_ids = set(refiner.vertices)  # the objects its checkpoint serves
+
+    @property
+    def renderer(self):
+        return self.refiner.renderer
 
     @classmethod
     def from_config(cls, pipeline: "PoseEstimator", config: "PipelineConfig") -> "DeepImStage":
@@ -297,7 +301,7 @@ class DeepImStage:
         # the zoom-in renderer is made now: a start-up failure, not one in the first frame
         refiner = _load(partial(DeepImRefiner.from_checkpoint, meshes=meshes), config.deepim_checkpoint, "DeepIM",
                         pipeline.device)
-        return cls(refiner, refiner.renderer, refiner.obj_ids, config.refine_iterations)
+        return cls(refiner, config.refine_iterations)
 
     def refine_poses(self, image, K, items, tracked=None):
         out = self.refiner.refine(image, K, [(o, R, t) for o, R, t, _ in items], self.iterations,
@@ -305,9 +309,9 @@ class DeepImStage:
         return [(out.R[i], out.t[i]) for i in range(len(items))]
 
     def close(self) -> None:
-        if self.renderer is not None:
-            self.renderer.close()
-            self.renderer = None
+        if self.refiner.renderer is not None:
+            self.refiner.renderer.close()
+            self.refiner.renderer = None
 
 
 class AlignStage:
@@ -319,7 +323,10 @@ class AlignStage:
     aligned. Masks and observations are computed once per frame (cached for :meth:`scores`)."""
 
     def __init__(self, masks, renderer, obj_ids: set[int], config: AlignConfig, symmetric: dict[int, bool]):
+        from .align import tracking_config
+
         self.masks, self.renderer, self.obj_ids, self.config = masks, renderer, obj_ids, config
+        self.near = tracking_config(config)  # the shorter search for starts tracked from the previous frame
         self.symmetric = symmetric  # {obj_id: has a symmetry} (the confidence weighs it)
         self._frame: tuple | None = None  # (image, K, {box: Observation}) of the last frame
 
@@ -368,14 +375,13 @@ class AlignStage:
         return [cache[(int(o), tuple(box))] for o, *_, box in items]
 
     def refine_poses(self, image, K, items, tracked=None):
-        from .align import align, tracking_config
+        from .align import align
 
         tracked = tracked if tracked is not None else [False] * len(items)
-        near = tracking_config(self.config)
         out = []
         for (obj_id, R, t, _), obs, from_track in zip(items, self._observations(image, K, items), tracked):
             try:
-                R_new, t_new, _, _ = align(self.renderer, obj_id, R, t, obs, near if from_track else self.config)
+                R_new, t_new, _, _ = align(self.renderer, obj_id, R, t, obs, self.near if from_track else self.config)
             except ValueError:  # a start behind the camera: left as it was
                 out.append(None)
                 continue

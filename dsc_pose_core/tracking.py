@@ -161,14 +161,13 @@ class Tracker:
         stats.reinitialised += len(fall_back)
         stats.tracked += sum(1 for r in results if r.tracked)
         stats.initialised += sum(1 for r in results if r.ok and not r.tracked)
-        continued = {id(matched[i]) for i, r in enumerate(results) if r.tracked}
-        stats.lost += sum(1 for track in self.tracks if id(track) not in {id(t) for t in matched.values()})
+        stats.lost += len(self.tracks) - len(matched)
         tracks = []
         for i, result in enumerate(results):
             if not result.ok or result.score < self.config.min_score:
                 continue
             previous = matched.get(i)
-            if previous is not None and id(previous) in continued and self.config.smoothing > 0:
+            if previous is not None and result.tracked and self.config.smoothing > 0:
                 w = self.config.smoothing
                 result.R = _slerp(np.asarray(result.R), previous.R, w)
                 result.t = (1 - w) * np.asarray(result.t) + w * previous.t

@@ -78,14 +78,12 @@ class DeepImRefiner:
         """The refiner of a DeepIM checkpoint for ``meshes`` (obj_id -> ObjectMesh; the objects the
         checkpoint was trained for, or all of them when it names none), with its zoom-in renderer
         (decimated as in training), translation units and observed-mask box: everything the
-        checkpoint's ``inference`` records. ``obj_ids``: the objects it refines."""
+        checkpoint's ``inference`` records. It refines the objects of ``vertices``."""
         from ..models.deepim import model_from_checkpoint
-        from .zoom import ZoomConfig
+        from ..typed_config import from_dict
 
         model, checkpoint = model_from_checkpoint(path, device)
-        z = checkpoint.inference.get("zoom", {})
-        zoom = ZoomConfig(int(z.get("width", 128)), int(z.get("height", 96)), float(z.get("expand", 1.4)),
-                          int(z.get("render_faces", 0)))
+        zoom = from_dict(ZoomConfig, checkpoint.inference.get("zoom", {}), "zoom")
         trained = set(checkpoint.obj_ids)
         served = {int(o): m for o, m in meshes.items() if not trained or int(o) in trained}
         refiner = cls(model, None, {o: m.vertices for o, m in served.items()}, zoom, device=device,
@@ -95,7 +93,6 @@ class DeepImRefiner:
             refiner.renderer = make_zoom_renderer(dict(sorted(served.items())), zoom)
         except Exception as exc:
             raise RuntimeError(f"the zoom-in renderer (OpenGL) did not start: {exc}") from None
-        refiner.obj_ids = set(served)
         return refiner
 
     def inputs(self, image, K, obj_ids, R, t, boxes=None):

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import Checkpoint, provenance, save_checkpoint
+from .. import provenance
+from ..checkpoint import Checkpoint, save_checkpoint
 from ..data import bop_io
 from ..data.backgrounds import hide_boxes
 from ..data.bop_io import find_rgb, read_rgb
@@ -210,6 +211,11 @@ def write_checkpoint(path: str | os.PathLike, method: str, network: dict, obj_id
                      object_names: dict | None = None, resume: dict | None = None) -> Path:
     """Write a training checkpoint in the package's schema (``checkpoint.Checkpoint``), atomically,
     with the provenance of this run (commit, machine, time, the objects' names)."""
+    import time
+
     obj_ids = [int(o) for o in obj_ids]
+    record = {"commit": provenance.git_commit(), "machine": provenance.machine(),
+              "written_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "object_names": [(object_names or {}).get(o, str(o)) for o in obj_ids]}
     return save_checkpoint(path, Checkpoint(method, network, obj_ids, weights, inference or {}, train_config or {},
-                                            provenance(object_names, obj_ids), resume or {}))
+                                            record, resume or {}))

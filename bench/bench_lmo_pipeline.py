@@ -5,9 +5,10 @@ rows below, scores each CSV with the package's BOP evaluator, and writes `docs/r
 the "Pipelines on LM-O val" section of docs/BENCHMARKS.md and docs/images/lmo_confidence.svg (accuracy of
 the poses kept against the fraction kept, ordered by the pose confidence).
 
-    python bench/bench_lmo_pipeline.py [--rows box,box+align,dsc,dsc+align,dsc+deepim2,dsc+align+deepim2]
+    python bench/bench_lmo_pipeline.py [--rows box,box+align,dsc,dsc+align,dsc+deepim2,dsc+align+deepim2,...]
 
-Rows: ``box`` / ``dsc`` initialiser; ``+align``: the aligner (``dsc_pose_core.align``, masks of
+Rows: ``box`` / ``dsc`` / ``templates`` initialiser (``templates``: rendered templates matched in pretrained
+features, banks kept in ``defaults.TEMPLATE_CACHE``; building them is start-up, not per-image time); ``+align``: the aligner (``dsc_pose_core.align``, masks of
 ``checkpoints/segmentation/lmo_seg.pt``); ``+deepim2``: two DeepIM iterations (``checkpoints/deepim.pt``),
 after the aligner when both run. Time per object: the pipeline's wall time on an image divided by its
 detections (initialiser, refiners and confidence; no image decoding), p50 / p90 over images, one torch
@@ -37,7 +38,7 @@ from dsc_pose_core.predict_cli import PredictJob, run as predict
 from benchlib import cpu_model, git_commit, write_section
 
 REPO = Path(__file__).resolve().parents[1]
-ROWS = ("box", "box+align", "dsc", "dsc+align", "dsc+deepim2", "dsc+align+deepim2")
+ROWS = ("box", "box+align", "dsc", "dsc+align", "dsc+deepim2", "dsc+align+deepim2", "templates", "templates+align")
 BEGIN, END = "<!-- bench_lmo_pipeline:start -->", "<!-- bench_lmo_pipeline:end -->"
 METRICS = ("ADD-S_0.1d", "AR_MSPD", "AR_MSSD")
 

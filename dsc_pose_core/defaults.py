@@ -12,7 +12,7 @@ ADD(-S) for a render-and-network pass per iteration, so none by default; the tes
 
 # the names of the pipeline's tables (``pipeline.INITIALISERS``, ``pipeline.refiner_order``,
 # ``align.AlignConfig.hypotheses``): a test keeps them equal
-INITIALISERS = ("box", "dsc", "self6d")
+INITIALISERS = ("box", "dsc", "self6d", "templates")
 ALIGN_ORDERS = ("off", "before", "after")  # where the aligner runs relative to DeepIM
 HYPOTHESES = ("none", "flips", "cube24")  # rotations the aligner tries besides the initial one
 
@@ -20,6 +20,7 @@ INIT = "dsc"  # the initialiser
 REFINE_ITERATIONS = 0  # DeepIM iterations per detection (the paper uses 2-4)
 ALIGN = "off"  # the test-time aligner: off, before or after DeepIM
 ALIGN_HYPOTHESES = "none"
+TEMPLATE_CACHE = "~/.cache/dsc_pose/templates"  # init "templates": rendered template banks kept between starts
 SCORE_THRESHOLD = 0.0  # poses with a lower confidence are not published
 TRACKING = False  # the previous frame's confident poses start the refiners (``tracking``)
 TRACKING_MIN_SCORE = 0.5  # tracking: poses at least this confident continue their track

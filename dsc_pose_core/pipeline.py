@@ -8,8 +8,10 @@ test-time alignment) in turn, then a confidence. The parts are the existing modu
   forward pass pair per detection: the networks differ per object, so there is no batch); ``"box"``
   (:class:`BoxInitialiser`: ``box_initialiser.box_initial_pose``, pose from the box alone, no network);
   ``"self6d"`` (:class:`Self6dInitialiser`: ``models.self6d.Self6dEstimator``, one ROI regression
-  network per object: rotation, image-space centre and depth, the pose built with the frame's own K).
-  A new initialiser is a class with ``from_config`` and ``initial_pose`` and an entry in the table.
+  network per object: rotation, image-space centre and depth, the pose built with the frame's own K);
+  ``"templates"`` (:class:`TemplateInitialiser`: ``templates.retrieve``, no pose network: the rotation of the
+  rendered template whose pretrained features best match the detection's masked crop, the distance from
+  the mask's box). A new initialiser is a class with ``from_config`` and ``initial_pose`` and an entry in the table.
 * refinement (``REFINERS``: classes implementing :class:`Refiner`, applied in turn): DeepIM
   (:class:`DeepImStage`: ``deepim.refiner.DeepImRefiner``) with ``refine_iterations`` iterations (0 disables),
   one network pass per iteration for all detections of the frame (batched), each with its detection
@@ -47,6 +49,7 @@ import numpy as np
 from .data.boxes import box_iou_xywh, box_xyxy_edges, projected_box
 from . import defaults
 from .align import AlignConfig
+from .templates import TemplateConfig
 from .defaults import ALIGN_ORDERS  # where the aligner runs relative to DeepIM (``refiner_order``)
 from .box_checks import BoxLimits, implausible_detection
 from .box_initialiser import BoxInitConfig, box_initial_pose
@@ -89,7 +92,7 @@ class PoseResult:
 
 @dataclass
 class PipelineConfig:
-    init: str = defaults.INIT  # "dsc" | "box" | "self6d" (``INITIALISERS``)
+    init: str = defaults.INIT  # "dsc" | "box" | "self6d" | "templates" (``INITIALISERS``)
     # DSC-PoseNet checkpoints: {obj_id: path} or a directory (see ``find_dsc_checkpoint``); init "dsc" only
     dsc_checkpoints: Mapping[int, str | os.PathLike] | str | os.PathLike | None = None
     # Self6D checkpoints: {obj_id: path} or a directory (see ``find_self6d_checkpoint``); init "self6d" only
@@ -99,8 +102,10 @@ class PipelineConfig:
     # refiners in the order they run (names of ``REFINERS``); None: ["deepim"] when refine_iterations > 0
     refiners: Sequence[str] | None = None
     # the weakly-supervised segmentation network whose masks the "align" refiner compares renders with
+    # (and the "templates" initialiser cuts its crops with)
     segmentation_checkpoint: str | os.PathLike | None = None
     align: AlignConfig = field(default_factory=AlignConfig)
+    templates: TemplateConfig = field(default_factory=TemplateConfig)  # the "templates" initialiser
     box_limits: BoxLimits = field(default_factory=BoxLimits)  # detections no object could make are skipped
     device: str = "cpu"
     obj_ids: Sequence[int] | None = None  # objects to serve (default: every registry object)
@@ -255,8 +260,81 @@ class Self6dInitialiser(_PerObjectInitialiser):
         return R, t, None
 
 
+class FrameMasks:
+    """The weakly-supervised segmentation network (``models.segmentation.MaskPredictor``) as the pipeline's one
+    mask source: ``get(image, [(obj_id, box xyxy pixel edges)]) -> [(probability [S,S] on the ROI crop, window)]``,
+    each (object, box) of the current frame predicted once (the template initialiser and the aligner read the
+    same masks)."""
+
+    def __init__(self, predictor):
+        self.predictor = predictor
+        self._image = None
+        self._cache: dict = {}
+
+    @property
+    def obj_ids(self) -> list[int]:
+        return self.predictor.obj_ids
+
+    @property
+    def crop_size(self) -> int:
+        return self.predictor.crop_size
+
+    def get(self, image: np.ndarray, items) -> list:
+        if self._image is not image:
+            self._image, self._cache = image, {}
+        keys = [(int(o), tuple(float(v) for v in box)) for o, box in items]
+        todo = list(dict.fromkeys(k for k in keys if k not in self._cache))
+        if todo:
+            for key, out in zip(todo, self.predictor.predict(image, [(o, np.array(b)) for o, b in todo])):
+                self._cache[key] = out
+        return [self._cache[k] for k in keys]
+
+
+class TemplateInitialiser:
+    """Rotation from rendered templates (``templates``): the detection's crop, its background blacked out by
+    the segmentation network's mask, is compared in pretrained EfficientNet-Lite0 features with every
+    template of its object; the best template's rotation (turned to the camera frame), the translation
+    fitted to the mask's box (``box_initialiser.fit_translation``); its own confidence is the template score.
+    Template banks are built at start-up or read from ``templates.cache_dir``."""
+
+    def __init__(self, masks: FrameMasks, trunk, banks: dict, vertices: dict, diameters: dict, config: TemplateConfig):
+        self.masks, self.trunk, self.banks, self.config = masks, trunk, banks, config
+        self.vertices, self.diameters = vertices, diameters
+        self.estimators: dict = {}
+
+    @classmethod
+    def from_config(cls, pipeline: "PoseEstimator", config: "PipelineConfig") -> "TemplateInitialiser":
+        from .templates import FeatureTrunk, TemplateError, bank_for
+
+        masks = pipeline.frame_masks()
+        unmasked = sorted(set(pipeline.obj_ids) - set(masks.obj_ids))
+        if unmasked:
+            raise PipelineConfigError(f"the templates initialiser needs masks, and the segmentation checkpoint "
+                                      f"has no channel for objects {unmasked}; restrict obj_ids")
+        try:
+            config.templates.validate()
+            trunk = FeatureTrunk(config.templates.trunk, config.templates.stride, pipeline.device)
+            banks = {o: bank_for(o, pipeline.registry[o].mesh, trunk, config.templates) for o in pipeline.obj_ids}
+        except TemplateError as exc:
+            raise PipelineConfigError(str(exc)) from None
+        return cls(masks, trunk, banks, pipeline.vertices, pipeline.diameters, config.templates)
+
+    def initial_pose(self, image, K, obj_id, box_xywh, box_xyxy):
+        from .box_initialiser import fit_translation
+        from .segmentation import roi
+        from .templates import retrieve
+
+        (probability, window), = self.masks.get(image, [(obj_id, box_xyxy)])
+        full = roi.paste(probability, window, image.shape[1], image.shape[0])
+        found = retrieve(self.banks[obj_id], self.trunk, image, K, full, box_xyxy, self.config)
+        R = found.rotations[0]
+        t = fit_translation(found.box, K, self.vertices[obj_id], R, self.diameters[obj_id])
+        return R, t, float(found.scores[0])
+
+
 # name -> initialiser class (``PipelineConfig.init``, the node's ``init`` parameter)
-INITIALISERS: dict[str, type] = {"dsc": DscInitialiser, "box": BoxInitialiser, "self6d": Self6dInitialiser}
+INITIALISERS: dict[str, type] = {"dsc": DscInitialiser, "box": BoxInitialiser, "self6d": Self6dInitialiser,
+                                 "templates": TemplateInitialiser}
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,7 +400,7 @@ class AlignStage:
     becomes the results' ``score``. Objects the segmentation checkpoint was not trained for are not
     aligned. Masks and observations are computed once per frame (cached for :meth:`scores`)."""
 
-    def __init__(self, masks, renderer, obj_ids: set[int], config: AlignConfig, symmetric: dict[int, bool]):
+    def __init__(self, masks: FrameMasks, renderer, obj_ids: set[int], config: AlignConfig, symmetric: dict[int, bool]):
         from .align import tracking_config
 
         self.masks, self.renderer, self.obj_ids, self.config = masks, renderer, obj_ids, config
@@ -332,16 +410,13 @@ class AlignStage:
 
     @classmethod
     def from_config(cls, pipeline: "PoseEstimator", config: "PipelineConfig") -> "AlignStage":
-        from .models.segmentation import MaskPredictor
         from .render import FastRenderer
 
         try:
             config.align.validate()
         except ValueError as exc:
             raise PipelineConfigError(str(exc)) from None
-        if config.segmentation_checkpoint is None:
-            raise PipelineConfigError("the align refiner needs a segmentation checkpoint (segmentation_checkpoint)")
-        masks = _load(MaskPredictor.from_checkpoint, config.segmentation_checkpoint, "segmentation", pipeline.device)
+        masks = pipeline.frame_masks()
         obj_ids = set(masks.obj_ids) & set(pipeline.obj_ids)
         faces = config.align.render_faces
         try:
@@ -365,7 +440,7 @@ class AlignStage:
             from .segmentation import roi
 
             height, width = image.shape[:2]
-            predicted = self.masks.predict(image, todo)
+            predicted = self.masks.get(image, todo)
             # each detection's mask in the full image: the others' are where this object may be hidden
             full = [roi.paste(p, w, width, height) for p, w in predicted] if self.config.other_masks else []
             for i, (key, (probability, window)) in enumerate(zip(todo, predicted)):
@@ -447,6 +522,7 @@ class PoseEstimator:
         self.obj_ids = obj_ids
         self.device = torch.device(config.device)
         self.refiners: list[Refiner] = []
+        self._masks: FrameMasks | None = None
         self.vertices = {}
         self.diameters = {}
         for o in obj_ids:
@@ -472,6 +548,18 @@ class PoseEstimator:
             raise
 
     # ------------------------------------------------------------ loading
+    def frame_masks(self) -> FrameMasks:
+        """The segmentation network (``segmentation_checkpoint``), loaded once for every part that reads masks."""
+        if self._masks is None:
+            from .models.segmentation import MaskPredictor
+
+            if self.config.segmentation_checkpoint is None:
+                raise PipelineConfigError("the align refiner and the templates initialiser need a segmentation "
+                                          "checkpoint (segmentation_checkpoint)")
+            self._masks = FrameMasks(_load(MaskPredictor.from_checkpoint, self.config.segmentation_checkpoint,
+                                           "segmentation", self.device))
+        return self._masks
+
     @property
     def dsc(self) -> dict:
         """{obj_id: DscPoseNetEstimator} when the initialiser is DSC-PoseNet, else {}."""
@@ -660,6 +748,6 @@ def load_pose_estimator(registry_path: str | os.PathLike, config: PipelineConfig
 
 
 __all__ = ["Detection", "PoseResult", "PipelineConfig", "PipelineConfigError", "PoseEstimator", "Initialiser",
-           "BoxInitialiser", "DscInitialiser", "Self6dInitialiser", "Refiner", "DeepImStage", "AlignStage", "REFINERS",
+           "BoxInitialiser", "DscInitialiser", "Self6dInitialiser", "TemplateInitialiser", "FrameMasks", "Refiner", "DeepImStage", "AlignStage", "REFINERS",
            "find_dsc_checkpoint", "find_self6d_checkpoint", "load_pose_estimator", "INITIALISERS", "ALIGN_ORDERS",
            "refiner_order"]

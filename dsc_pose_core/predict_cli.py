@@ -38,6 +38,7 @@ import numpy as np
 
 from . import defaults
 from .align import AlignConfig
+from .templates import TemplateConfig
 from .pipeline import refiner_order
 
 PROG = "dsc-pose-predict"
@@ -61,6 +62,7 @@ class PredictJob:
     align: str = defaults.ALIGN  # test-time alignment: "off", "before" DeepIM or "after" it
     align_hypotheses: str = defaults.ALIGN_HYPOTHESES  # the aligner's rotation hypotheses (defaults.HYPOTHESES)
     segmentation: str | None = None  # the aligner's mask network; default <checkpoints>/segmentation/lmo_seg.pt
+    template_cache: str = defaults.TEMPLATE_CACHE  # init "templates": where its banks are kept ("": nowhere)
     checkpoints: str | None = None  # the initialiser's checkpoints per object (default <repo>/checkpoints)
     deepim: str | None = None  # default <checkpoints>/deepim.pt when it exists
     registry: str | None = None  # default <repo>/config/objects.yaml
@@ -106,7 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rotations the aligner tries besides the initial one: none, flips (180 deg about the "
                    f"camera axes) or cube24 (the cube's 24 rotations: for the box initialiser); default "
                    f"{defaults.ALIGN_HYPOTHESES}")
-    p.add_argument("--segmentation", help="the aligner's segmentation checkpoint "
+    p.add_argument("--template-cache", default=defaults.TEMPLATE_CACHE,
+                   help="folder where --init templates keeps its rendered template banks between runs "
+                        f"('' = build them every run; default {defaults.TEMPLATE_CACHE})")
+    p.add_argument("--segmentation", help="the aligner's and the templates initialiser's segmentation checkpoint "
                    "(default: <checkpoints>/segmentation/lmo_seg.pt)")
     p.add_argument("--checkpoints", help="folder with the initialiser's checkpoints per object "
                    "(dsc_posenet/obj_XXXXXX.pt or self6d/obj_XXXXXX.pt) "
@@ -209,13 +214,15 @@ def run(args: PredictJob) -> dict:
     if args.refine > 0 and deepim is None:
         raise ValueError("--refine > 0 needs --deepim CKPT (no checkpoints/deepim.pt found); or pass --refine 0")
     segmentation = args.segmentation
-    if segmentation is None and args.align != "off" and ckpt_dir:
+    needs_masks = args.align != "off" or args.init == "templates"
+    if segmentation is None and needs_masks and ckpt_dir:
         segmentation = str(Path(ckpt_dir) / "segmentation" / "lmo_seg.pt")
-    if args.align != "off" and segmentation is None:
-        raise ValueError("--align needs --segmentation CKPT (no <repo>/checkpoints folder)")
+    if needs_masks and segmentation is None:
+        raise ValueError("--align and --init templates need --segmentation CKPT (no <repo>/checkpoints folder)")
     config = PipelineConfig(init=args.init, dsc_checkpoints=ckpt_dir, self6d_checkpoints=ckpt_dir, deepim_checkpoint=deepim,
                             refine_iterations=args.refine, refiners=refiner_order(args.align, args.refine),
-                            segmentation_checkpoint=segmentation, align=AlignConfig(hypotheses=args.align_hypotheses), device=args.device, obj_ids=args.obj_ids,
+                            segmentation_checkpoint=segmentation, align=AlignConfig(hypotheses=args.align_hypotheses),
+                            templates=TemplateConfig(cache_dir=args.template_cache or None), device=args.device, obj_ids=args.obj_ids,
                             box_templates=args.box_templates, dsc_keypoint_scales=args.dsc_scales)
     registry = args.registry or str(repo / "config" / "objects.yaml")
     estimates, skipped = [], Counter()

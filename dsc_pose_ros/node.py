@@ -100,6 +100,7 @@ class PoseNode:
     # ------------------------------------------------------------------ set-up
     def _setup_pipeline(self) -> None:
         from dsc_pose_core.align import AlignConfig
+        from dsc_pose_core.templates import TemplateConfig
         from dsc_pose_core.pipeline import PipelineConfig, load_pose_estimator, refiner_order
 
         p = self.params
@@ -117,7 +118,7 @@ class PoseNode:
         ckpt_dir = resolve_path(p["checkpoints"])
         deepim = p["deepim_checkpoint"] or (str(ckpt_dir / "deepim.pt") if p["refine_iterations"] > 0 else None)
         segmentation = p["segmentation_checkpoint"] or (
-            str(ckpt_dir / "segmentation" / "lmo_seg.pt") if p["align"] != "off" else None)
+            str(ckpt_dir / "segmentation" / "lmo_seg.pt") if p["align"] != "off" or p["init"] == "templates" else None)
         obj_ids = parse_obj_ids(p["obj_ids"]) or None
         config = PipelineConfig(init=p["init"], dsc_checkpoints=str(ckpt_dir) if p["init"] == "dsc" else None,
                                 self6d_checkpoints=str(ckpt_dir) if p["init"] == "self6d" else None,
@@ -126,7 +127,8 @@ class PoseNode:
                                 box_templates=p["box_templates"],
                                 refiners=refiner_order(p["align"], p["refine_iterations"]),
                                 segmentation_checkpoint=str(resolve_path(segmentation)) if segmentation else None,
-                                align=AlignConfig(hypotheses=p["align_hypotheses"]))
+                                align=AlignConfig(hypotheses=p["align_hypotheses"]),
+                                templates=TemplateConfig(cache_dir=p["template_cache"] or None))
         self.estimator = load_pose_estimator(resolve_path(p["registry"]), config,
                                              str(resolve_path(p["models_dir"])) if p["models_dir"] else None)
         self.tracker = None

@@ -69,7 +69,8 @@ PARAMETERS: tuple[Parameter, ...] = (
               "Default: the embedded demo object (starts anywhere); LM-O: config/objects.yaml (config/lmo.yaml)"),
     Parameter("models_dir", "", "override the registry's models_dir ('' = the registry's own)"),
     Parameter("obj_ids", "", "objects to serve, e.g. '1,5' ('' = every registry object)", _obj_ids),
-    Parameter("init", defaults.INIT, "initial pose: box (2D box only), dsc (DSC-PoseNet) or self6d",
+    Parameter("init", defaults.INIT, "initial pose: box (2D box only), dsc (DSC-PoseNet), self6d or templates "
+              "(rendered templates matched in pretrained features; needs the segmentation checkpoint)",
               _one_of(INITIALISERS)),
     Parameter("checkpoints", "checkpoints/demo", "checkpoint folder of every method: dsc_posenet/obj_XXXXXX.pt (init dsc), "
               "self6d/obj_XXXXXX.pt (init self6d), deepim.pt, segmentation/lmo_seg.pt"),
@@ -80,8 +81,10 @@ PARAMETERS: tuple[Parameter, ...] = (
               "DeepIM (alone when refine_iterations is 0)", _one_of(ALIGN_ORDERS)),
     Parameter("align_hypotheses", defaults.ALIGN_HYPOTHESES, "rotations the aligner tries besides the initial one: none, flips or "
               "cube24 (for the box initialiser)", _one_of(HYPOTHESES)),
-    Parameter("segmentation_checkpoint", "", "the aligner's mask network ('' = "
-              "<checkpoints>/segmentation/lmo_seg.pt); needed when aligning"),
+    Parameter("segmentation_checkpoint", "", "the mask network of the aligner and the templates initialiser ('' = "
+              "<checkpoints>/segmentation/lmo_seg.pt); needed when aligning or with init templates"),
+    Parameter("template_cache", defaults.TEMPLATE_CACHE, "init templates: folder where the rendered template banks are "
+              "kept between starts ('' = build them at every start, ~35 s per object on 2 cores)"),
     Parameter("tracking", defaults.TRACKING, "a confident pose of the previous frame starts the refiners instead of the "
               "initialiser (instances matched by class and box); needs align or refine_iterations > 0"),
     Parameter("tracking_min_score", defaults.TRACKING_MIN_SCORE, "tracking: poses at least this confident continue their track",

@@ -6,7 +6,10 @@ then ``dsc_pose_core.align.align`` runs from them under each variant below. Writ
 `docs/results/lmo_align_study.json` and the "Test-time alignment: what limits it" section of
 docs/BENCHMARKS.md.
 
-    python bench/bench_align_study.py [--every 1] [--variants default,gt_masks,...]
+    python bench/bench_align_study.py [--every 1] [--variants default,gt_masks,...] [--start dsc|templates]
+
+``--start templates``: the starts are the template initialiser's (``dsc_pose_core.templates``) instead of
+DSC-PoseNet's; written to `docs/results/lmo_align_study_templates.json` and its own BENCHMARKS section.
 
 Variants (``AlignConfig`` changes from the default): ``no_edges`` (w_edge 0), ``iou`` (soft IoU instead of
 Dice), ``all_edges`` (every image edge of the crop, not only those near the mask's outline, w_edge 0.5), ``flips`` / ``cube24`` (rotation hypotheses, 2 refined), ``colour`` (w_colour 1: vertex-colour
@@ -41,6 +44,8 @@ from dsc_pose_core.objects.registry import ObjectRegistry
 from dsc_pose_core.pipeline import PipelineConfig, PoseEstimator
 from dsc_pose_core.predict_cli import gt_detections
 from dsc_pose_core.render import FastRenderer
+from dsc_pose_core.defaults import TEMPLATE_CACHE
+from dsc_pose_core.templates import TemplateConfig
 from dsc_pose_core.segmentation import roi
 
 from bench_lmo_pipeline import auroc
@@ -55,6 +60,8 @@ VARIANTS = {
     "flips": {"hypotheses": "flips", "keep": 2},
     "cube24": {"hypotheses": "cube24", "keep": 2},
     "colour": {"w_colour": 1.0},
+    "colour_other_masks": {"w_colour": 1.0, "other_masks": True},
+    "colour_10_rounds": {"w_colour": 1.0, "rounds": 10},
     "other_masks": {"other_masks": True},
     "all_edges": {"edge_band": 0.0, "w_edge": 0.5},
     "gt_masks": {},
@@ -62,12 +69,15 @@ VARIANTS = {
 }
 
 
-def initial_poses(registry, every: int) -> list[dict]:
-    """DSC-PoseNet's poses of every val detection, with the image, K, box and ground truth."""
+def initial_poses(registry, every: int, start: str = "dsc") -> list[dict]:
+    """The initialiser's (``start``: DSC-PoseNet or templates) poses of every val detection, with the image, K,
+    box and ground truth."""
     lmo = default_lmo_dir()
     scene = select_scene_images(lmo, 2, "test", "val", None, 0)
     items = []
-    with PoseEstimator(registry, PipelineConfig(init="dsc", dsc_checkpoints=str(REPO / "checkpoints"),
+    with PoseEstimator(registry, PipelineConfig(init=start, dsc_checkpoints=str(REPO / "checkpoints"),
+                                                segmentation_checkpoint=REPO / "checkpoints" / "segmentation" / "lmo_seg.pt",
+                                                templates=TemplateConfig(cache_dir=TEMPLATE_CACHE),
                                                 refine_iterations=0)) as estimator:
         for im_id in scene.im_ids:
             image = read_rgb(find_rgb(scene.scene_path, im_id))
@@ -117,7 +127,12 @@ def main() -> int:
     parser.add_argument("--every", type=int, default=1, help="every n-th val detection (1: all)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {tuple(VARIANTS)}")
     parser.add_argument("--json", help="write here instead of docs/results/lmo_align_study.json (BENCHMARKS untouched)")
+    parser.add_argument("--mask-flips", action="store_true", help="masks: mean over the crop and its mirror")
+    parser.add_argument("--start", default="dsc", choices=("dsc", "templates"), help="the initialiser of the starts")
     args = parser.parse_args()
+    global BEGIN, END
+    if args.start != "dsc":
+        BEGIN, END = (f"<!-- bench_align_study_{args.start}:start -->", f"<!-- bench_align_study_{args.start}:end -->")
     variants = [v for v in args.variants.split(",") if v]
     if any(v not in VARIANTS for v in variants):
         parser.error(f"variants must come from {tuple(VARIANTS)}")
@@ -125,8 +140,8 @@ def main() -> int:
     registry = ObjectRegistry.from_yaml(REPO / "config" / "objects.yaml")
     lmo = default_lmo_dir()
     data = load_eval_data(lmo, im_ids=load_splits(lmo / "splits.json")["val"])
-    items = initial_poses(registry, args.every)
-    masks = MaskPredictor.from_checkpoint(REPO / "checkpoints" / "segmentation" / "lmo_seg.pt")
+    items = initial_poses(registry, args.every, args.start)
+    masks = MaskPredictor.from_checkpoint(REPO / "checkpoints" / "segmentation" / "lmo_seg.pt", flips=args.mask_flips)
     base = AlignConfig()
     renderer = FastRenderer(masks.crop_size, masks.crop_size)
     for o in registry.ids:
@@ -149,8 +164,10 @@ def main() -> int:
     start = [add_or_add_s(i["R"], i["t"], i["gt"].R, i["gt"].t, data.objects[i["obj_id"]].points,
                           data.objects[i["obj_id"]].symmetric) < 0.1 * data.objects[i["obj_id"]].diameter
              for i in items]
-    result["dsc_ADD-S_0.1d"] = float(np.mean(start))
-    result["dsc_median_depth_err"] = float(np.median([abs(i["t"][2] / i["gt"].t[2] - 1) for i in items]))
+    result["start"] = args.start
+    result["dsc_ADD-S_0.1d" if args.start == "dsc" else "start_ADD-S_0.1d"] = float(np.mean(start))
+    result["dsc_median_depth_err" if args.start == "dsc" else "start_median_depth_err"] = float(
+        np.median([abs(i["t"][2] / i["gt"].t[2] - 1) for i in items]))
     for name in variants:
         config = replace(base, **VARIANTS[name])
         correct, depth, rot, ms, energy, features = [], [], [], [], [], []
@@ -183,14 +200,18 @@ def main() -> int:
               f"rot {row['median_rot_err_deg']:.0f} deg, {row['ms_p50']:.0f} ms", flush=True)
     renderer.close()
     result["seconds"] = time.perf_counter() - start_all
-    out = Path(args.json) if args.json else REPO / "docs" / "results" / "lmo_align_study.json"
+    suffix = "" if args.start == "dsc" else f"_{args.start}"
+    out = Path(args.json) if args.json else REPO / "docs" / "results" / f"lmo_align_study{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    lines = [BEGIN, "## Test-time alignment: what limits it (`bench/bench_align_study.py`)", "",
+    key = "dsc" if args.start == "dsc" else "start"
+    who = {"dsc": "DSC-PoseNet's pose", "templates": "the template initialiser's pose"}[args.start]
+    title = "what limits it" if args.start == "dsc" else f"from the {args.start} initialiser"
+    lines = [BEGIN, f"## Test-time alignment: {title} (`bench/bench_align_study.py`)", "",
              f"- Machine: {result['machine']}; command: `{result['command']}`; commit {result['commit']}",
              f"- Data: LM-O scene 2, split `val`, {result['targets']} detections (GT visible boxes loosened, seed 0), "
-             f"each aligned from DSC-PoseNet's pose (ADD(-S) {result['dsc_ADD-S_0.1d']:.3f}, median depth error "
-             f"{100 * result['dsc_median_depth_err']:.1f} % before alignment); ADD(-S) per target", "",
+             f"each aligned from {who} (ADD(-S) {result[key + '_ADD-S_0.1d']:.3f}, median depth error "
+             f"{100 * result[key + '_median_depth_err']:.1f} % before alignment); ADD(-S) per target", "",
              "| variant | change | ADD(-S) 0.1d | median depth err. | median rot. err. (deg) | ms / object p50 | "
              "energy AUROC |", "|---|---|---|---|---|---|---|"]
     for name, row in result["rows"].items():

@@ -47,7 +47,7 @@ import numpy as np
 from .render.gl import LightConfig
 from .segmentation import roi
 
-from .defaults import ALIGN_HYPOTHESES, HYPOTHESES
+from .defaults import ALIGN_COLOUR, ALIGN_HYPOTHESES, HYPOTHESES
 AMBIENT = LightConfig(ambient=1.0, diffuse=0.0, specular=0.0)  # renders of the plain vertex colours
 
 
@@ -64,7 +64,7 @@ class AlignConfig:
     # half the first steps, no hypotheses
     track_rounds: int = 5
     w_edge: float = 1.0  # weight of the contour-to-edge term
-    w_colour: float = 0.0  # weight of the appearance term (1 - NCC of rendered vertex colours and the image) / 2
+    w_colour: float = ALIGN_COLOUR  # weight of the appearance term (1 - NCC of rendered vertex colours and the image) / 2
     # the frame's other detections' masks mark pixels where the object may be hidden (rendered pixels there
     # that the network calls background are not counted against the pose)
     other_masks: bool = False

@@ -20,6 +20,7 @@ INIT = "dsc"  # the initialiser
 REFINE_ITERATIONS = 0  # DeepIM iterations per detection (the paper uses 2-4)
 ALIGN = "off"  # the test-time aligner: off, before or after DeepIM
 ALIGN_HYPOTHESES = "none"
+ALIGN_COLOUR = 0.0  # weight of the aligner's vertex-colour term (``AlignConfig.w_colour``)
 TEMPLATE_CACHE = "~/.cache/dsc_pose/templates"  # init "templates": rendered template banks kept between starts
 SCORE_THRESHOLD = 0.0  # poses with a lower confidence are not published
 TRACKING = False  # the previous frame's confident poses start the refiners (``tracking``)

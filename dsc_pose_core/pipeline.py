@@ -661,6 +661,7 @@ class PoseEstimator:
         height, width = image_rgb.shape[:2]
         results: list[PoseResult] = []
         todo: list[tuple[PoseResult, np.ndarray]] = []
+        valid: list[tuple[int, PoseResult, np.ndarray]] = []  # (index, result, box xyxy) of plausible detections
         for index, det in enumerate(detections):
             try:
                 obj_id = int(det.obj_id)
@@ -689,6 +690,12 @@ class PoseEstimator:
                                                self.config.box_limits)
             if res.reason:
                 continue
+            valid.append((index, res, box_xyxy))
+        if self._masks is not None:  # every mask of the frame in one batch (the parts that read masks hit the cache)
+            served = set(self._masks.obj_ids)
+            self._masks.get(image_rgb, [(r.obj_id, b) for _, r, b in valid if r.obj_id in served])
+        for index, res, box_xyxy in valid:
+            obj_id = res.obj_id
             t0 = time.perf_counter()
             if index in starts:
                 (R, t), own, res.tracked = starts[index], None, True

@@ -61,6 +61,7 @@ class PredictJob:
     refine: int = defaults.REFINE_ITERATIONS  # DeepIM iterations (0: no refinement)
     align: str = defaults.ALIGN  # test-time alignment: "off", "before" DeepIM or "after" it
     align_hypotheses: str = defaults.ALIGN_HYPOTHESES  # the aligner's rotation hypotheses (defaults.HYPOTHESES)
+    align_colour: float = defaults.ALIGN_COLOUR  # weight of the aligner's vertex-colour term
     segmentation: str | None = None  # the aligner's mask network; default <checkpoints>/segmentation/lmo_seg.pt
     template_cache: str = defaults.TEMPLATE_CACHE  # init "templates": where its banks are kept ("": nowhere)
     checkpoints: str | None = None  # the initialiser's checkpoints per object (default <repo>/checkpoints)
@@ -104,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--align", default=defaults.ALIGN, choices=defaults.ALIGN_ORDERS,
                    help=f"training-free render-and-compare alignment: off, before or after DeepIM "
                    f"(with --refine 0 either runs it alone; default {defaults.ALIGN})")
+    p.add_argument("--align-colour", type=float, default=defaults.ALIGN_COLOUR,
+                   help="weight of the aligner's appearance term (the model's vertex colours against the crop); "
+                        "helps from rotations near the truth (--init templates), not from far ones")
     p.add_argument("--align-hypotheses", default=defaults.ALIGN_HYPOTHESES, choices=defaults.HYPOTHESES,
                    help="rotations the aligner tries besides the initial one: none, flips (180 deg about the "
                    f"camera axes) or cube24 (the cube's 24 rotations: for the box initialiser); default "
@@ -221,7 +225,7 @@ def run(args: PredictJob) -> dict:
         raise ValueError("--align and --init templates need --segmentation CKPT (no <repo>/checkpoints folder)")
     config = PipelineConfig(init=args.init, dsc_checkpoints=ckpt_dir, self6d_checkpoints=ckpt_dir, deepim_checkpoint=deepim,
                             refine_iterations=args.refine, refiners=refiner_order(args.align, args.refine),
-                            segmentation_checkpoint=segmentation, align=AlignConfig(hypotheses=args.align_hypotheses),
+                            segmentation_checkpoint=segmentation, align=AlignConfig(hypotheses=args.align_hypotheses, w_colour=args.align_colour),
                             templates=TemplateConfig(cache_dir=args.template_cache or None), device=args.device, obj_ids=args.obj_ids,
                             box_templates=args.box_templates, dsc_keypoint_scales=args.dsc_scales)
     registry = args.registry or str(repo / "config" / "objects.yaml")

@@ -127,7 +127,7 @@ class PoseNode:
                                 box_templates=p["box_templates"],
                                 refiners=refiner_order(p["align"], p["refine_iterations"]),
                                 segmentation_checkpoint=str(resolve_path(segmentation)) if segmentation else None,
-                                align=AlignConfig(hypotheses=p["align_hypotheses"]),
+                                align=AlignConfig(hypotheses=p["align_hypotheses"], w_colour=p["align_colour"]),
                                 templates=TemplateConfig(cache_dir=p["template_cache"] or None))
         self.estimator = load_pose_estimator(resolve_path(p["registry"]), config,
                                              str(resolve_path(p["models_dir"])) if p["models_dir"] else None)

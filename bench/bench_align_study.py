@@ -165,6 +165,10 @@ def main() -> int:
                           data.objects[i["obj_id"]].symmetric) < 0.1 * data.objects[i["obj_id"]].diameter
              for i in items]
     result["start"] = args.start
+    start_rot = np.array([rotation_error_deg(i["R"], i["gt"].R) for i in items])
+    asymmetric = np.array([not data.objects[i["obj_id"]].symmetric for i in items])
+    result["start_rotation_err_deg_median_asymmetric"] = float(np.median(start_rot[asymmetric]))
+    result["start_rotation_within_30deg_asymmetric"] = float(np.mean(start_rot[asymmetric] < 30))
     result["dsc_ADD-S_0.1d" if args.start == "dsc" else "start_ADD-S_0.1d"] = float(np.mean(start))
     result["dsc_median_depth_err" if args.start == "dsc" else "start_median_depth_err"] = float(
         np.median([abs(i["t"][2] / i["gt"].t[2] - 1) for i in items]))
@@ -211,7 +215,9 @@ def main() -> int:
              f"- Machine: {result['machine']}; command: `{result['command']}`; commit {result['commit']}",
              f"- Data: LM-O scene 2, split `val`, {result['targets']} detections (GT visible boxes loosened, seed 0), "
              f"each aligned from {who} (ADD(-S) {result[key + '_ADD-S_0.1d']:.3f}, median depth error "
-             f"{100 * result[key + '_median_depth_err']:.1f} % before alignment); ADD(-S) per target", "",
+             f"{100 * result[key + '_median_depth_err']:.1f} % before alignment; rotation error of the starts, objects "
+             f"without symmetry: median {result['start_rotation_err_deg_median_asymmetric']:.0f} deg, "
+             f"{100 * result['start_rotation_within_30deg_asymmetric']:.0f} % within 30 deg); ADD(-S) per target", "",
              "| variant | change | ADD(-S) 0.1d | median depth err. | median rot. err. (deg) | ms / object p50 | "
              "energy AUROC |", "|---|---|---|---|---|---|---|"]
     for name, row in result["rows"].items():

@@ -229,11 +229,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for row in rows:
             result["rows"][row], scored[row] = run_row(row, Path(tmp), val_ids, data)
-    which = next((r for r in ("dsc+align", "box+align") if r in scored), None)
+    which = next((r for r in ("dsc+align", "box+align", *[r for r in scored if "align" in r]) if r in scored), None)
     if which is not None:
         result["confidence_row"] = which
         result["confidence_auroc"] = auroc(*scored[which])
         result["kept_curve"] = {r: kept_curve(*scored[r]) for r in scored if "align" in r}
+        for r in scored:  # every aligned row's confidence (the aligner's score), not only the headline one
+            if "align" in r:
+                result["rows"][r]["confidence_auroc"] = auroc(*scored[r])
     result["seconds"] = time.perf_counter() - start
     print(f"confidence AUROC ({which}): {result.get('confidence_auroc')}")
     out = Path(args.json) if args.json else REPO / "docs" / "results" / "lmo_pipeline.json"

@@ -191,7 +191,7 @@ def main() -> int:
             depth.append(abs(t[2] / item["gt"].t[2] - 1))
             rot.append(rotation_error_deg(R, item["gt"].R))
             energy.append(E)
-            if name == "default":
+            if name in ("default", "colour"):  # the confidence of the two searches users run
                 features.append([*score_features(renderer, item["obj_id"], R, t, obs, config), float(obj.symmetric)])
         correct = np.array(correct)
         row = {"ADD-S_0.1d": float(correct.mean()), "median_depth_err": float(np.median(depth)),
@@ -227,14 +227,17 @@ def main() -> int:
         auc = row["energy_auroc"]
         lines.append(f"| {name} | {change} | {row['ADD-S_0.1d']:.3f} | {100 * row['median_depth_err']:.1f} % | "
                      f"{row['median_rot_err_deg']:.0f} | {row['ms_p50']:.0f} | {'-' if auc is None else f'{auc:.2f}'} |")
-    conf = result["rows"].get("default", {})
-    if "confidence_auroc_shipped_weights" in conf:
+    for variant, conf in result["rows"].items():
+        if "confidence_auroc_shipped_weights" not in conf:
+            continue
         full, plain = conf["refit_energy_colour_symmetry"], conf["refit_energy_colour"]
-        lines += ["", f"- Confidence of the default variant's poses (ADD(-S) correct vs not): AUROC "
-                  f"{conf['confidence_auroc_shipped_weights']:.3f} with the shipped weights (`AlignConfig.score_w_*`); "
+        lines += ["" if lines[-1].startswith("|") else None,
+                  f"- Confidence of the {variant} variant's poses (ADD(-S) correct vs not; energy = mask + edge terms): "
+                  f"AUROC {conf['confidence_auroc_shipped_weights']:.3f} with the shipped weights (`AlignConfig.score_w_*`); "
                   f"refitted here (energy, colour agreement, symmetry) {full['auroc_in_sample']:.3f} in sample, "
                   f"{full['auroc_cv']:.3f} 5-fold cross-validated; without the symmetry term "
                   f"{plain['auroc_in_sample']:.3f} / {plain['auroc_cv']:.3f}"]
+        lines = [line for line in lines if line is not None]
     lines.append(END)
     if args.json:
         print("\n".join(lines))

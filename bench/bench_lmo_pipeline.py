@@ -9,7 +9,8 @@ the poses kept against the fraction kept, ordered by the pose confidence).
 
 Rows: ``box`` / ``dsc`` / ``templates`` initialiser (``templates``: rendered templates matched in pretrained
 features, banks kept in ``defaults.TEMPLATE_CACHE``; building them is start-up, not per-image time); ``+align``: the aligner (``dsc_pose_core.align``, masks of
-``checkpoints/segmentation/lmo_seg.pt``); ``+colour``: the aligner's vertex-colour term at weight 1 (``--align-colour 1``); ``+deepim2``: two DeepIM iterations (``checkpoints/deepim.pt``),
+``checkpoints/segmentation/lmo_seg.pt``); ``+align_templates``: the aligner with template
+matching's pose as a second hypothesis (``--align-hypotheses templates``); ``+colour``: the aligner's vertex-colour term at weight 1 (``--align-colour 1``); ``+deepim2``: two DeepIM iterations (``checkpoints/deepim.pt``),
 after the aligner when both run. Time per object: the pipeline's wall time on an image divided by its
 detections (initialiser, refiners and confidence; no image decoding), p50 / p90 over images, one torch
 thread. ``confidence_auroc``: over every val estimate of the ``dsc+align`` row (``box+align`` when that row
@@ -39,7 +40,7 @@ from benchlib import cpu_model, git_commit, write_section
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = ("box", "box+align", "dsc", "dsc+align", "dsc+deepim2", "dsc+align+deepim2", "templates", "templates+align",
-        "templates+align+colour")
+        "templates+align+colour", "dsc+align_templates+colour")
 BEGIN, END = "<!-- bench_lmo_pipeline:start -->", "<!-- bench_lmo_pipeline:end -->"
 METRICS = ("ADD-S_0.1d", "AR_MSPD", "AR_MSSD")
 
@@ -48,7 +49,8 @@ def job(row: str, out: Path) -> PredictJob:
     parts = row.split("+")
     refine = int(parts[-1].removeprefix("deepim")) if parts[-1].startswith("deepim") else 0
     return PredictJob(dataset=str(default_lmo_dir()), scene=2, split="val", out=str(out), init=parts[0],
-                      refine=refine, align="before" if "align" in parts else "off",
+                      refine=refine, align="before" if {"align", "align_templates"} & set(parts) else "off",
+                      align_hypotheses="templates" if "align_templates" in parts else "none",
                       align_colour=1.0 if "colour" in parts else 0.0, threads=1, quiet=True)
 
 

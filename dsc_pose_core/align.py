@@ -41,6 +41,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from typing import Sequence
+
 import cv2
 import numpy as np
 
@@ -53,7 +55,9 @@ AMBIENT = LightConfig(ambient=1.0, diffuse=0.0, specular=0.0)  # renders of the 
 
 @dataclass(frozen=True)
 class AlignConfig:
-    hypotheses: str = ALIGN_HYPOTHESES  # "none" (the start only), "flips" (+ 180 deg about the camera axes), "cube24"
+    # "none" (the start only), "flips" (+ 180 deg about the camera axes), "cube24", "templates" (+ the pose of
+    # rendered templates matched in pretrained features: ``pipeline.TemplateMatcher``)
+    hypotheses: str = ALIGN_HYPOTHESES
     keep: int = 2  # hypotheses refined by the pattern search (the lowest energies after the translation fit)
     rounds: int = 14  # pattern-search rounds (12 renders each)
     step_px: float = 3.0  # first steps: image-plane shift (crop pixels), log depth, rotation (degrees)
@@ -155,20 +159,23 @@ def contour(masks: np.ndarray) -> np.ndarray:
 def colour_agreement(rgb: np.ndarray, masks: np.ndarray, obs: Observation) -> np.ndarray:
     """Normalised cross-correlation [B] (mean over R, G, B) of rendered colours ``rgb`` [B,S,S,3] and the
     image crop over the rendered pixels the network calls foreground (occluders left out); 0 when fewer
-    than 4 such pixels (on the half-resolution grid it uses)."""
+    than 4 such pixels (on the half-resolution grid it uses). Weighted moments as batched matrix products
+    ([B,1,P] @ [B,P,3]), so no [B,P,3] temporary is weighted pixel by pixel."""
     # every second pixel in each direction: a quarter of the work, the same agreement to within noise
-    w = (masks[:, ::2, ::2] & (obs.probability[::2, ::2] > 0.5)[None]).astype(np.float32)[..., None]  # [B,s,s,1]
-    n = w.sum((1, 2))  # [B,1]
-    x = rgb[:, ::2, ::2].astype(np.float32)
-    y = obs.image[None, ::2, ::2]
-    mx = (w * x).sum((1, 2)) / np.maximum(n, 1)
-    my = (w * y).sum((1, 2)) / np.maximum(n, 1)
-    dx = (x - mx[:, None, None]) * w
-    dy = (y - my[:, None, None]) * w
-    cov = (dx * dy).sum((1, 2))
-    norm = np.sqrt((dx * dx).sum((1, 2)) * (dy * dy).sum((1, 2)))
-    ncc = np.where(norm > 1e-6, cov / np.maximum(norm, 1e-6), 0.0).mean(1)
-    return np.where(n[:, 0] >= 4, ncc, 0.0)
+    B = len(masks)
+    w = (masks[:, ::2, ::2] & (obs.probability[::2, ::2] > 0.5)[None]).reshape(B, 1, -1).astype(np.float64)  # [B,1,P]
+    x = rgb[:, ::2, ::2].reshape(B, -1, 3).astype(np.float64) / 255.0  # [B,P,3]
+    y = obs.image[::2, ::2].reshape(-1, 3).astype(np.float64) / 255.0  # [P,3]
+    n = w.sum(2)  # [B,1]
+    safe = np.maximum(n, 1.0)
+    sx, sy = (w @ x)[:, 0], (w[:, 0] @ y)  # [B,3]
+    sxx, syy, sxy = (w @ (x * x))[:, 0], w[:, 0] @ (y * y), (w @ (x * y[None]))[:, 0]
+    cov = sxy - sx * sy / safe
+    var_x = np.maximum(sxx - sx * sx / safe, 0.0)
+    var_y = np.maximum(syy - sy * sy / safe, 0.0)
+    norm = np.sqrt(var_x * var_y)
+    ncc = np.where(norm > 1e-10, cov / np.maximum(norm, 1e-10), 0.0).mean(1)
+    return np.where(n[:, 0] >= 4, ncc, 0.0).astype(np.float32)
 
 
 def _visible_weight(masks: np.ndarray, obs: Observation) -> np.ndarray:
@@ -182,19 +189,21 @@ def _visible_weight(masks: np.ndarray, obs: Observation) -> np.ndarray:
 
 def energies(masks: np.ndarray, obs: Observation, config: AlignConfig, rgb: np.ndarray | None = None) -> np.ndarray:
     """E [B] of rendered silhouettes ``masks`` (bool [B,S,S]) against ``obs`` (module docstring)."""
-    m = _visible_weight(masks, obs)
+    B = len(masks)
+    m = _visible_weight(masks, obs).reshape(B, -1)
     p = obs.probability
-    inter = (masks * p).sum((1, 2))
-    union = m.sum((1, 2)) + p.sum() - inter
+    inter = masks.reshape(B, -1).astype(np.float32) @ p.ravel()  # sums as matrix products: [B,P] @ [P]
+    area = m.sum(1)
+    union = area + p.sum() - inter
     iou = inter / np.maximum(union, 1e-6)
     if config.recall_beta > 0:
-        precision = inter / np.maximum(m.sum((1, 2)), 1e-6)
+        precision = inter / np.maximum(area, 1e-6)
         recall = inter / max(float(p.sum()), 1e-6)
         b2 = config.recall_beta ** 2
         iou = (1 + b2) * precision * recall / np.maximum(b2 * precision + recall, 1e-6)
-    edge = contour(masks)
-    n = edge.sum((1, 2))
-    chamfer = (edge * obs.edge_distance).sum((1, 2)) / np.maximum(n, 1) / config.edge_tau
+    edge = contour(masks).reshape(B, -1).astype(np.float32)
+    n = edge.sum(1)
+    chamfer = (edge @ obs.edge_distance.ravel()) / np.maximum(n, 1) / config.edge_tau
     chamfer = np.where(n > 0, chamfer, 1.0)
     energy = (1.0 - iou) + config.w_edge * chamfer
     if rgb is not None and config.w_colour > 0:
@@ -213,11 +222,13 @@ def confidence(energy: float, colour: float, config: AlignConfig, symmetric: boo
 
 def score_features(renderer, obj_id: int, R: np.ndarray, t: np.ndarray, obs: Observation, config: AlignConfig
                    ) -> tuple[float, float]:
-    """(energy, colour agreement) of a pose: what :func:`confidence` maps (one vertex-colour render)."""
+    """(energy, colour agreement) of a pose: what :func:`confidence` maps (one vertex-colour render). The energy
+    is the mask and edge terms only, whatever ``w_colour`` the search used: the colour agreement is its own
+    feature, so the confidence's weights mean the same with and without the colour term in the search."""
     out = renderer.render_batch(obs.K, obj_id, np.asarray(R)[None], np.asarray(t).reshape(1, 3), obs.size, obs.size,
                                 rgb=True, light=AMBIENT)
     masks = out.instance > 0
-    energy = energies(masks, obs, config, out.rgb if config.w_colour > 0 else None)[0]
+    energy = energies(masks, obs, config)[0]
     return float(energy), float(colour_agreement(out.rgb, masks, obs)[0])
 
 
@@ -238,7 +249,7 @@ def _axis_rotation(axis: int, radians: float) -> np.ndarray:
 def hypothesis_rotations(kind: str) -> np.ndarray:
     """Rotations G [N,3,3] applied as ``G R`` (about the object origin, camera axes); G[0] is the identity.
     ``flips``: the identity and 180 deg about x, y, z; ``cube24``: the 24 rotations of the cube."""
-    if kind == "none":
+    if kind in ("none", "templates"):  # "templates": the extra starts come from template matching (``align(extra=)``)
         return np.eye(3)[None]
     if kind == "flips":
         return np.stack([np.eye(3)] + [_axis_rotation(a, math.pi) for a in range(3)])
@@ -282,10 +293,11 @@ def tracking_config(config: AlignConfig) -> AlignConfig:
                                hypotheses="none", keep=1)
 
 
-def align(renderer, obj_id: int, R: np.ndarray, t: np.ndarray, obs: Observation, config: AlignConfig
-          ) -> tuple[np.ndarray, np.ndarray, float, dict]:
+def align(renderer, obj_id: int, R: np.ndarray, t: np.ndarray, obs: Observation, config: AlignConfig,
+          extra: Sequence[tuple[np.ndarray, np.ndarray]] = ()) -> tuple[np.ndarray, np.ndarray, float, dict]:
     """Aligned pose of one detection: (R [3,3], t [3] metres, final energy, {"renders": n, "hypothesis": i}).
-    ``renderer`` holds ``obj_id`` (``render.FastRenderer``)."""
+    ``renderer`` holds ``obj_id`` (``render.FastRenderer``); ``extra``: more starting poses [(R, t)] that compete
+    with the start's hypotheses (e.g. template matching's), numbered after them."""
     size = obs.size
     renders = 0
 
@@ -307,6 +319,11 @@ def align(renderer, obj_id: int, R: np.ndarray, t: np.ndarray, obs: Observation,
     G = hypothesis_rotations(config.hypotheses)
     starts_R = G @ R
     starts_t = np.repeat(t[None], len(G), 0)
+    extra = [(np.asarray(Re, dtype=np.float64), np.asarray(te, dtype=np.float64).reshape(3)) for Re, te in extra]
+    extra = [(Re, te) for Re, te in extra if te[2] > 0]
+    if extra:
+        starts_R = np.concatenate([starts_R, np.stack([Re for Re, _ in extra])])
+        starts_t = np.concatenate([starts_t, np.stack([te for _, te in extra])])
     masks, start_E = energies_of(starts_R, starts_t)
     p = obs.probability
     p_area = float(p.sum())

@@ -14,7 +14,7 @@ ADD(-S) for a render-and-network pass per iteration, so none by default; the tes
 # ``align.AlignConfig.hypotheses``): a test keeps them equal
 INITIALISERS = ("box", "dsc", "self6d", "templates")
 ALIGN_ORDERS = ("off", "before", "after")  # where the aligner runs relative to DeepIM
-HYPOTHESES = ("none", "flips", "cube24")  # rotations the aligner tries besides the initial one
+HYPOTHESES = ("none", "flips", "cube24", "templates")  # rotations the aligner tries besides the initial one
 
 INIT = "dsc"  # the initialiser
 REFINE_ITERATIONS = 0  # DeepIM iterations per detection (the paper uses 2-4)

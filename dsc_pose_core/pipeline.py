@@ -290,46 +290,67 @@ class FrameMasks:
         return [self._cache[k] for k in keys]
 
 
-class TemplateInitialiser:
-    """Rotation from rendered templates (``templates``): the detection's crop, its background blacked out by
-    the segmentation network's mask, is compared in pretrained EfficientNet-Lite0 features with every
-    template of its object; the best template's rotation (turned to the camera frame), the translation
-    fitted to the mask's box (``box_initialiser.fit_translation``); its own confidence is the template score.
-    Template banks are built at start-up or read from ``templates.cache_dir``."""
+class TemplateMatcher:
+    """Rendered templates matched in pretrained features (``templates``), for the initialiser and the aligner's
+    ``templates`` hypotheses: ``pose(image, K, obj_id, box_xyxy) -> (R [3,3], t [3] metres, template score)``, the
+    detection's crop with its background blacked out by the segmentation network's mask compared with every
+    template of its object, the best template's rotation turned to the camera frame and the translation fitted
+    to the mask's box (``box_initialiser.fit_translation``); one retrieval per (object, box) of a frame. Template
+    banks are built at start-up or read from ``templates.cache_dir``."""
 
     def __init__(self, masks: FrameMasks, trunk, banks: dict, vertices: dict, diameters: dict, config: TemplateConfig):
         self.masks, self.trunk, self.banks, self.config = masks, trunk, banks, config
         self.vertices, self.diameters = vertices, diameters
-        self.estimators: dict = {}
+        self._image, self._cache = None, {}
 
     @classmethod
-    def from_config(cls, pipeline: "PoseEstimator", config: "PipelineConfig") -> "TemplateInitialiser":
+    def from_config(cls, pipeline: "PoseEstimator", config: "PipelineConfig", obj_ids) -> "TemplateMatcher":
         from .templates import FeatureTrunk, TemplateError, bank_for
 
         masks = pipeline.frame_masks()
-        unmasked = sorted(set(pipeline.obj_ids) - set(masks.obj_ids))
+        unmasked = sorted(set(obj_ids) - set(masks.obj_ids))
         if unmasked:
-            raise PipelineConfigError(f"the templates initialiser needs masks, and the segmentation checkpoint "
-                                      f"has no channel for objects {unmasked}; restrict obj_ids")
+            raise PipelineConfigError(f"template matching needs masks, and the segmentation checkpoint has no "
+                                      f"channel for objects {unmasked}; restrict obj_ids")
         try:
             config.templates.validate()
             trunk = FeatureTrunk(config.templates.trunk, config.templates.stride, pipeline.device)
-            banks = {o: bank_for(o, pipeline.registry[o].mesh, trunk, config.templates) for o in pipeline.obj_ids}
+            banks = {o: bank_for(o, pipeline.registry[o].mesh, trunk, config.templates) for o in obj_ids}
         except TemplateError as exc:
             raise PipelineConfigError(str(exc)) from None
         return cls(masks, trunk, banks, pipeline.vertices, pipeline.diameters, config.templates)
 
-    def initial_pose(self, image, K, obj_id, box_xywh, box_xyxy):
+    def pose(self, image, K, obj_id: int, box_xyxy) -> tuple[np.ndarray, np.ndarray, float]:
         from .box_initialiser import fit_translation
         from .segmentation import roi
         from .templates import retrieve
 
-        (probability, window), = self.masks.get(image, [(obj_id, box_xyxy)])
-        full = roi.paste(probability, window, image.shape[1], image.shape[0])
-        found = retrieve(self.banks[obj_id], self.trunk, image, K, full, box_xyxy, self.config)
-        R = found.rotations[0]
-        t = fit_translation(found.box, K, self.vertices[obj_id], R, self.diameters[obj_id])
-        return R, t, float(found.scores[0])
+        if self._image is not image:
+            self._image, self._cache = image, {}
+        key = (int(obj_id), tuple(float(v) for v in box_xyxy))
+        if key not in self._cache:
+            (probability, window), = self.masks.get(image, [(obj_id, box_xyxy)])
+            full = roi.paste(probability, window, image.shape[1], image.shape[0])
+            found = retrieve(self.banks[obj_id], self.trunk, image, K, full, box_xyxy, self.config)
+            R = found.rotations[0]
+            t = fit_translation(found.box, K, self.vertices[obj_id], R, self.diameters[obj_id])
+            self._cache[key] = (R, t, float(found.scores[0]))
+        return self._cache[key]
+
+
+class TemplateInitialiser:
+    """Rotation from rendered templates (:class:`TemplateMatcher`); its own confidence is the template score."""
+
+    def __init__(self, matcher: TemplateMatcher):
+        self.matcher = matcher
+        self.estimators: dict = {}
+
+    @classmethod
+    def from_config(cls, pipeline: "PoseEstimator", config: "PipelineConfig") -> "TemplateInitialiser":
+        return cls(pipeline.template_matcher())
+
+    def initial_pose(self, image, K, obj_id, box_xywh, box_xyxy):
+        return self.matcher.pose(image, K, obj_id, box_xyxy)
 
 
 # name -> initialiser class (``PipelineConfig.init``, the node's ``init`` parameter)
@@ -400,10 +421,12 @@ class AlignStage:
     becomes the results' ``score``. Objects the segmentation checkpoint was not trained for are not
     aligned. Masks and observations are computed once per frame (cached for :meth:`scores`)."""
 
-    def __init__(self, masks: FrameMasks, renderer, obj_ids: set[int], config: AlignConfig, symmetric: dict[int, bool]):
+    def __init__(self, masks: FrameMasks, renderer, obj_ids: set[int], config: AlignConfig, symmetric: dict[int, bool],
+                 matcher: "TemplateMatcher | None" = None):
         from .align import tracking_config
 
         self.masks, self.renderer, self.obj_ids, self.config = masks, renderer, obj_ids, config
+        self.matcher = matcher  # hypotheses "templates": template matching's pose competes with the start
         self.near = tracking_config(config)  # the shorter search for starts tracked from the previous frame
         self.symmetric = symmetric  # {obj_id: has a symmetry} (the confidence weighs it)
         self._frame: tuple | None = None  # (image, K, {box: Observation}) of the last frame
@@ -426,8 +449,9 @@ class AlignStage:
         for o in sorted(obj_ids):
             mesh = pipeline.registry[o].mesh
             renderer.add_object(o, mesh.decimated(faces) if faces > 0 else mesh)
+        matcher = pipeline.template_matcher() if config.align.hypotheses == "templates" else None
         return cls(masks, renderer, obj_ids, config.align,
-                   {o: bool(pipeline.registry[o].model_info.is_symmetric) for o in obj_ids})
+                   {o: bool(pipeline.registry[o].model_info.is_symmetric) for o in obj_ids}, matcher)
 
     def _observations(self, image, K, items) -> list:
         from .align import observe
@@ -454,9 +478,15 @@ class AlignStage:
 
         tracked = tracked if tracked is not None else [False] * len(items)
         out = []
-        for (obj_id, R, t, _), obs, from_track in zip(items, self._observations(image, K, items), tracked):
+        for (obj_id, R, t, box), obs, from_track in zip(items, self._observations(image, K, items), tracked):
+            extra = []
+            if self.matcher is not None and not from_track:
+                R_m, t_m, _ = self.matcher.pose(image, K, obj_id, box)
+                if not (np.allclose(R_m, R) and np.allclose(t_m, t)):  # not the start itself (init "templates")
+                    extra.append((R_m, t_m))
             try:
-                R_new, t_new, _, _ = align(self.renderer, obj_id, R, t, obs, self.near if from_track else self.config)
+                R_new, t_new, _, _ = align(self.renderer, obj_id, R, t, obs, self.near if from_track else self.config,
+                                           extra)
             except ValueError:  # a start behind the camera: left as it was
                 out.append(None)
                 continue
@@ -523,6 +553,7 @@ class PoseEstimator:
         self.device = torch.device(config.device)
         self.refiners: list[Refiner] = []
         self._masks: FrameMasks | None = None
+        self._matcher: TemplateMatcher | None = None
         self.vertices = {}
         self.diameters = {}
         for o in obj_ids:
@@ -559,6 +590,12 @@ class PoseEstimator:
             self._masks = FrameMasks(_load(MaskPredictor.from_checkpoint, self.config.segmentation_checkpoint,
                                            "segmentation", self.device))
         return self._masks
+
+    def template_matcher(self) -> TemplateMatcher:
+        """Template matching for the served objects (``templates``), set up once for every part that uses it."""
+        if self._matcher is None:
+            self._matcher = TemplateMatcher.from_config(self, self.config, self.obj_ids)
+        return self._matcher
 
     @property
     def dsc(self) -> dict:
@@ -755,6 +792,6 @@ def load_pose_estimator(registry_path: str | os.PathLike, config: PipelineConfig
 
 
 __all__ = ["Detection", "PoseResult", "PipelineConfig", "PipelineConfigError", "PoseEstimator", "Initialiser",
-           "BoxInitialiser", "DscInitialiser", "Self6dInitialiser", "TemplateInitialiser", "FrameMasks", "Refiner", "DeepImStage", "AlignStage", "REFINERS",
+           "BoxInitialiser", "DscInitialiser", "Self6dInitialiser", "TemplateInitialiser", "TemplateMatcher", "FrameMasks", "Refiner", "DeepImStage", "AlignStage", "REFINERS",
            "find_dsc_checkpoint", "find_self6d_checkpoint", "load_pose_estimator", "INITIALISERS", "ALIGN_ORDERS",
            "refiner_order"]

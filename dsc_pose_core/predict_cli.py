@@ -110,8 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "helps from rotations near the truth (--init templates), not from far ones")
     p.add_argument("--align-hypotheses", default=defaults.ALIGN_HYPOTHESES, choices=defaults.HYPOTHESES,
                    help="rotations the aligner tries besides the initial one: none, flips (180 deg about the "
-                   f"camera axes) or cube24 (the cube's 24 rotations: for the box initialiser); default "
-                   f"{defaults.ALIGN_HYPOTHESES}")
+                   "camera axes), cube24 (the cube's 24 rotations: for the box initialiser) or templates (the pose "
+                   f"of rendered templates matched in pretrained features); default {defaults.ALIGN_HYPOTHESES}")
     p.add_argument("--template-cache", default=defaults.TEMPLATE_CACHE,
                    help="folder where --init templates keeps its rendered template banks between runs "
                         f"('' = build them every run; default {defaults.TEMPLATE_CACHE})")

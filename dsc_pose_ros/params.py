@@ -79,8 +79,9 @@ PARAMETERS: tuple[Parameter, ...] = (
               _at_least(0)),
     Parameter("align", defaults.ALIGN, "training-free render-and-compare alignment of each pose: off, before or after "
               "DeepIM (alone when refine_iterations is 0)", _one_of(ALIGN_ORDERS)),
-    Parameter("align_hypotheses", defaults.ALIGN_HYPOTHESES, "rotations the aligner tries besides the initial one: none, flips or "
-              "cube24 (for the box initialiser)", _one_of(HYPOTHESES)),
+    Parameter("align_hypotheses", defaults.ALIGN_HYPOTHESES, "rotations the aligner tries besides the initial one: none, "
+              "flips, cube24 (for the box initialiser) or templates (the pose of rendered templates matched in "
+              "pretrained features; needs the segmentation checkpoint)", _one_of(HYPOTHESES)),
     Parameter("align_colour", defaults.ALIGN_COLOUR, "weight of the aligner's appearance term (the model's vertex "
               "colours against the image; helps from rotations near the truth: init templates)", _at_least(0.0)),
     Parameter("segmentation_checkpoint", "", "the mask network of the aligner and the templates initialiser ('' = "

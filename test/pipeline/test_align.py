@@ -110,6 +110,26 @@ def test_alignment_converges_from_perturbed_starts(renderer, lmo_registry, obj_i
     assert 0.0 < confidence(energy, 1.0, config) < confidence(energy, 1.0, config, symmetric=True) < 1.0
 
 
+def test_an_extra_start_near_the_truth_wins_over_a_far_start(renderer, lmo_registry):
+    """``align(extra=)`` (the aligner's "templates" hypotheses): a start 100 deg off and a second one 10 deg off
+    compete; the colour term's energy picks the near one, and a start behind the camera is dropped."""
+    rng = np.random.default_rng(4)
+    diameter = lmo_registry[8].diameter
+    R_gt = _rotation(rng.normal(size=3), 70.0)
+    t_gt = np.array([0.0, 0.0, 500 * diameter / 80])
+    K, image, mask = _scene(renderer, lmo_registry, 8, R_gt, t_gt)
+    config = AlignConfig(w_colour=1.0, keep=2)
+    obs = observe(image, K, mask, np.array([-0.5, -0.5, S - 0.5, S - 0.5]), config)
+    far = _rotation(rng.normal(size=3), 100.0) @ R_gt
+    near = _rotation(rng.normal(size=3), 10.0) @ R_gt
+    R, t, _, info = align(renderer, 8, far, t_gt * 1.05, obs, config,
+                          extra=[(near, t_gt * 0.95), (near, -t_gt)])
+    assert info["hypothesis"] == 1, info
+    assert rotation_error_deg(R, R_gt) < 8.0
+    R_alone, *_ = align(renderer, 8, far, t_gt * 1.05, obs, config)
+    assert rotation_error_deg(R_alone, R_gt) > 30.0
+
+
 def test_align_refuses_a_start_behind_the_camera(renderer, lmo_registry):
     K, image, mask = _scene(renderer, lmo_registry, 8, np.eye(3), np.array([0, 0, 1.0]))
     obs = observe(image, K, mask, np.array([-0.5, -0.5, S - 0.5, S - 0.5]), AlignConfig())

@@ -6,6 +6,7 @@ the "Pipelines on LM-O val" section of docs/BENCHMARKS.md and docs/images/lmo_co
 the poses kept against the fraction kept, ordered by the pose confidence).
 
     python bench/bench_lmo_pipeline.py [--rows box,box+align,dsc,dsc+align,dsc+deepim2,dsc+align+deepim2,...]
+    python bench/bench_lmo_pipeline.py --markdown-only   # the BENCHMARKS section again from the JSON
 
 Rows: ``box`` / ``dsc`` / ``templates`` initialiser (``templates``: rendered templates matched in pretrained
 features, banks kept in ``defaults.TEMPLATE_CACHE``; building them is start-up, not per-image time); ``+align``: the aligner (``dsc_pose_core.align``, masks of
@@ -184,14 +185,15 @@ def markdown(result: dict) -> str:
              f"- Data: LM-O scene 2, split `val` ({result['n_images']} images), detections = GT visible boxes "
              "loosened U(0, 15 %) per side (seed 0); checkpoints of the repository (`checkpoints/`)", "",
              "| pipeline | ADD(-S) 0.1d | AR_MSPD | AR_MSSD | median depth err. | ms / object p50 | p90 | "
-             "ms / frame p50 (5-8 objects) | 3 objects at 10 Hz |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "ms / frame p50 (5-8 objects) | 3 objects at 10 Hz | confidence AUROC |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         mark = " (default)" if name == result.get("default_row") else ""
         lines.append(f"| {name}{mark} | {r['ADD-S_0.1d']:.3f} | {r['AR_MSPD']:.3f} | {r['AR_MSSD']:.3f} | "
                      f"{100 * r['median_depth_err']:.1f} % | {r['ms_per_object_p50']:.0f} | "
                      f"{r['ms_per_object_p90']:.0f} | {r.get('ms_per_frame_p50', float('nan')):.0f} | "
-                     f"{'yes' if 3 * r['ms_per_object_p50'] <= 100 else 'no'} |")
+                     f"{'yes' if 3 * r['ms_per_object_p50'] <= 100 else 'no'} | "
+                     f"{'-' if r.get('confidence_auroc') is None else format(r['confidence_auroc'], '.3f')} |")
     auc = result.get("confidence_auroc")
     lines += ["", f"- Confidence AUROC ({result.get('confidence_row')}, ADD(-S) correct vs not, every val "
               f"estimate): {'n/a' if auc is None else f'{auc:.3f}'}; accuracy of the kept poses against the "
@@ -209,9 +211,14 @@ def markdown(result: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, from {ROWS}")
+    parser.add_argument("--markdown-only", action="store_true",
+                        help="rewrite the BENCHMARKS section from docs/results/lmo_pipeline.json (no run)")
     parser.add_argument("--json", help="write here instead of docs/results/lmo_pipeline.json and leave "
                                        "docs/BENCHMARKS.md and the plot alone")
     args = parser.parse_args()
+    if args.markdown_only:
+        write_section(markdown(json.loads((REPO / "docs" / "results" / "lmo_pipeline.json").read_text())), BEGIN, END)
+        return 0
     rows = [r for r in args.rows.split(",") if r]
     unknown = [r for r in rows if r not in ROWS]
     if unknown:

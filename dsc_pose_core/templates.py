@@ -44,6 +44,7 @@ from .models import backbone
 FORMAT = "dsc_pose.templates"
 VERSION = 2
 STRIDE_INDEX = {8: 2, 16: 3}  # feature stride -> timm features_only out_index of the EfficientNet-Lite trunk
+STRIDE_STAGES = {8: 3, 16: 5}  # block stages that feature needs (the later ones are dropped: 13 -> 9 ms a crop)
 
 
 class TemplateError(RuntimeError):
@@ -93,7 +94,9 @@ class FeatureTrunk:
         if not spec.pretrained or stride not in STRIDE_INDEX:
             raise TemplateError(f"template features need a pretrained trunk and stride 8 or 16, not {trunk!r}/{stride}")
         net = timm.create_model(spec.timm_name, features_only=True, out_indices=(STRIDE_INDEX[stride],))
-        self.net = backbone.load_pretrained(net, trunk).eval().to(device)
+        net = backbone.load_pretrained(net, trunk)  # every weight checked against the whole trunk first
+        net.blocks = net.blocks[:STRIDE_STAGES[stride]]  # the stages after the feature's are never read
+        self.net = net.eval().to(device)
         self.trunk, self.stride, self.device = trunk, int(stride), torch.device(device)
 
     @torch.no_grad()

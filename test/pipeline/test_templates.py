@@ -58,6 +58,18 @@ def test_trunk_gives_unit_feature_grids(trunk):
     assert f.shape == (2, 64, 112)  # stride 16 on 128 px, the Lite0 stage with 112 channels
     assert torch.allclose(f.norm(dim=-1), torch.ones(2, 64), atol=1e-4)
     assert cell_coverage(np.ones((1, 128, 128), bool), 16).shape == (1, 64)
+    # the trunk stops after the feature's stage; its output is the whole trunk's feature at that stage
+    import timm
+
+    from dsc_pose_core.models import backbone
+
+    whole = backbone.load_pretrained(timm.create_model("tf_efficientnet_lite0", features_only=True, out_indices=(3,)),
+                                     "efficientnet_lite0").eval()
+    with torch.no_grad():
+        reference = whole(backbone.normalise(torch.from_numpy(images).permute(0, 3, 1, 2), "efficientnet_lite0"))[0]
+    assert len(trunk.net.blocks) == 5 < len(whole.blocks)
+    assert torch.allclose(f, torch.nn.functional.normalize(reference, dim=1).flatten(2).transpose(1, 2), atol=1e-5)
+    assert FeatureTrunk(stride=8)(images).shape == (2, 256, 40)
 
 
 def test_similarity_prefers_the_same_features_and_the_same_silhouette():

@@ -305,19 +305,19 @@ class TemplateMatcher:
 
     @classmethod
     def from_config(cls, pipeline: "PoseEstimator", config: "PipelineConfig", obj_ids) -> "TemplateMatcher":
+        """Banks for ``obj_ids`` that the segmentation network serves (the others have no mask to match)."""
+        from .models.backbone import BackboneError
+        from .render import RendererUnavailableError
         from .templates import FeatureTrunk, TemplateError, bank_for
 
         masks = pipeline.frame_masks()
-        unmasked = sorted(set(obj_ids) - set(masks.obj_ids))
-        if unmasked:
-            raise PipelineConfigError(f"template matching needs masks, and the segmentation checkpoint has no "
-                                      f"channel for objects {unmasked}; restrict obj_ids")
         try:
             config.templates.validate()
             trunk = FeatureTrunk(config.templates.trunk, config.templates.stride, pipeline.device)
-            banks = {o: bank_for(o, pipeline.registry[o].mesh, trunk, config.templates) for o in obj_ids}
-        except TemplateError as exc:
-            raise PipelineConfigError(str(exc)) from None
+            banks = {o: bank_for(o, pipeline.registry[o].mesh, trunk, config.templates)
+                     for o in sorted(set(obj_ids) & set(masks.obj_ids))}
+        except (TemplateError, BackboneError, RendererUnavailableError) as exc:
+            raise PipelineConfigError(f"template matching: {exc}") from None
         return cls(masks, trunk, banks, pipeline.vertices, pipeline.diameters, config.templates)
 
     def pose(self, image, K, obj_id: int, box_xyxy) -> tuple[np.ndarray, np.ndarray, float]:
@@ -327,7 +327,7 @@ class TemplateMatcher:
 
         if self._image is not image:
             self._image, self._cache = image, {}
-        key = (int(obj_id), tuple(float(v) for v in box_xyxy))
+        key = (int(obj_id), tuple(float(v) for v in box_xyxy), tuple(np.asarray(K, dtype=float).ravel()))
         if key not in self._cache:
             (probability, window), = self.masks.get(image, [(obj_id, box_xyxy)])
             full = roi.paste(probability, window, image.shape[1], image.shape[0])
@@ -347,7 +347,12 @@ class TemplateInitialiser:
 
     @classmethod
     def from_config(cls, pipeline: "PoseEstimator", config: "PipelineConfig") -> "TemplateInitialiser":
-        return cls(pipeline.template_matcher())
+        matcher = pipeline.template_matcher()
+        unmasked = sorted(set(pipeline.obj_ids) - set(matcher.banks))
+        if unmasked:
+            raise PipelineConfigError(f"the templates initialiser needs masks, and the segmentation checkpoint has no "
+                                      f"channel for objects {unmasked}; restrict obj_ids")
+        return cls(matcher)
 
     def initial_pose(self, image, K, obj_id, box_xywh, box_xyxy):
         return self.matcher.pose(image, K, obj_id, box_xyxy)
@@ -441,6 +446,7 @@ class AlignStage:
             raise PipelineConfigError(str(exc)) from None
         masks = pipeline.frame_masks()
         obj_ids = set(masks.obj_ids) & set(pipeline.obj_ids)
+        matcher = pipeline.template_matcher() if config.align.hypotheses == "templates" else None
         faces = config.align.render_faces
         try:
             renderer = FastRenderer(masks.crop_size, masks.crop_size)
@@ -449,7 +455,6 @@ class AlignStage:
         for o in sorted(obj_ids):
             mesh = pipeline.registry[o].mesh
             renderer.add_object(o, mesh.decimated(faces) if faces > 0 else mesh)
-        matcher = pipeline.template_matcher() if config.align.hypotheses == "templates" else None
         return cls(masks, renderer, obj_ids, config.align,
                    {o: bool(pipeline.registry[o].model_info.is_symmetric) for o in obj_ids}, matcher)
 
@@ -480,9 +485,12 @@ class AlignStage:
         out = []
         for (obj_id, R, t, box), obs, from_track in zip(items, self._observations(image, K, items), tracked):
             extra = []
-            if self.matcher is not None and not from_track:
-                R_m, t_m, _ = self.matcher.pose(image, K, obj_id, box)
-                if not (np.allclose(R_m, R) and np.allclose(t_m, t)):  # not the start itself (init "templates")
+            if self.matcher is not None and not from_track and obj_id in self.matcher.banks:
+                try:
+                    R_m, t_m, _ = self.matcher.pose(image, K, obj_id, box)
+                except Exception:  # no template pose for this detection: the start competes alone
+                    R_m = None
+                if R_m is not None and not (np.allclose(R_m, R) and np.allclose(t_m, t)):  # not the start itself
                     extra.append((R_m, t_m))
             try:
                 R_new, t_new, _, _ = align(self.renderer, obj_id, R, t, obs, self.near if from_track else self.config,

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,8 +42,10 @@ from .data.boxes import box_mask, mask_box_xyxy
 from .models import backbone
 
 FORMAT = "dsc_pose.templates"
-VERSION = 2
+VERSION = 3
+log = logging.getLogger(__name__)
 STRIDE_INDEX = {8: 2, 16: 3}  # feature stride -> timm features_only out_index of the EfficientNet-Lite trunk
+MIN_MASK_FRACTION = 0.05  # a detection's mask smaller than this part of its box is not used to cut the crop
 STRIDE_STAGES = {8: 3, 16: 5}  # block stages that feature needs (the later ones are dropped: 13 -> 9 ms a crop)
 
 
@@ -115,13 +117,6 @@ def cell_coverage(masks: np.ndarray, stride: int) -> torch.Tensor:
     return torch.nn.functional.avg_pool2d(m, stride).flatten(1)
 
 
-def crop_window(box_xyxy, context: float) -> np.ndarray:
-    """The square crop window (pixel edges) of a silhouette box, as for detections (``segmentation.roi``)."""
-    from .segmentation.roi import roi_window_edges
-
-    return roi_window_edges(box_xyxy, context)
-
-
 def similarity(features: torch.Tensor, masks: torch.Tensor, query: torch.Tensor, query_mask: torch.Tensor) -> np.ndarray:
     """Scores ``[N]`` of templates (``features [L,N,C]``, cell-major: one batched product per cell; ``masks [N,L]``)
     against one query (``[L,C]``, ``[L]``): sum m_q m_t cos / sum max(m_q, m_t)."""
@@ -134,7 +129,8 @@ def similarity(features: torch.Tensor, masks: torch.Tensor, query: torch.Tensor,
 
 @dataclass
 class TemplateBank:
-    """One object's templates: ``rotations [N,3,3]`` (object -> template camera, allocentric),
+    """One object's templates: ``rotations [N,3,3]`` (object -> camera, relative to the ray through the template
+    crop's centre: allocentric, as ``retrieve`` turns them back with the query crop's ray),
     ``features [L,N,C]`` bfloat16 unit vectors (cell-major: a query is scored by one batched product, 6 ms for
     3,600 templates on one CPU thread against 75 ms for a float16 [N,L,C] layout), ``masks [N,L]`` float32
     cell coverage."""
@@ -150,7 +146,8 @@ class TemplateBank:
         """Render and describe the templates of ``mesh`` (``objects.mesh.ObjectMesh``, metres).
         ``renderer``: a FastRenderer of ``crop_size`` that already holds the object (else one is made)."""
         from .data.boxes import projected_box
-        from .segmentation.roi import window_affine
+        from .geometry.allocentric import ray_rotation
+        from .segmentation.roi import roi_window_edges, window_affine
 
         config.validate()
         S = config.crop_size
@@ -167,11 +164,17 @@ class TemplateBank:
             f = 500.0
             K = np.array([[f, 0.0, 0.0], [0.0, f, 0.0], [0.0, 0.0, 1.0]])
             t = np.array([0.0, 0.0, f * diameter / config.template_px])
-            Ks = []
+            Ks, allocentric = [], []
             for R in rotations:
+                window = roi_window_edges(projected_box(vertices, R, t, K), config.context)
                 A = np.eye(3)
-                A[:2] = window_affine(crop_window(projected_box(vertices, R, t, K), config.context), S)
+                A[:2] = window_affine(window, S)
                 Ks.append(A @ K)
+                # the crop shows the object along the ray through the window's centre (not the origin's):
+                # keep the rotation relative to that ray, as ``retrieve`` turns it back with the query's
+                centre = 0.5 * (window[:2] + window[2:])
+                ray = ray_rotation(torch.tensor([centre[0] / f, centre[1] / f, 1.0], dtype=torch.float64)).numpy()
+                allocentric.append(ray.T @ R)
             features, masks = [], []
             for i in range(0, len(rotations), 256):  # bounded memory: renders in chunks
                 out = renderer.render_batch(np.array(Ks[i:i + 256]), obj_id, rotations[i:i + 256],
@@ -183,7 +186,7 @@ class TemplateBank:
         finally:
             if own:
                 renderer.close()
-        return cls(int(obj_id), rotations, torch.cat(features).transpose(0, 1).contiguous(), torch.cat(masks),
+        return cls(int(obj_id), np.array(allocentric), torch.cat(features).transpose(0, 1).contiguous(), torch.cat(masks),
                    {**config.bank_key(), "mesh": mesh_fingerprint(mesh)})
 
     def scores(self, query: torch.Tensor, query_mask: torch.Tensor) -> np.ndarray:
@@ -191,14 +194,13 @@ class TemplateBank:
 
     # ------------------------------------------------------------ files
     def save(self, path) -> None:
-        """Plain tensors and strings (``torch.load(weights_only=True)`` reads them), written to a temp file
-        and renamed."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        torch.save({"format": FORMAT, "version": VERSION, "obj_id": self.obj_id, "key": json.dumps(self.key, sort_keys=True),
-                    "rotations": torch.from_numpy(self.rotations), "features": self.features, "masks": self.masks}, tmp)
-        os.replace(tmp, path)
+        """Plain tensors and strings (``torch.load(weights_only=True)`` reads them), written atomically
+        (``checkpoint.save_checkpoint``: temp file, fsync, rename)."""
+        from .checkpoint import save_checkpoint
+
+        save_checkpoint(path, {"format": FORMAT, "version": VERSION, "obj_id": self.obj_id,
+                               "key": json.dumps(self.key, sort_keys=True), "rotations": torch.from_numpy(self.rotations),
+                               "features": self.features, "masks": self.masks})
 
     @classmethod
     def load(cls, path, obj_id: int, key: dict) -> "TemplateBank | None":
@@ -213,7 +215,13 @@ class TemplateBank:
         if data.get("version") != VERSION or data.get("obj_id") != int(obj_id) or \
                 data.get("key") != json.dumps(key, sort_keys=True):
             return None
-        return cls(int(obj_id), data["rotations"].numpy(), data["features"], data["masks"], key)
+        rotations, features, masks = (data.get(k) for k in ("rotations", "features", "masks"))
+        if not all(isinstance(v, torch.Tensor) for v in (rotations, features, masks)) or rotations.ndim != 3 or \
+                rotations.shape[1:] != (3, 3) or features.ndim != 3 or masks.shape != (features.shape[1], features.shape[0]) \
+                or len(rotations) != features.shape[1]:
+            raise TemplateError(f"{path}: a template bank whose tensors do not fit together (rotations [N,3,3], "
+                                "features [L,N,C], masks [N,L])")
+        return cls(int(obj_id), rotations.numpy(), features, masks, key)
 
 
 def mesh_fingerprint(mesh) -> str:
@@ -233,12 +241,20 @@ def bank_for(obj_id: int, mesh, trunk: FeatureTrunk, config: TemplateConfig, ren
         digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         path = Path(config.cache_dir).expanduser() / f"obj_{int(obj_id):06d}_{digest}.pt"
         if path.is_file():
-            bank = TemplateBank.load(path, obj_id, key)
+            try:
+                bank = TemplateBank.load(path, obj_id, key)
+            except TemplateError as exc:  # a damaged cache file: built again and overwritten
+                log.warning("%s; building the bank again", exc)
+                bank = None
             if bank is not None:
                 return bank
     bank = TemplateBank.build(obj_id, mesh, trunk, config, renderer)
     if path is not None:
-        bank.save(path)
+        try:
+            bank.save(path)
+        except OSError as exc:  # an unwritable cache: the bank serves this run from memory
+            log.warning("cannot keep the template bank of object %s in %s (%s); it will be built again at the "
+                        "next start", obj_id, path.parent, exc)
     return bank
 
 
@@ -256,17 +272,20 @@ def retrieve(bank: TemplateBank, trunk: FeatureTrunk, image: np.ndarray, K: np.n
              box_xyxy, config: TemplateConfig, top_k: int = 1) -> Retrieval:
     """Rank ``bank``'s templates for the detection ``box_xyxy`` (pixel edges) of ``image`` [H,W,3] uint8 RGB;
     ``probability_full`` [H,W]: the segmentation network's foreground probability in the full image (kept
-    inside the box). An empty mask falls back on the box itself."""
+    inside the box). A mask covering less than ``MIN_MASK_FRACTION`` of the box falls back on the box itself.
+    Raises :class:`TemplateError` for a box outside the image."""
     from .geometry.allocentric import ray_rotation
-    from .segmentation.roi import crop
+    from .segmentation.roi import crop, roi_window_edges
 
     height, width = image.shape[:2]
     inside = box_mask(box_xyxy, width, height)
+    if not inside.any():
+        raise TemplateError(f"box {list(box_xyxy)} holds no pixel of the {width}x{height} image")
     mask = (probability_full > 0.5) & inside
     box = mask_box_xyxy(mask)
-    if box is None:
+    if box is None or mask.sum() < MIN_MASK_FRACTION * max(int(inside.sum()), 1):  # no usable mask: the box itself
         mask, box = inside, np.asarray(box_xyxy, dtype=np.float64)
-    window = crop_window(box, config.context)
+    window = roi_window_edges(box, config.context)
     S = config.crop_size
     rgb = crop(image, window, S)
     query_mask = crop(mask.astype(np.float32), window, S) > 0.5

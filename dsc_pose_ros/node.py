@@ -128,7 +128,8 @@ class PoseNode:
                                 refiners=refiner_order(p["align"], p["refine_iterations"]),
                                 segmentation_checkpoint=str(resolve_path(segmentation)) if segmentation else None,
                                 align=AlignConfig(hypotheses=p["align_hypotheses"], w_colour=p["align_colour"]),
-                                templates=TemplateConfig(cache_dir=p["template_cache"] or None))
+                                templates=TemplateConfig(
+                                    cache_dir=str(resolve_path(p["template_cache"])) if p["template_cache"] else None))
         self.estimator = load_pose_estimator(resolve_path(p["registry"]), config,
                                              str(resolve_path(p["models_dir"])) if p["models_dir"] else None)
         self.tracker = None

@@ -126,6 +126,8 @@ def test_an_extra_start_near_the_truth_wins_over_a_far_start(renderer, lmo_regis
                           extra=[(near, t_gt * 0.95), (near, -t_gt)])
     assert info["hypothesis"] == 1, info
     assert rotation_error_deg(R, R_gt) < 8.0
+    _, _, _, without = align(renderer, 8, far, t_gt * 1.05, obs, config, extra=[(near, t_gt * 0.95)])
+    assert info["renders"] == without["renders"]  # the start behind the camera was never rendered
     R_alone, *_ = align(renderer, 8, far, t_gt * 1.05, obs, config)
     assert rotation_error_deg(R_alone, R_gt) > 30.0
 

@@ -145,14 +145,46 @@ def test_bank_cache_is_reused_refreshed_and_refuses_other_files(tmp_path, lmo_re
     (tmp_path / "junk.pt").write_bytes(b"not a file torch wrote")
     import pickle
 
+    marker = tmp_path / "executed"
+
     class Boom:
         def __reduce__(self):
-            return (print, ("executed",))
+            return (open, (str(marker), "w"))
 
     (tmp_path / "code.pt").write_bytes(pickle.dumps(Boom()))
     for name in ("other.pt", "junk.pt", "code.pt"):
         with pytest.raises(TemplateError):
             TemplateBank.load(tmp_path / name, 5, bank.key)
+    assert not marker.exists()  # the pickled call was never made
+    # a bank file whose tensors do not fit together is refused, and bank_for builds over a damaged one
+    data = torch.load(files[0], weights_only=True)
+    data["masks"] = data["masks"][:3]
+    torch.save(data, tmp_path / "misfit.pt")
+    with pytest.raises(TemplateError, match="do not fit"):
+        TemplateBank.load(tmp_path / "misfit.pt", 5, bank.key)
+    files[0].write_bytes(b"truncated")
+    rebuilt = bank_for(5, mesh, trunk, config)
+    assert torch.equal(rebuilt.features, bank.features) and TemplateBank.load(files[0], 5, bank.key) is not None
+
+
+def test_an_unwritable_cache_keeps_the_bank_in_memory(tmp_path, lmo_registry, trunk):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the cache folder should be")
+    config = replace(TemplateConfig(n_views=4, n_inplane=2), cache_dir=str(blocker / "templates"))
+    bank = bank_for(5, lmo_registry[5].mesh, trunk, config)
+    assert bank.features.shape == (64, 8, 112) and blocker.is_file()
+
+
+def test_a_tiny_mask_falls_back_on_the_box(lmo_registry, trunk, driller_bank):
+    """A mask of a few pixels would cut a crop of a few pixels (and a distance of metres): the box is used."""
+    image = np.full((480, 640, 3), 90, np.uint8)
+    probability = np.zeros((480, 640), np.float32)
+    probability[200:202, 300:302] = 1.0
+    box = np.array([250.0, 150.0, 370.0, 270.0])
+    found = retrieve(driller_bank, trunk, image, K, probability, box, SMALL)
+    assert np.allclose(found.box, box)
+    with pytest.raises(TemplateError, match="no pixel"):
+        retrieve(driller_bank, trunk, image, K, probability, np.array([700.0, 10.0, 720.0, 30.0]), SMALL)
 
 
 def test_templates_initialiser_needs_masks(lmo_registry):

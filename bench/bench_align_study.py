@@ -127,7 +127,6 @@ def main() -> int:
     parser.add_argument("--every", type=int, default=1, help="every n-th val detection (1: all)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {tuple(VARIANTS)}")
     parser.add_argument("--json", help="write here instead of docs/results/lmo_align_study.json (BENCHMARKS untouched)")
-    parser.add_argument("--mask-flips", action="store_true", help="masks: mean over the crop and its mirror")
     parser.add_argument("--start", default="dsc", choices=("dsc", "templates"), help="the initialiser of the starts")
     args = parser.parse_args()
     global BEGIN, END
@@ -141,7 +140,7 @@ def main() -> int:
     lmo = default_lmo_dir()
     data = load_eval_data(lmo, im_ids=load_splits(lmo / "splits.json")["val"])
     items = initial_poses(registry, args.every, args.start)
-    masks = MaskPredictor.from_checkpoint(REPO / "checkpoints" / "segmentation" / "lmo_seg.pt", flips=args.mask_flips)
+    masks = MaskPredictor.from_checkpoint(REPO / "checkpoints" / "segmentation" / "lmo_seg.pt")
     base = AlignConfig()
     renderer = FastRenderer(masks.crop_size, masks.crop_size)
     for o in registry.ids:

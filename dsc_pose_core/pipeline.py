@@ -304,8 +304,8 @@ class TemplateMatcher:
         self._image, self._cache = None, {}
 
     @classmethod
-    def from_config(cls, pipeline: "PoseEstimator", config: "PipelineConfig", obj_ids) -> "TemplateMatcher":
-        """Banks for ``obj_ids`` that the segmentation network serves (the others have no mask to match)."""
+    def from_config(cls, pipeline: "PoseEstimator", config: "PipelineConfig") -> "TemplateMatcher":
+        """Banks for the served objects that the segmentation network serves (the others have no mask to match)."""
         from .models.backbone import BackboneError
         from .render import RendererUnavailableError
         from .templates import FeatureTrunk, TemplateError, bank_for
@@ -315,7 +315,7 @@ class TemplateMatcher:
             config.templates.validate()
             trunk = FeatureTrunk(config.templates.trunk, config.templates.stride, pipeline.device)
             banks = {o: bank_for(o, pipeline.registry[o].mesh, trunk, config.templates)
-                     for o in sorted(set(obj_ids) & set(masks.obj_ids))}
+                     for o in sorted(set(pipeline.obj_ids) & set(masks.obj_ids))}
         except (TemplateError, BackboneError, RendererUnavailableError) as exc:
             raise PipelineConfigError(f"template matching: {exc}") from None
         return cls(masks, trunk, banks, pipeline.vertices, pipeline.diameters, config.templates)
@@ -602,7 +602,7 @@ class PoseEstimator:
     def template_matcher(self) -> TemplateMatcher:
         """Template matching for the served objects (``templates``), set up once for every part that uses it."""
         if self._matcher is None:
-            self._matcher = TemplateMatcher.from_config(self, self.config, self.obj_ids)
+            self._matcher = TemplateMatcher.from_config(self, self.config)
         return self._matcher
 
     @property

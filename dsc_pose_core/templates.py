@@ -142,7 +142,8 @@ class TemplateBank:
     key: dict
 
     @classmethod
-    def build(cls, obj_id: int, mesh, trunk: FeatureTrunk, config: TemplateConfig, renderer=None) -> "TemplateBank":
+    def build(cls, obj_id: int, mesh, trunk: FeatureTrunk, config: TemplateConfig, renderer=None,
+              key: dict | None = None) -> "TemplateBank":
         """Render and describe the templates of ``mesh`` (``objects.mesh.ObjectMesh``, metres).
         ``renderer``: a FastRenderer of ``crop_size`` that already holds the object (else one is made)."""
         from .data.boxes import projected_box
@@ -187,7 +188,7 @@ class TemplateBank:
             if own:
                 renderer.close()
         return cls(int(obj_id), np.array(allocentric), torch.cat(features).transpose(0, 1).contiguous(), torch.cat(masks),
-                   {**config.bank_key(), "mesh": mesh_fingerprint(mesh)})
+                   key if key is not None else bank_key(config, mesh))
 
     def scores(self, query: torch.Tensor, query_mask: torch.Tensor) -> np.ndarray:
         return similarity(self.features, self.masks, query, query_mask)
@@ -224,6 +225,11 @@ class TemplateBank:
         return cls(int(obj_id), rotations.numpy(), features, masks, key)
 
 
+def bank_key(config: TemplateConfig, mesh) -> dict:
+    """What a bank of ``mesh`` built with ``config`` depends on: the settings and a hash of the mesh."""
+    return {**config.bank_key(), "mesh": mesh_fingerprint(mesh)}
+
+
 def mesh_fingerprint(mesh) -> str:
     h = hashlib.sha1()
     for a in (mesh.vertices, mesh.faces, mesh.vertex_colors):
@@ -235,7 +241,7 @@ def mesh_fingerprint(mesh) -> str:
 def bank_for(obj_id: int, mesh, trunk: FeatureTrunk, config: TemplateConfig, renderer=None) -> TemplateBank:
     """The object's bank: read from ``config.cache_dir`` when one built with these settings is there,
     else built (and written there)."""
-    key = {**config.bank_key(), "mesh": mesh_fingerprint(mesh)}
+    key = bank_key(config, mesh)  # the mesh is hashed once, for the file name and the bank
     path = None
     if config.cache_dir is not None:
         digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -248,7 +254,7 @@ def bank_for(obj_id: int, mesh, trunk: FeatureTrunk, config: TemplateConfig, ren
                 bank = None
             if bank is not None:
                 return bank
-    bank = TemplateBank.build(obj_id, mesh, trunk, config, renderer)
+    bank = TemplateBank.build(obj_id, mesh, trunk, config, renderer, key)
     if path is not None:
         try:
             bank.save(path)

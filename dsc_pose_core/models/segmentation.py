@@ -151,17 +151,16 @@ class MaskPredictor:
     one batch per frame. The ROI is the one the network was trained on (``segmentation.roi.roi_window``
     with the checkpoint's context, resampled to its crop size)."""
 
-    def __init__(self, model: RoiSegmenter, obj_ids, crop_size: int, context: float, device="cpu", flips: bool = False):
+    def __init__(self, model: RoiSegmenter, obj_ids, crop_size: int, context: float, device="cpu"):
         self.model, self.crop_size, self.context = model.eval(), int(crop_size), float(context)
-        self.flips = bool(flips)  # mean of the crop's and its left-right mirror's probabilities (sec. 3.1's TTA)
         self.channel = {int(o): i for i, o in enumerate(obj_ids)}
         self.device = torch.device(device)
 
     @classmethod
-    def from_checkpoint(cls, path, device="cpu", flips: bool = False) -> "MaskPredictor":
+    def from_checkpoint(cls, path, device="cpu") -> "MaskPredictor":
         model, checkpoint = model_from_checkpoint(path, device)
         net = checkpoint.network
-        return cls(model, checkpoint.obj_ids, net["crop_size"], net["context"], device, flips)
+        return cls(model, checkpoint.obj_ids, net["crop_size"], net["context"], device)
 
     @property
     def obj_ids(self) -> list[int]:
@@ -176,9 +175,7 @@ class MaskPredictor:
         windows = [roi.roi_window_edges(box, self.context) for _, box in items]
         crops = torch.stack([torch.from_numpy(roi.crop(image, w, self.crop_size)) for w in windows])
         images = self.model.normalise(crops.permute(0, 3, 1, 2).float()).to(self.device)
-        from ..segmentation.pseudo_labels import tta_probability
-
-        probability = tta_probability(self.model, images, (1.0,), self.flips)
-        index = torch.tensor([self.channel[int(o)] for o, _ in items], device=probability.device)
-        probs = probability[torch.arange(len(items)), index].float().cpu().numpy()
+        logits = self.model(images)
+        index = torch.tensor([self.channel[int(o)] for o, _ in items], device=logits.device)
+        probs = torch.sigmoid(logits[torch.arange(len(items)), index]).float().cpu().numpy()
         return list(zip(probs, windows))

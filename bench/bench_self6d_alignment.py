@@ -43,11 +43,15 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=32, help="crops")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--checkpoint", default="out/self6d_target/checkpoints/self6d_synthetic.pt",
-                        help="whose trunk gives the perceptual features (eq. 7)")
+                        help="the synthetic stage's network (its trunk gives eq. 7's features with "
+                             "--perceptual-features synthetic_stage)")
+    parser.add_argument("--perceptual-features", choices=("imagenet", "synthetic_stage"), default="imagenet",
+                        help="eq. 7's frozen network (self6d.loss.perceptual_features)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     config = parse_config(REPO / "config/train/self6d_target_cpu.yaml")
     cfg = config.self6d
+    cfg.loss.perceptual_features = args.perceptual_features
     obj = S.load_object(cfg, 500)
     d = cfg.data
     path = crops_path(REPO / d.cache_dir, "target", cfg.obj_id, d.test_images, d.test_seed, cfg.model.input_size,
@@ -101,9 +105,12 @@ def main(argv=None) -> int:
             print(rows[-1], flush=True)
     lines = [START, "## Self6D: self-supervised loss vs pose error (self6d Fig. 3 in miniature)", "",
              f"Machine: {cpu_model()}, 1 torch thread. Commit: {git_commit()}. Command: "
-             f"`python bench/bench_self6d_alignment.py --n {args.n} --steps {args.steps}`. Data: {args.n} held-out "
+             f"`python bench/bench_self6d_alignment.py --n {args.n} --steps {args.steps} "
+             f"--perceptual-features {args.perceptual_features}`. Data: {args.n} held-out "
              f"target-domain crops of object {cfg.obj_id} ({path.name}); M^P = ground-truth visible mask; "
-             f"perceptual features from `{args.checkpoint}`. The pose alone is optimised (Adam, lr 0.01, "
+             "perceptual features: "
+             + (f"`{args.checkpoint}`'s trunk" if args.perceptual_features == "synthetic_stage" else
+                "the ImageNet EfficientNet-Lite0") + ". The pose alone is optimised (Adam, lr 0.01, "
              f"{args.steps} steps) from the truth rotated by the given angle about a random axis and shifted "
              "(1 cm sideways, 3 cm in depth).", "",
              "| start rotation error | terms | median rot err before -> after (deg) | median trans err before -> after (cm) | seconds |",

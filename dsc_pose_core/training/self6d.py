@@ -7,8 +7,10 @@
 * ``self``: unlabeled crops of the target domain. The pose predicted on each crop is rendered with
   the differentiable renderer (RGB, depth, mask at the crop's K' = A K) and compared with the observed
   crop: recalibrated mask CE against the predicted mask M^P (eq. 4), LAB colour without L (eq. 5),
-  MS-SSIM (eq. 6), perceptual (eq. 7, features of a frozen copy of the model's own trunk after the
-  synthetic stage: no pretrained network can be downloaded here), and, with depth, the chamfer
+  MS-SSIM (eq. 6), perceptual (eq. 7: ``loss.perceptual_features`` "imagenet", the frozen ImageNet
+  EfficientNet-Lite0 of the registry wheel at strides 2-16, as the paper's frozen ImageNet network; or
+  "synthetic_stage", a frozen copy of the model's own trunk after the synthetic stage, rebuilt from
+  ``self6d_synthetic.pt`` when a run resumes inside the self stage), and, with depth, the chamfer
   distance of the back-projected visible clouds (eq. 9-11). L_self = L_visual + eta L_geom (eq. 8).
   Every step also takes one source batch with the synthetic loss (``loss.synthetic_weight``; 0 turns it
   off): on a CPU budget of a few hundred steps it keeps the heads from drifting while the
@@ -49,6 +51,8 @@ from .common import resolve_path, resume_state, write_checkpoint
 STAGE_NAMES = ("synthetic", "self")
 UNLABELED = ("target", "lmo")
 MASK_SOURCES = ("model", "dataset")
+PERCEPTUAL_FEATURES = ("imagenet", "synthetic_stage")  # eq. (7)'s frozen network (Self6dLossConfig)
+PERCEPTUAL_TRUNK = "efficientnet_lite0"  # its trunk when "imagenet" (models.backbone)
 
 
 @dataclass
@@ -78,6 +82,9 @@ class Self6dLossConfig:
     lab: float = 0.05  # alpha
     ms_ssim: float = 1.0  # beta
     perceptual: float = 0.2  # gamma
+    # eq. (7)'s frozen features: "imagenet" (the registry wheel's EfficientNet-Lite0, strides 2-16) or
+    # "synthetic_stage" (the model's own trunk as the synthetic stage left it)
+    perceptual_features: str = "imagenet"
     geom: float = 10.0  # eta; chamfer of clouds in object diameters (squared)
     synthetic_weight: float = 1.0  # source batch with eq. (2) every self step (0 = off)
     mask_source: str = "model"  # M^P: "model" | "dataset"
@@ -121,6 +128,8 @@ class Self6dConfig:
             raise ConfigError(f"self6d.unlabeled must be one of {UNLABELED}")
         if self.loss.mask_source not in MASK_SOURCES:
             raise ConfigError(f"self6d.loss.mask_source must be one of {MASK_SOURCES}")
+        if self.loss.perceptual_features not in PERCEPTUAL_FEATURES:
+            raise ConfigError(f"self6d.loss.perceptual_features must be one of {PERCEPTUAL_FEATURES}")
         try:
             self.model.validate()
         except ValueError as exc:
@@ -202,9 +211,21 @@ class Self6dTrainer:
         self.last_sample = None  # (observed RGB, rendered RGB or mask probability) of the last batch, for logs
         self.points = obj.points.to(self.device)
 
-    def freeze_perceptual_features(self) -> None:
-        """eq. (7)'s feature extractor: a frozen copy of the current trunk (after the synthetic stage)."""
+    def freeze_perceptual_features(self, trunk_weights: dict | None = None) -> None:
+        """eq. (7)'s frozen feature extractor (``loss.perceptual_features``): the ImageNet EfficientNet-Lite0,
+        or a copy of the model's trunk as it is now (the end of the synthetic stage) or as ``trunk_weights``
+        (the ``trunk.`` entries of a Self6D state dict) give it."""
+        if self.cfg.loss.perceptual_features == "imagenet":
+            from ..models import backbone
+
+            net = backbone.feature_trunk(PERCEPTUAL_TRUNK, (2, 4, 8, 16)).eval().to(self.device)
+            for p in net.parameters():
+                p.requires_grad_(False)
+            self.feature_net = lambda images: net(backbone.normalise(images * 255.0, PERCEPTUAL_TRUNK))
+            return
         trunk = copy.deepcopy(self.model.trunk).eval()
+        if trunk_weights is not None:
+            trunk.load_state_dict({k[len("trunk."):]: v for k, v in trunk_weights.items() if k.startswith("trunk.")})
         for p in trunk.parameters():
             p.requires_grad_(False)
         from ..models.self6d import normalise_rgb
@@ -402,6 +423,18 @@ def load_datasets(cfg: Self6dConfig) -> dict:
     return sets
 
 
+def synthetic_stage_weights(out_dir: Path, cfg: "Self6dConfig") -> dict | None:
+    """The weights the self stage started from, for a run resumed inside it: eq. (7)'s "synthetic_stage"
+    features must come from them, not from the partly self-trained network being resumed."""
+    if cfg.loss.perceptual_features != "synthetic_stage" or cfg.loss.perceptual <= 0:
+        return None
+    path = out_dir / "checkpoints" / "self6d_synthetic.pt"
+    if not path.is_file():
+        raise ConfigError(f"resuming inside the self stage needs {path} (eq. 7's features are the synthetic "
+                          "stage's trunk); it is missing")
+    return read_checkpoint(path, METHOD).weights
+
+
 def run_self6d(config, out: str | None = None, resume: str | None = None, command: str = "") -> dict:
     cfg: Self6dConfig = config.self6d
     cfg.validate()
@@ -442,7 +475,7 @@ def run_self6d(config, out: str | None = None, resume: str | None = None, comman
         labelled = batches(sets["source"], opt.batch_size, config.seed + index, cfg.augment)
         unlabeled = batches(sets["unlabeled"], opt.batch_size, config.seed + 100 + index) if stage == "self" else None
         if stage == "self":
-            trainer.freeze_perceptual_features()
+            trainer.freeze_perceptual_features(synthetic_stage_weights(out_dir, cfg) if first and start_step > 0 else None)
         optimiser = torch.optim.Adam(trainer.model.parameters(), lr=opt.lr)
         if first and optimiser_state:
             optimiser.load_state_dict(optimiser_state)

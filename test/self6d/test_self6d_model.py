@@ -190,3 +190,38 @@ def test_crop_augmentation_keeps_window_and_pixels_consistent():
     photometric = augment_crops(batch, CropAugmentConfig(shift=0, scale=(1.0, 1.0), p_color=1, p_noise=1),
                                 torch.Generator().manual_seed(2))
     assert torch.equal(photometric["window"], batch["window"]) and not torch.equal(photometric["rgb"], batch["rgb"])
+
+
+def test_resumed_self_stage_takes_eq7_features_from_the_synthetic_stage(tiny_run, tmp_path):
+    """With ``perceptual_features: synthetic_stage`` a run resumed inside the self stage rebuilds eq. (7)'s
+    frozen network from ``self6d_synthetic.pt``, not from the partly self-trained weights it resumes."""
+    import shutil
+
+    from dsc_pose_core.checkpoint import read_checkpoint
+    from dsc_pose_core.training.cli import parse_config
+    from dsc_pose_core.training import self6d as S
+    from dsc_pose_core.typed_config import ConfigError
+
+    cfg = parse_config("config/train/self6d_target_cpu.yaml", ["self6d.loss.perceptual_features=synthetic_stage"]).self6d
+    with pytest.raises(ConfigError, match="self6d_synthetic.pt"):
+        S.synthetic_stage_weights(tmp_path, cfg)
+    (tmp_path / "checkpoints").mkdir()
+    shutil.copy(tiny_run / "checkpoints" / "self6d_synthetic.pt", tmp_path / "checkpoints")
+    weights = S.synthetic_stage_weights(tmp_path, cfg)
+    last = read_checkpoint(tiny_run / "checkpoints" / "self6d_last.pt", "self6d").weights
+    trunk_keys = [k for k in weights if k.startswith("trunk.") and weights[k].is_floating_point()]
+    assert any(not torch.equal(weights[k], last[k]) for k in trunk_keys)  # the self stage moved the trunk
+    trainer = S.Self6dTrainer.__new__(S.Self6dTrainer)
+    trainer.cfg, trainer.device = cfg, torch.device("cpu")
+    trainer.model = Self6dNet(cfg.model)
+    trainer.model.load_state_dict(last)  # the weights being resumed
+    trainer.freeze_perceptual_features(weights)
+    reference = Self6dNet(cfg.model).eval()
+    reference.load_state_dict(weights)
+    images = torch.rand(2, 3, cfg.model.input_size, cfg.model.input_size)
+    from dsc_pose_core.models.self6d import normalise_rgb
+
+    for a, b in zip(trainer.feature_net(images), reference.trunk.levels(normalise_rgb(images))):
+        torch.testing.assert_close(a, b)
+    cfg.loss.perceptual_features = "imagenet"  # the default needs no checkpoint: a fixed ImageNet network
+    assert S.synthetic_stage_weights(tmp_path / "elsewhere", cfg) is None

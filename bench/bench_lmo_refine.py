@@ -69,8 +69,9 @@ def run_rows(lmo: Path, init: str, obj_ids: list[int], iterations: list[int], de
         if n > 0:
             argv += ["--deepim", deepim]
         if align_colour is not None:
-            argv += ["--align", "before", "--align-colour", str(align_colour)]
-        if init != "box" and dsc_checkpoints:
+            argv += ["--align", "before", "--align-colour", str(align_colour),
+                     "--segmentation", str(REPO / "checkpoints" / "segmentation" / "lmo_seg.pt")]
+        if init == "dsc":
             argv += ["--checkpoints", dsc_checkpoints]
         start = time.perf_counter()
         if predict_main(argv) != 0:

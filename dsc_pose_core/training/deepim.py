@@ -123,6 +123,10 @@ class DeepImLossConfig:
     mask_weight: float = 0.03  # gamma
     n_points: int = 3000  # sec. 3.4
     flow_depth_tolerance: float = 0.01  # metres
+    # L_pose = rotation_weight PM(R_new, t_gt) + PM(R_gt, t_new) instead of eq. (4) on the joint pose
+    # (losses.deepim: the joint L1 form leaves rotation unlearned when translation errors dominate)
+    disentangled: bool = False
+    rotation_weight: float = 1.0
 
 
 @dataclass
@@ -143,6 +147,7 @@ class DeepImOptimConfig:
 class DeepImConfig:
     objects_file: str = "config/objects.yaml"
     obj_ids: list[int] = field(default_factory=list)  # [] = every registry object
+    init_checkpoint: str = ""  # start from this DeepIM checkpoint's weights (same network and objects), at step 0
     data: DeepImDataConfig = field(default_factory=DeepImDataConfig)
     model: DeepImModelConfig = field(default_factory=DeepImModelConfig)
     zoom: ZoomConfig = field(default_factory=ZoomConfig)  # the refiner's own zoom-in settings
@@ -162,6 +167,8 @@ class DeepImConfig:
             raise ConfigError("deepim.zoom: a pretrained encoder needs width and height that are multiples of 16")
         if not 0 <= self.model.trunk_lr_scale:
             raise ConfigError("deepim.model.trunk_lr_scale must be >= 0")
+        if not 0 <= self.loss.rotation_weight:
+            raise ConfigError("deepim.loss.rotation_weight must be >= 0")
         if self.data.poses_per_instance < 1:
             raise ConfigError("deepim.data.poses_per_instance must be >= 1")
         if self.optim.train_iter < 1 or self.optim.batch_size < 1 or self.optim.steps < 0:
@@ -250,7 +257,8 @@ class DeepImTrainer:
         self.zoom_renderer = (make_zoom_renderer(meshes, self.zoom) if self.zoom.render_faces > 0
                               else self.renderer)
         self.noise = PoseNoiseConfig(cfg.noise.rot_std_deg, cfg.noise.max_rot_deg, tuple(cfg.noise.trans_std))
-        self.weights = DeepImLossWeights(cfg.loss.pose_weight, cfg.loss.flow_weight, cfg.loss.mask_weight)
+        self.weights = DeepImLossWeights(cfg.loss.pose_weight, cfg.loss.flow_weight, cfg.loss.mask_weight,
+                                         cfg.loss.disentangled, cfg.loss.rotation_weight)
         self.step = 0
         self.train_seconds = 0.0  # wall-clock training time so far (kept across resumes)
 
@@ -465,6 +473,13 @@ def run_deepim(config, out: str | os.PathLike | None = None, resume: str | None 
         if results_path.exists():
             results["log"] = [r for r in json.loads(results_path.read_text()).get("log", []) if r["step"] <= trainer.step]
         print(f"resumed from {resume} (step {trainer.step})", flush=True)
+    elif cfg.init_checkpoint:
+        checkpoint = read_checkpoint(resolve_path(cfg.init_checkpoint), METHOD)
+        if checkpoint.obj_ids != list(trainer.obj_ids) or checkpoint.network != trainer.model.config_dict():
+            raise ConfigError(f"{cfg.init_checkpoint}: another network or other objects than the config's "
+                              f"({checkpoint.network}, {checkpoint.obj_ids})")
+        trainer.model.load_state_dict(checkpoint.weights)
+        print(f"starting from the weights of {cfg.init_checkpoint}", flush=True)
 
     def save():
         distributed.sync_buffers(trainer.model)  # every rank keeps the model rank 0 saves

@@ -97,3 +97,77 @@ def test_siamese_settings_are_checked(small_K, box_mesh):
     config.model.encoder = "vgg"
     with pytest.raises(ConfigError, match="encoder must be one of"):
         config.validate()
+
+
+def test_disentangled_point_matching_keeps_the_rotation_gradient_whatever_the_translation_error():
+    import math
+
+    from dsc_pose_core.geometry.rotations import axis_angle_to_matrix, quaternion_to_matrix
+    from dsc_pose_core.geometry.untangled import relative_untangled
+    from dsc_pose_core.losses.deepim import DeepImLossWeights, deepim_loss
+
+    torch.manual_seed(0)
+    points = {1: (torch.rand(500, 3) - 0.5) * torch.tensor([0.1, 0.08, 0.06])}
+    B = 16
+    R_gt = quaternion_to_matrix(torch.nn.functional.normalize(torch.randn(B, 4), dim=1))
+    t_gt = torch.tensor([0.02, -0.01, 0.8]).repeat(B, 1)
+    axis = torch.nn.functional.normalize(torch.randn(B, 3), dim=1) * math.radians(15)
+    R_src = axis_angle_to_matrix(axis) @ R_gt
+
+    def rotation_gradient(depth_error, disentangled):
+        q = torch.tensor([1.0, 0, 0, 0]).repeat(B, 1).requires_grad_(True)
+        out = {"rot": quaternion_to_matrix(q), "trans": torch.zeros(B, 3)}
+        t_src = t_gt + torch.tensor([0.005, 0.005, depth_error])
+        total, terms, _ = deepim_loss(out, R_src, t_src, R_gt, t_gt, [1] * B, points, {},
+                                      DeepImLossWeights(1, 0, 0, disentangled, 1.0))
+        total.backward()
+        assert ("pose_rot" in terms) == disentangled and terms["pose"] > 0
+        return q.grad[:, 1:]
+
+    joint_near, joint_far = rotation_gradient(0.0, False), rotation_gradient(0.15, False)
+    split_near, split_far = rotation_gradient(0.0, True), rotation_gradient(0.15, True)
+    torch.testing.assert_close(split_far, split_near)  # the translation error does not reach the rotation's term
+    assert joint_far.norm(dim=1).mean() < 0.7 * joint_near.norm(dim=1).mean()
+    # both point the rotation toward the truth (the descent direction undoes the start's rotation)
+    assert torch.nn.functional.cosine_similarity(split_far, axis, dim=1).min() > 0.8
+    # the exact correction scores zero in both forms
+    t_src = t_gt + torch.tensor([0.005, 0.005, 0.15])
+    R_delta, v = relative_untangled(R_src, t_src, R_gt, t_gt)
+    for disentangled in (False, True):
+        total, _, _ = deepim_loss({"rot": R_delta, "trans": v}, R_src, t_src, R_gt, t_gt, [1] * B, points, {},
+                                  DeepImLossWeights(1, 0, 0, disentangled, 3.0))
+        assert float(total) < 1e-5
+
+
+def test_training_starts_from_an_init_checkpoint_of_the_same_network(small_K, box_mesh, tmp_path):
+    from dsc_pose_core.checkpoint import read_checkpoint
+    from dsc_pose_core.training.deepim import run_deepim
+    from dsc_pose_core.training.stages import TrainConfig
+    from dsc_pose_core.objects.demo_object import write_demo_models, write_demo_registry
+    from dsc_pose_core.typed_config import from_dict
+
+    registry = write_demo_registry(tmp_path / "objects.yaml", write_demo_models(tmp_path / "models"))
+
+    def config(out, **deepim):
+        return from_dict(TrainConfig, {
+            "stage": "deepim", "out": str(tmp_path / out), "seed": 0, "device": "cpu", "threads": 1,
+            "deepim": {"objects_file": str(registry),
+                       "data": {"width": 160, "height": 120, "objects_per_image": 1, "distractors": 0,
+                                "K": list(small_K.ravel()), "distance": [0.4, 0.6]},
+                       "model": {"encoder": "efficientnet_lite0", "fc_dim": 32, "head_width": 32},
+                       "zoom": {"width": 64, "height": 48}, "loss": {"n_points": 100, "disentangled": True},
+                       "optim": {"steps": 2, "batch_size": 2, "lr": 1e-3, "train_iter": 1},
+                       "checkpoint_every": 100, "image_every": 0, **deepim}})
+
+    run_deepim(config("first"))
+    first = read_checkpoint(tmp_path / "first" / "checkpoints" / "deepim_last.pt", "deepim")
+    run_deepim(config("second", init_checkpoint=str(tmp_path / "first" / "checkpoints" / "deepim_last.pt"),
+                      optim={"steps": 0, "batch_size": 2, "train_iter": 1}))
+    second = read_checkpoint(tmp_path / "second" / "checkpoints" / "deepim_last.pt", "deepim")
+    assert second.resume["step"] == 0
+    for key, value in first.weights.items():
+        torch.testing.assert_close(second.weights[key], value)
+    other = config("third", init_checkpoint=str(tmp_path / "first" / "checkpoints" / "deepim_last.pt"))
+    other.deepim.model.head_width = 64
+    with pytest.raises(ConfigError, match="another network"):
+        run_deepim(other)

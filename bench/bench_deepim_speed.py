@@ -99,8 +99,9 @@ def main(argv=None) -> int:
         units = loaded.inference.get("translation_units", "normalized")
         observed_box = loaded.inference.get("observed_box", "rendered")
         width = float(loaded.network["width"])
+        encoder = loaded.network.get("encoder", "flownets")
     else:
-        width, units, observed_box = args.width, "zoom", "rendered"
+        width, units, observed_box, encoder = args.width, "zoom", "rendered", "flownets"
         zooms = [ZoomConfig(zw, zh, render_faces=int(f)) for f in args.render_faces.split(",")]
         model = DeepImNet(width).to(device).eval()
     zoom = zooms[0]
@@ -155,7 +156,7 @@ def main(argv=None) -> int:
              "ratio_to_first": float(np.median(np.asarray(rec["per_object"]) / np.asarray(times[0]["per_object"])))}
             for z, rec in zip(zooms, times)]
     numbers = {"device": args.device, "gpu": gpu, "cpu": cpu_model(), "torch": torch.__version__,
-               "threads": args.threads, "zoom": [zoom.width, zoom.height], "width": width,
+               "threads": args.threads, "zoom": [zoom.width, zoom.height], "width": width, "encoder": encoder,
                "frames": frames, "objects_per_frame_median": float(np.median(n_objects)),
                "iterations": args.iterations, "rows": rows, "commit": git_commit(),
                "checkpoint": args.checkpoint or "untrained (timing only)"}
@@ -166,13 +167,16 @@ def main(argv=None) -> int:
                f"--width {width:g}{faces_arg} --frames {args.frames} --iterations {args.iterations} "
                f"--threads {args.threads}" + (f" --checkpoint {args.checkpoint}" if args.checkpoint else ""))
     tag = "cuda" if device.type == "cuda" else "cpu"
-    key = f"deepim_speed_{tag}_{zoom.width}x{zoom.height}"  # one section per device and resolution
+    # one section per device, resolution and encoder
+    key = f"deepim_speed_{tag}_{zoom.width}x{zoom.height}" + ("" if encoder == "flownets" else f"_{encoder}")
+    network = (f"FlowNetS width {width:g}" if encoder == "flownets" else
+               f"siamese {encoder} (ImageNet trunk, fusion width {width:g})")
     start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
     faces = lambda f: "full meshes" if f == 0 else f"{f} faces"  # noqa: E731
     section = "\n".join([
         start,
-        f"## DeepIM refinement time per object per iteration, {tag.upper()}, {zoom.width}x{zoom.height} "
-        "(`bench/bench_deepim_speed.py`)",
+        f"## DeepIM refinement time per object per iteration, {tag.upper()}, {zoom.width}x{zoom.height}"
+        + ("" if encoder == "flownets" else f", {encoder}") + " (`bench/bench_deepim_speed.py`)",
         "",
         f"- Machine: {cpu_model()}, {gpu}, torch {torch.__version__} ({args.threads} CPU thread(s)), "
         f"Python {platform.python_version()}; commit {numbers['commit']}",
@@ -180,7 +184,7 @@ def main(argv=None) -> int:
         f"- Data: LM-O scene 2 `val`, first {frames} frames, every visible LM-O object (median "
         f"{numbers['objects_per_frame_median']:g} per frame) from its GT pose with appendix B.1 noise (seed 0); "
         f"{args.iterations} iterations, one batch of all objects per iteration (as the pose node)",
-        f"- Network: FlowNetS width {width:g}, zoom-in {zoom.width}x{zoom.height}; weights: {numbers['checkpoint']}",
+        f"- Network: {network}, zoom-in {zoom.width}x{zoom.height}; weights: {numbers['checkpoint']}",
         "- Medians over frames; inputs = OpenGL render + zoom-in (CPU side), network = one forward pass; "
         "render meshes = the face budget of the zoom-in renders (`deepim.zoom.render_faces`); the settings "
         "alternate frame by frame, and the ratio is the median per-frame ratio to the first row.",

@@ -1,5 +1,6 @@
-"""The DeepIM checkpoint committed for the 8 LM-O objects (checkpoints/deepim.pt, trained with
-config/train/lmo_deepim_cpu.yaml) is a compact float16 weights-only file that reads the detection box,
+"""The DeepIM checkpoint committed for the 8 LM-O objects (checkpoints/deepim.pt, the siamese
+EfficientNet-Lite0 refiner of config/train/lmo_deepim_lite0_cpu.yaml) is a compact float16 weights-only
+file that reads the detection box,
 and it reproduces its row of docs/results/lmo_deepim.json (written by ``python bench/bench_lmo_refine.py``):
 re-scoring one object on `val` with DSC-PoseNet's initial poses and 4 iterations gives its recorded
 numbers within 2 points."""
@@ -27,6 +28,7 @@ def test_committed_deepim_checkpoint_is_compact_and_reads_the_detection_box(repo
     assert weights and all(v.dtype == torch.float16 for v in weights)
     assert not checkpoint.resume and checkpoint.compact
     assert checkpoint.inference["observed_box"] == "detection" and checkpoint.inference["translation_units"] == "zoom"
+    assert checkpoint.network["encoder"] == "efficientnet_lite0" and checkpoint.network["frozen_stages"] == 3
     assert sorted(checkpoint.obj_ids) == [1, 5, 6, 8, 9, 10, 11, 12]
     assert sum(p.stat().st_size for p in (repo_root / "checkpoints").rglob("*") if p.is_file()) < 100e6
 

@@ -66,7 +66,8 @@ def deepim_loss(outputs: dict, rot_src, trans_src, rot_gt, trans_gt, obj_ids, po
     ``focal`` [B,2]: eq. (3)'s (f_x, f_y) per sample; None = 1."""
     fx, fy = (1.0, 1.0) if focal is None else (focal[:, 0], focal[:, 1])
     rot_new, trans_new = apply_untangled(rot_src, trans_src, outputs["rot"], outputs["trans"], fx, fy)
-    pose = pose_loss_grouped(rot_new, trans_new, rot_gt, trans_gt, obj_ids, points, symmetries).mean()
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not weights.disentangled):  # logged only then
+        pose = pose_loss_grouped(rot_new, trans_new, rot_gt, trans_gt, obj_ids, points, symmetries).mean()
     terms = {"pose": pose.detach()}
     if weights.disentangled:
         rot_part = pose_loss_grouped(rot_new, trans_gt, rot_gt, trans_gt, obj_ids, points, symmetries).mean()

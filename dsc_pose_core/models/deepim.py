@@ -1,4 +1,9 @@
-"""DeepIM network (deepim sec. 3.2, Fig. 3, sec. 4.1), trained from scratch.
+"""DeepIM networks (deepim sec. 3.2, Fig. 3, sec. 4.1): :class:`DeepImNet` (the paper's FlowNetS encoder,
+trained from scratch here) and :class:`DeepImSiameseNet` (the two crops through one ImageNet-pretrained trunk of
+``models.backbone``, fused by features and a local correlation); ``network_from_config`` builds either from a
+checkpoint's ``network`` dict.
+
+DeepImNet:
 
 Input: an 8-channel zoomed-in tensor [B,8,H,W] = observed RGB, rendered RGB, observed mask,
 rendered mask (sec. 3.2). Backbone: the FlowNetSimple encoder (conv1 7x7/2, conv2 5x5/2,
@@ -154,7 +159,8 @@ class DeepImSiameseNet(nn.Module):
     """DeepIM on a pretrained siamese encoder: the same 8-channel input as :class:`DeepImNet`, but the observed
     and the rendered RGB crops each pass through one shared ImageNet trunk (``models.backbone``, features at
     strides 8 and 16; the stem and the first ``frozen_stages`` stages without gradient, every trunk
-    BatchNorm at its ImageNet statistics: CPU batches are small) and are fused where matching happens:
+    BatchNorm frozen at its ImageNet statistics and affine weights, in the trainable stages too: CPU batches
+    are small) and are fused where matching happens:
     both feature maps, their local correlation (radius ``corr_radius`` cells, FlowNetC-style) and both
     masks, at stride 8, then again at stride 16 with the stride-8 result. A stride-2 convolution, the
     average pool to ``pool`` and DeepIM's pose head (FC 256, FC 256, quaternion and untangled
@@ -163,13 +169,15 @@ class DeepImSiameseNet(nn.Module):
 
     IN_CHANNELS = 8
 
-    def __init__(self, trunk: str = "efficientnet_lite0", pretrained: bool = True, frozen_stages: int = 2,
+    def __init__(self, trunk: str = "efficientnet_lite0", pretrained: bool = True, frozen_stages: int = 3,
                  fc_dim: int = 256, pool: tuple[int, int] = (3, 4), corr_radius: int = 4, width: int = 128,
                  aux_heads: bool = True):
         super().__init__()
         from . import backbone
 
         spec = backbone.trunk_spec(trunk)
+        if width < 8 or width % 8:
+            raise ValueError(f"DeepImSiameseNet: width must be a positive multiple of 8 (GroupNorm of 8 groups), not {width}")
         self.trunk_name, self.frozen_stages, self.corr_radius = trunk, int(frozen_stages), int(corr_radius)
         self.fc_dim, self.pool_hw, self.aux_heads, self.width = int(fc_dim), tuple(pool), bool(aux_heads), int(width)
         self.trunk = backbone.feature_trunk(trunk, (8, 16), pretrained=pretrained)
@@ -247,7 +255,7 @@ def network_from_config(m: dict, pretrained: bool = False) -> nn.Module:
         raise ValueError(f"unknown DeepIM encoder {encoder!r}; choose one of {ENCODERS}")
     if encoder == "flownets":
         return DeepImNet(m["width"], m["fc_dim"], tuple(m["pool"]), m.get("aux_heads", True), m.get("batch_norm", False))
-    return DeepImSiameseNet(encoder, pretrained, int(m.get("frozen_stages", 2)), int(m["fc_dim"]), tuple(m["pool"]),
+    return DeepImSiameseNet(encoder, pretrained, int(m.get("frozen_stages", 3)), int(m["fc_dim"]), tuple(m["pool"]),
                             int(m.get("corr_radius", 4)), int(m.get("width", 128)), m.get("aux_heads", True))
 
 

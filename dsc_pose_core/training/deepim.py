@@ -167,6 +167,8 @@ class DeepImConfig:
             raise ConfigError("deepim.zoom: a pretrained encoder needs width and height that are multiples of 16")
         if not 0 <= self.model.trunk_lr_scale:
             raise ConfigError("deepim.model.trunk_lr_scale must be >= 0")
+        if self.model.encoder != "flownets" and (self.model.head_width < 8 or self.model.head_width % 8):
+            raise ConfigError("deepim.model.head_width must be a positive multiple of 8")
         if not 0 <= self.loss.rotation_weight:
             raise ConfigError("deepim.loss.rotation_weight must be >= 0")
         if self.data.poses_per_instance < 1:
@@ -246,11 +248,11 @@ class DeepImTrainer:
         self.net = distributed.wrap(self.model)  # the forward pass (DDP averages gradients over ranks)
         self.first_inputs = self.last_inputs = None  # network inputs of the latest batch (pictures)
         trunk = {id(p) for p in getattr(self.model, "trunk_parameters", list)()}
-        groups = [{"params": [p for p in self.model.parameters() if p.requires_grad and id(p) not in trunk],
-                   "lr_scale": 1.0}]
+        groups = [{"params": [p for p in self.model.parameters() if p.requires_grad and id(p) not in trunk]}]
         if trunk:
-            groups.append({"params": [p for p in self.model.parameters() if id(p) in trunk],
-                           "lr_scale": cfg.model.trunk_lr_scale})
+            groups.append({"params": [p for p in self.model.parameters() if id(p) in trunk]})
+        for group, scale in zip(groups, self._lr_scales()):
+            group["lr_scale"] = scale
         self.optimizer = torch.optim.Adam(groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.zoom = cfg.zoom
         # zoom-in renders: the scene renderer itself, or one holding the decimated meshes
@@ -261,6 +263,18 @@ class DeepImTrainer:
                                          cfg.loss.disentangled, cfg.loss.rotation_weight)
         self.step = 0
         self.train_seconds = 0.0  # wall-clock training time so far (kept across resumes)
+
+    def _lr_scales(self) -> list[float]:
+        """Learning-rate factors of the optimiser's parameter groups: the head's, then the trunk's (if any)."""
+        return [1.0, self.cfg.model.trunk_lr_scale]
+
+    def inference(self) -> dict:
+        """What the refiner must do as this network was trained (a checkpoint's ``inference``)."""
+        return {"zoom": {"width": self.zoom.width, "height": self.zoom.height, "expand": self.zoom.expand,
+                         "render_faces": self.zoom.render_faces},
+                "translation_units": self.cfg.model.translation_units,
+                # what the refiner draws in the observed-mask channel (deepim.refiner.OBSERVED_BOX)
+                "observed_box": "detection" if self.cfg.data.observed_box == "detection" else "rendered"}
 
     def close(self) -> None:
         if self.zoom_renderer is not self.renderer:
@@ -405,12 +419,7 @@ class DeepImTrainer:
         translation units and observed-mask box the refiner must use; ``resume`` the step, the
         training clock and the optimiser."""
         weights = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-        inference = {"zoom": {"width": self.zoom.width, "height": self.zoom.height, "expand": self.zoom.expand,
-                              "render_faces": self.zoom.render_faces},
-                     "translation_units": self.cfg.model.translation_units,
-                     # what the refiner draws in the observed-mask channel (deepim.refiner.OBSERVED_BOX)
-                     "observed_box": "detection" if self.cfg.data.observed_box == "detection" else "rendered"}
-        return write_checkpoint(path, METHOD, self.model.config_dict(), self.obj_ids, weights, inference=inference,
+        return write_checkpoint(path, METHOD, self.model.config_dict(), self.obj_ids, weights, inference=self.inference(),
                                 train_config=cfg_dict, object_names=names,
                                 resume={"step": int(self.step), "train_seconds": float(self.train_seconds),
                                         "optimizer": self.optimizer.state_dict()})
@@ -421,6 +430,8 @@ class DeepImTrainer:
         progress = checkpoint.resume
         if progress.get("optimizer"):
             self.optimizer.load_state_dict(progress["optimizer"])
+            for group, scale in zip(self.optimizer.param_groups, self._lr_scales()):
+                group["lr_scale"] = scale  # this config's, not the saved run's
         self.step = int(progress.get("step", 0))
         self.train_seconds = float(progress.get("train_seconds", 0.0))
 
@@ -478,6 +489,9 @@ def run_deepim(config, out: str | os.PathLike | None = None, resume: str | None 
         if checkpoint.obj_ids != list(trainer.obj_ids) or checkpoint.network != trainer.model.config_dict():
             raise ConfigError(f"{cfg.init_checkpoint}: another network or other objects than the config's "
                               f"({checkpoint.network}, {checkpoint.obj_ids})")
+        if checkpoint.inference != trainer.inference():
+            raise ConfigError(f"{cfg.init_checkpoint}: trained with other zoom-in, translation units or observed "
+                              f"box ({checkpoint.inference}) than the config's ({trainer.inference()})")
         trainer.model.load_state_dict(checkpoint.weights)
         print(f"starting from the weights of {cfg.init_checkpoint}", flush=True)
 

@@ -216,12 +216,7 @@ class Self6dTrainer:
         or a copy of the model's trunk as it is now (the end of the synthetic stage) or as ``trunk_weights``
         (the ``trunk.`` entries of a Self6D state dict) give it."""
         if self.cfg.loss.perceptual_features == "imagenet":
-            from ..models import backbone
-
-            net = backbone.feature_trunk(PERCEPTUAL_TRUNK, (2, 4, 8, 16)).eval().to(self.device)
-            for p in net.parameters():
-                p.requires_grad_(False)
-            self.feature_net = lambda images: net(backbone.normalise(images * 255.0, PERCEPTUAL_TRUNK))
+            self.feature_net = imagenet_feature_levels(self.device)
             return
         trunk = copy.deepcopy(self.model.trunk).eval()
         if trunk_weights is not None:
@@ -425,14 +420,29 @@ def load_datasets(cfg: Self6dConfig) -> dict:
 
 def synthetic_stage_weights(out_dir: Path, cfg: "Self6dConfig") -> dict | None:
     """The weights the self stage started from, for a run resumed inside it: eq. (7)'s "synthetic_stage"
-    features must come from them, not from the partly self-trained network being resumed."""
+    features must come from them, not from the partly self-trained network being resumed. They are the
+    synthetic stage's checkpoint of this run, or ``init_checkpoint`` for a run without a synthetic stage."""
     if cfg.loss.perceptual_features != "synthetic_stage" or cfg.loss.perceptual <= 0:
         return None
-    path = out_dir / "checkpoints" / "self6d_synthetic.pt"
+    if "synthetic" not in cfg.stages and cfg.init_checkpoint:
+        path = resolve_path(cfg.init_checkpoint)
+    else:
+        path = out_dir / "checkpoints" / "self6d_synthetic.pt"
     if not path.is_file():
-        raise ConfigError(f"resuming inside the self stage needs {path} (eq. 7's features are the synthetic "
-                          "stage's trunk); it is missing")
+        raise ConfigError(f"resuming inside the self stage needs {path} (eq. 7's features are the trunk the self "
+                          "stage started from); it is missing")
     return read_checkpoint(path, METHOD).weights
+
+
+def imagenet_feature_levels(device="cpu"):
+    """eq. (7)'s "imagenet" features: images ``[B,3,H,W]`` in [0, 1] -> the frozen ImageNet trunk's feature maps at
+    strides 2, 4, 8 and 16 (``PERCEPTUAL_TRUNK``)."""
+    from ..models import backbone
+
+    net = backbone.feature_trunk(PERCEPTUAL_TRUNK, (2, 4, 8, 16)).eval().to(device)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return lambda images: net(backbone.normalise(images * 255.0, PERCEPTUAL_TRUNK))
 
 
 def run_self6d(config, out: str | None = None, resume: str | None = None, command: str = "") -> dict:

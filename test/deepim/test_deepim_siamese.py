@@ -43,7 +43,14 @@ def test_siamese_network_starts_at_identity_and_trains_only_what_is_not_frozen()
     (out["flow"].abs().mean() + out["mask"].mean()).backward()
     assert net.trunk.blocks[3][0].conv_pw.weight.grad.abs().sum() > 0  # matching features learn
     assert net.trunk.blocks[2][0].conv_pw.weight.grad is None
-    # the observed and rendered crops share the trunk: swapping them changes the fused input, not the trunk's
+    # one trunk runs once on both crops (observed and rendered, 2B images)
+    batches = []
+    hook = net.trunk.register_forward_hook(lambda module, args, out: batches.append(args[0].shape[0]))
+    net.eval()(x)
+    hook.remove()
+    assert batches == [2 * x.shape[0]]
+    net.train()
+    # swapping the crops changes the fused input
     assert not torch.allclose(net(x, aux=True)["mask"], net(torch.cat([x[:, 3:6], x[:, :3], x[:, 6:]], 1), aux=True)["mask"])
 
 

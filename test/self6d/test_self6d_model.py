@@ -223,5 +223,10 @@ def test_resumed_self_stage_takes_eq7_features_from_the_synthetic_stage(tiny_run
 
     for a, b in zip(trainer.feature_net(images), reference.trunk.levels(normalise_rgb(images))):
         torch.testing.assert_close(a, b)
+    # a run without a synthetic stage started from init_checkpoint: its features come from that file
+    cfg.stages = ["self"]
+    cfg.init_checkpoint = str(tiny_run / "checkpoints" / "self6d_synthetic.pt")
+    from_init = S.synthetic_stage_weights(tmp_path / "no_checkpoints_here", cfg)
+    assert all(torch.equal(from_init[k], weights[k]) for k in trunk_keys)
     cfg.loss.perceptual_features = "imagenet"  # the default needs no checkpoint: a fixed ImageNet network
     assert S.synthetic_stage_weights(tmp_path / "elsewhere", cfg) is None

@@ -304,21 +304,22 @@ class TemplateMatcher:
         self._image, self._cache = None, {}
 
     @classmethod
-    def from_config(cls, pipeline: "PoseEstimator", config: "PipelineConfig") -> "TemplateMatcher":
-        """Banks for the served objects that the segmentation network serves (the others have no mask to match)."""
+    def for_pipeline(cls, pipeline: "PoseEstimator") -> "TemplateMatcher":
+        """Banks (``pipeline.config.templates``) for the pipeline's objects that its segmentation network serves
+        (the others have no mask to match)."""
         from .models.backbone import BackboneError
         from .render import RendererUnavailableError
         from .templates import FeatureTrunk, TemplateError, bank_for
 
-        masks = pipeline.frame_masks()
+        masks, config = pipeline.frame_masks(), pipeline.config.templates
         try:
-            config.templates.validate()
-            trunk = FeatureTrunk(config.templates.trunk, config.templates.stride, pipeline.device)
-            banks = {o: bank_for(o, pipeline.registry[o].mesh, trunk, config.templates)
+            config.validate()
+            trunk = FeatureTrunk(config.trunk, config.stride, pipeline.device)
+            banks = {o: bank_for(o, pipeline.registry[o].mesh, trunk, config)
                      for o in sorted(set(pipeline.obj_ids) & set(masks.obj_ids))}
         except (TemplateError, BackboneError, RendererUnavailableError) as exc:
             raise PipelineConfigError(f"template matching: {exc}") from None
-        return cls(masks, trunk, banks, pipeline.vertices, pipeline.diameters, config.templates)
+        return cls(masks, trunk, banks, pipeline.vertices, pipeline.diameters, config)
 
     def pose(self, image, K, obj_id: int, box_xyxy) -> tuple[np.ndarray, np.ndarray, float]:
         from .box_initialiser import fit_translation
@@ -602,7 +603,7 @@ class PoseEstimator:
     def template_matcher(self) -> TemplateMatcher:
         """Template matching for the served objects (``templates``), set up once for every part that uses it."""
         if self._matcher is None:
-            self._matcher = TemplateMatcher.from_config(self, self.config)
+            self._matcher = TemplateMatcher.for_pipeline(self)
         return self._matcher
 
     @property

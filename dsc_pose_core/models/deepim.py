@@ -179,12 +179,13 @@ class DeepImSiameseNet(nn.Module):
         if width < 8 or width % 8:
             raise ValueError(f"DeepImSiameseNet: width must be a positive multiple of 8 (GroupNorm of 8 groups), not {width}")
         self.trunk_name, self.frozen_stages, self.corr_radius = trunk, int(frozen_stages), int(corr_radius)
+        self.corr_radius16 = max(1, self.corr_radius - 1)  # the stride-16 correlation's radius
         self.fc_dim, self.pool_hw, self.aux_heads, self.width = int(fc_dim), tuple(pool), bool(aux_heads), int(width)
         self.trunk = backbone.feature_trunk(trunk, (8, 16), pretrained=pretrained)
         backbone.freeze(self.trunk, trunk, self.frozen_stages, frozen_bn=True)
         self.trunk.to(memory_format=torch.channels_last)  # depthwise convolutions: faster on a CPU
         c8, c16 = spec.channels[2], spec.channels[3]
-        k8, k16 = (2 * self.corr_radius + 1) ** 2, (2 * max(1, self.corr_radius - 1) + 1) ** 2
+        k8, k16 = (2 * self.corr_radius + 1) ** 2, (2 * self.corr_radius16 + 1) ** 2
         w = self.width
         self.fuse8 = nn.Sequential(_conv_gn(2 * c8 + k8 + 2, w), _conv_gn(w, w, 2))
         self.fuse16 = nn.Sequential(_conv_gn(w + 2 * c16 + k16 + 2, 2 * w), _conv_gn(2 * w, 2 * w))
@@ -228,7 +229,7 @@ class DeepImSiameseNet(nn.Module):
         corr8 = local_correlation(F.normalize(o8, dim=1), F.normalize(r8, dim=1), self.corr_radius)
         h = self.fuse8(torch.cat([o8, r8, corr8, F.avg_pool2d(masks, 8)], 1))
         o16, r16 = f16[:B], f16[B:]
-        corr16 = local_correlation(F.normalize(o16, dim=1), F.normalize(r16, dim=1), max(1, self.corr_radius - 1))
+        corr16 = local_correlation(F.normalize(o16, dim=1), F.normalize(r16, dim=1), self.corr_radius16)
         h = self.fuse16(torch.cat([_match(h, o16), o16, r16, corr16, F.avg_pool2d(masks, 16)], 1))
         g = torch.flatten(self.pool(self.down(h)), 1)
         g = F.relu(self.fc1(g))
